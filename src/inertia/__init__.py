@@ -1,0 +1,16 @@
+"""inertia: SGD with momentum, number for number like Keras 3, on NumPy, PyTorch and JAX.
+
+    >>> import inertia
+    >>> opt = inertia.SGD(learning_rate=0.1, momentum=0.9, nesterov=True)
+    >>> w = inertia.Variable([1.0, 2.0], name="w")
+    >>> _ = opt.minimize(lambda: (w * w).sum() / 2.0, [w])
+"""
+
+from inertia import optimizers, schedules
+from inertia.loss_scale import LossScaleOptimizer
+from inertia.optimizer import Optimizer
+from inertia.sgd import SGD
+from inertia.variable import Variable
+
+__version__ = "0.1.0"
+__all__ = ["Variable", "Optimizer", "SGD", "LossScaleOptimizer", "optimizers", "schedules", "__version__"]

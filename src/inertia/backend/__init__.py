@@ -1,0 +1,91 @@
+"""Backend selection.
+
+One module per array library (``numpy``, later ``torch`` and ``jax``), each exposing a
+``BACKEND`` object that implements :class:`inertia.backend.base.ArrayBackend`. Modules are
+imported only when an array of theirs is seen, so ``import inertia`` never imports torch or
+jax.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+from inertia.backend.base import ArrayBackend
+
+__all__ = ["ArrayBackend", "get", "default", "of", "array_namespace", "NAMES", "required"]
+
+NAMES = ("numpy", "torch", "jax")
+_MODULES = {name: f"inertia.backend.{name}" for name in NAMES}
+_loaded: dict[str, ArrayBackend] = {}
+
+
+def get(name: str) -> ArrayBackend:
+    """The backend called ``name`` (``"numpy"``, ``"torch"`` or ``"jax"``), imported lazily."""
+    if name not in _MODULES:
+        raise ValueError(f"Unknown backend: backend={name!r}. Expected one of {list(NAMES)}.")
+    if name not in _loaded:
+        try:
+            module = importlib.import_module(_MODULES[name])
+        except ModuleNotFoundError as error:
+            if error.name and error.name.startswith("inertia.backend."):
+                raise NotImplementedError(f"The {name} backend is not available yet.") from None
+            raise ImportError(
+                f"The {name} backend needs the package {error.name!r}; install it with "
+                f"`pip install 'inertia[{name}]'`."
+            ) from error
+        _loaded[name] = module.BACKEND
+    return _loaded[name]
+
+
+def default() -> ArrayBackend:
+    """The backend for values that carry none (Python numbers): ``$INERTIA_BACKEND`` or numpy."""
+    name = os.environ.get("INERTIA_BACKEND", "numpy").strip().lower() or "numpy"
+    if name not in _MODULES:
+        raise ValueError(
+            f"Unknown backend in the environment: INERTIA_BACKEND={name!r}. "
+            f"Expected one of {list(NAMES)}."
+        )
+    return get(name)
+
+
+def _library_of(value: Any) -> str | None:
+    module = type(value).__module__.split(".")[0]
+    if module in ("numpy", "ml_dtypes"):
+        return "numpy"
+    if module == "torch":
+        return "torch"
+    if module in ("jax", "jaxlib"):
+        return "jax"
+    return None
+
+
+def of(value: Any) -> ArrayBackend | None:
+    """The backend an array (or an ``inertia.Variable``) belongs to; None for plain Python values."""
+    backend = getattr(value, "backend", None)
+    if isinstance(backend, ArrayBackend):
+        return backend
+    library = _library_of(value)
+    return get(library) if library is not None else None
+
+
+def array_namespace(value: Any) -> Any:
+    """``numpy`` or ``jax.numpy``: the namespace in which host-side formulas (schedules) run.
+
+    JAX values (tracers included) need ``jax.numpy`` so that a schedule can be traced under
+    ``jax.jit``; everything else is evaluated with NumPy on the host.
+    """
+    if _library_of(value) == "jax":
+        import jax.numpy as jnp
+
+        return jnp
+    import numpy
+
+    return numpy
+
+
+def required() -> tuple[str, ...]:
+    """Backends that must be importable: ``$INERTIA_REQUIRE_BACKENDS``, comma-separated (CI)."""
+    names = os.environ.get("INERTIA_REQUIRE_BACKENDS", "")
+    return tuple(n.strip() for n in names.split(",") if n.strip())

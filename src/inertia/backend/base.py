@@ -1,0 +1,114 @@
+"""The contract every array backend implements.
+
+The optimizer, the rule and the gradient pipeline only ever call these methods and Python
+operators (``+ - * /``) on arrays, so a new array library is one new module.
+Dtypes are passed around as canonical names (``"float32"``, ``"bfloat16"``, ...).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Callable, Sequence
+
+Array = Any
+
+
+class ArrayBackend(ABC):
+    name: str
+
+    # --- identity and dtypes -------------------------------------------------------------
+    @abstractmethod
+    def is_array(self, value: Any) -> bool:
+        """Whether ``value`` is an array (or array scalar) of this library."""
+
+    @abstractmethod
+    def is_mutable_native(self, value: Any) -> bool:
+        """Whether ``value`` is a native array the optimizer may update in place."""
+
+    @abstractmethod
+    def dtype_name(self, value: Array) -> str:
+        """Canonical dtype name of an array."""
+
+    @abstractmethod
+    def is_floating(self, dtype: str) -> bool:
+        """Whether a canonical dtype name is a real floating type."""
+
+    @abstractmethod
+    def shape(self, value: Array) -> tuple[int, ...]:
+        """Shape as a tuple of ints."""
+
+    # --- creation and conversion -------------------------------------------------------------
+    @abstractmethod
+    def asarray(self, value: Any, dtype: str | None = None, like: Array | None = None) -> Array:
+        """A new array of ``value`` (copied), in ``dtype``, on ``like``'s device if given."""
+
+    @abstractmethod
+    def cast(self, value: Array, dtype: str) -> Array:
+        """``value`` in ``dtype`` (no copy when it already is)."""
+
+    @abstractmethod
+    def zeros(self, shape: Sequence[int], dtype: str, like: Array | None = None) -> Array:
+        """A zero-filled array."""
+
+    @abstractmethod
+    def scalar(self, value: Any, dtype: str, like: Array | None = None) -> Array:
+        """A 0-d value of ``dtype`` used as a hyperparameter in arithmetic with arrays."""
+
+    @abstractmethod
+    def copy(self, value: Array) -> Array:
+        """An independent copy."""
+
+    @abstractmethod
+    def to_numpy(self, value: Array) -> Any:
+        """A NumPy array holding a copy of the values."""
+
+    # --- mutation ----------------------------------------------------------------------------
+    @abstractmethod
+    def assign(self, target: Array, value: Array) -> Array:
+        """Write ``value`` into ``target``; return the array that now holds the value.
+
+        Mutable libraries write in place and return ``target``; immutable ones return the
+        new array (cast to ``target``'s dtype).
+        """
+
+    # --- math used by the gradient pipeline ----------------------------------------------------
+    @abstractmethod
+    def sqrt(self, x: Array) -> Array: ...
+
+    @abstractmethod
+    def square(self, x: Array) -> Array: ...
+
+    @abstractmethod
+    def sum(self, x: Array, keepdims: bool = False) -> Array: ...
+
+    @abstractmethod
+    def maximum(self, x: Array, y: Any) -> Array: ...
+
+    @abstractmethod
+    def minimum(self, x: Array, y: Any) -> Array: ...
+
+    @abstractmethod
+    def clip(self, x: Array, low: Any, high: Any) -> Array: ...
+
+    @abstractmethod
+    def where(self, condition: Array, x: Any, y: Any) -> Array: ...
+
+    @abstractmethod
+    def all_finite(self, arrays: Sequence[Array]) -> bool:
+        """Whether every element of every array is finite (a host bool)."""
+
+    def float_errors_ignored(self) -> Any:
+        """A context in which overflow / division by zero / NaN make no warnings.
+
+        Non-finite gradients are data, not bugs, and Keras lets them flow silently.
+        """
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    # --- autodiff ----------------------------------------------------------------------------
+    @abstractmethod
+    def value_and_grad(
+        self, function: Callable[[list[Array]], Array], values: list[Array]
+    ) -> tuple[Array, list[Array]]:
+        """The value of ``function(values)`` and its gradient with respect to each value."""

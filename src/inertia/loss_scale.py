@@ -1,0 +1,177 @@
+"""``inertia.LossScaleOptimizer``: dynamic loss scaling around any inertia optimizer."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Optional, Sequence
+
+from inertia.optimizer import Optimizer, _BASE_ARGUMENTS, check_finite_number
+from inertia.variable import Variable
+
+__all__ = ["LossScaleOptimizer"]
+
+_BASE_DEFAULTS = {
+    "learning_rate": None,
+    "weight_decay": None,
+    "clipnorm": None,
+    "global_clipnorm": None,
+    "clipvalue": None,
+    "use_ema": False,
+    "ema_momentum": 0.99,
+    "ema_overwrite_frequency": None,
+    "loss_scale_factor": None,
+    "gradient_accumulation_steps": None,
+}
+
+
+class LossScaleOptimizer(Optimizer):
+    """Dynamic loss scaling, as ``keras.optimizers.LossScaleOptimizer``.
+
+    Multiply the loss by ``scale_loss`` before differentiating; ``apply`` then checks the
+    gradients: all finite -> divide them by the scale and let the inner optimizer step
+    (the scale doubles after ``dynamic_growth_steps`` finite steps in a row); any inf or
+    NaN -> skip the step entirely (no variable, slot or inner counter moves) and halve the
+    scale.
+
+    Example:
+        >>> import numpy as np, inertia
+        >>> opt = inertia.LossScaleOptimizer(inertia.SGD(learning_rate=0.5))
+        >>> w = inertia.Variable([1.0, 2.0])
+        >>> opt.apply([np.array([1.0, 6.0], "float32") * 32768], [w])
+        >>> w.numpy()
+        array([ 0.5, -1. ], dtype=float32)
+        >>> opt.apply([np.array([np.inf, 1.0], "float32")], [w])   # skipped, scale halved
+        >>> float(opt.dynamic_scale), w.numpy()
+        (16384.0, array([ 0.5, -1. ], dtype=float32))
+    """
+
+    def __init__(
+        self,
+        inner_optimizer: Optimizer,
+        initial_scale: float = 2.0**15,
+        dynamic_growth_steps: int = 2000,
+        name: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs.pop("dynamic", True) is False:
+            raise ValueError(
+                "LossScaleOptimizer no longer supports `dynamic=False`. Instead, simply set "
+                "`loss_scale_factor` directly on the `inner_optimizer`."
+            )
+        for argument in _BASE_ARGUMENTS:
+            if argument in kwargs:
+                if kwargs[argument] != _BASE_DEFAULTS[argument]:
+                    raise ValueError(
+                        f"LossScaleOptimizer does not support `{argument}`. Instead, set `{argument}` "
+                        f"on the `inner_optimizer`. Received: {argument}={kwargs[argument]!r}"
+                    )
+                kwargs.pop(argument)
+        kwargs.pop("jit_compile", None)
+        if kwargs:
+            raise ValueError("LossScaleOptimizer does not support arguments: " + ", ".join(f"`{k}`" for k in kwargs) + f". Received: {kwargs}")
+        if not isinstance(inner_optimizer, Optimizer):
+            raise TypeError(
+                f"Argument `inner_optimizer` must be an inertia.Optimizer. Received: inner_optimizer={inner_optimizer!r}"
+            )
+        initial_scale = check_finite_number("initial_scale", initial_scale)
+        if initial_scale <= 0:
+            raise ValueError(f"Argument `initial_scale` must be > 0. Received: initial_scale={initial_scale}")
+        if (
+            not isinstance(dynamic_growth_steps, numbers.Integral)
+            or isinstance(dynamic_growth_steps, bool)
+            or dynamic_growth_steps < 1
+        ):
+            raise ValueError(
+                f"Argument `dynamic_growth_steps` must be an integer >= 1. Received: dynamic_growth_steps={dynamic_growth_steps!r}"
+            )
+        super().__init__(learning_rate=0.0, name=name)
+        self.inner_optimizer = inner_optimizer
+        self.initial_scale = initial_scale
+        self.dynamic_growth_steps = int(dynamic_growth_steps)
+        inner_optimizer.loss_scale_factor = None
+
+    def build(self, var_list: Sequence[Any]) -> None:
+        wrappers = self._register_trainables(var_list)
+        self.step_counter = self.add_variable((), initializer="zeros", dtype="int32", name="step_counter")
+        self.dynamic_scale = self.add_variable((), initializer=self.initial_scale, dtype="float32", name="dynamic_scale")
+        self.inner_optimizer.build(wrappers)
+        self.built = True
+
+    @property
+    def variables(self) -> list[Variable]:
+        return list(self._variables) + self.inner_optimizer.variables
+
+    def _state_variables(self) -> list[tuple[str, Variable]]:
+        inner = [(f"inner_optimizer/{key}", v) for key, v in self.inner_optimizer._state_variables()]
+        return [(v.name, v) for v in self._variables] + inner
+
+    def apply(self, grads: Sequence[Any], trainable_variables: Optional[Sequence[Any]] = None) -> None:
+        grads = list(grads)
+        if len(grads) == 0:
+            return
+        grads, variables = self._prepare(grads, trainable_variables)
+        ops = self._backend
+        with ops.float_errors_ignored():
+            if ops.all_finite([g for g in grads if g is not None]):
+                scale = self.dynamic_scale.value
+                unscaled = [
+                    g if g is None or v.overwrite_with_gradient else g / ops.cast(scale, ops.dtype_name(g))
+                    for g, v in zip(grads, variables)
+                ]
+                self.inner_optimizer.apply(unscaled, variables)
+                if int(self.step_counter.value) == self.dynamic_growth_steps - 1:
+                    self.step_counter.assign(ops.scalar(0, "int32", like=scale))
+                    self.dynamic_scale.assign(scale * ops.scalar(2.0, "float32", like=scale))
+                else:
+                    self.step_counter.assign(self.step_counter.value + 1)
+            else:
+                scale = self.dynamic_scale.value
+                self.step_counter.assign(ops.scalar(0, "int32", like=scale))
+                self.dynamic_scale.assign(scale * ops.scalar(0.5, "float32", like=scale))
+
+    def stateless_apply(self, optimizer_variables: Sequence[Any], grads: Sequence[Any], trainable_variables: Sequence[Any]) -> tuple[list, list]:
+        return super().stateless_apply(optimizer_variables, grads, trainable_variables)
+
+    @property
+    def learning_rate(self) -> Any:
+        return self.inner_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate: Any) -> None:
+        # The base constructor sets a placeholder rate before the inner optimizer exists.
+        if "inner_optimizer" not in self.__dict__:
+            Optimizer.learning_rate.fset(self, learning_rate)
+        else:
+            self.inner_optimizer.learning_rate = learning_rate
+
+    @property
+    def iterations(self) -> Any:
+        return self.inner_optimizer.iterations
+
+    def scale_loss(self, loss: Any) -> Any:
+        """``loss * scale``: the dynamic scale once built, the initial scale before."""
+        if self.built:
+            scale = self.dynamic_scale.value
+            return loss * (scale if self._backend.is_array(loss) else float(scale))
+        return loss * self.initial_scale
+
+    def finalize_variable_values(self, var_list: Sequence[Any]) -> None:
+        self.inner_optimizer.finalize_variable_values(var_list)
+
+    def get_config(self) -> dict:
+        from inertia.optimizers import serialize
+
+        return {
+            "name": self.name,
+            "inner_optimizer": serialize(self.inner_optimizer),
+            "initial_scale": self.initial_scale,
+            "dynamic_growth_steps": self.dynamic_growth_steps,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects: Optional[dict] = None) -> "LossScaleOptimizer":
+        from inertia.optimizers import deserialize
+
+        config = dict(config)
+        config["inner_optimizer"] = deserialize(config["inner_optimizer"], custom_objects=custom_objects)
+        return cls(**config)

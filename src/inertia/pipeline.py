@@ -1,0 +1,116 @@
+"""The gradient stages of the Keras optimizer, as small functions over arrays.
+
+Each stage is pure: arrays in, new arrays out. ``ops`` is the array backend
+(:class:`inertia.backend.base.ArrayBackend`); hyperparameters arrive as Python numbers and
+are cast to each array's dtype here, so the arithmetic runs in that dtype as Keras' does.
+The optimizer (``optimizer.py``) owns the order in which these stages run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from inertia.backend.base import ArrayBackend
+
+__all__ = [
+    "unscale",
+    "accumulate",
+    "accumulated_mean",
+    "clip_by_norm",
+    "clip_by_global_norm",
+    "clip_by_value",
+    "clip",
+    "decoupled_weight_decay",
+    "ema_update",
+]
+
+
+def _scalar(ops: ArrayBackend, value: Any, like: Any) -> Any:
+    return ops.scalar(value, ops.dtype_name(like), like=like)
+
+
+def unscale(ops: ArrayBackend, gradient: Any, factor: float) -> Any:
+    """Undo a static loss scale: ``g / factor``."""
+    return gradient / _scalar(ops, factor, gradient)
+
+
+def accumulate(accumulator: Any, gradient: Any) -> Any:
+    """A gradient-accumulation micro-step: ``acc + g``."""
+    return gradient + accumulator
+
+
+def accumulated_mean(ops: ArrayBackend, gradient: Any, accumulator: Any, steps: int) -> Any:
+    """The gradient of an accumulation update step: the mean over the ``steps`` micro-steps."""
+    return (gradient + accumulator) / _scalar(ops, steps, gradient)
+
+
+def clip_by_norm(ops: ArrayBackend, gradient: Any, clipnorm: float) -> Any:
+    """Per-tensor norm clipping: ``g * c / max(||g||, c)``.
+
+    Like Keras, the result is ``(g*c)/c`` even when no clipping is needed, and the norm of
+    an all-zero gradient is taken as 0 without a square root (its gradient would be NaN).
+    """
+    c = _scalar(ops, clipnorm, gradient)
+    squared = ops.sum(ops.square(gradient), keepdims=True)
+    positive = squared > 0
+    norm = ops.where(positive, ops.sqrt(ops.where(positive, squared, 1)), squared)
+    return (gradient * c) / ops.maximum(norm, c)
+
+
+def clip_by_global_norm(ops: ArrayBackend, gradients: Sequence[Any], clipnorm: float) -> list:
+    """Scale all gradients together so that their joint norm is at most ``clipnorm``.
+
+    ``scale = c * min(1/norm, 1/c) + (norm - norm)``: 1 for a zero norm, and NaN for an
+    infinite or NaN norm, so non-finite gradients stay visibly non-finite (as in Keras).
+    """
+    squared_norms = [ops.sum(ops.square(g)) for g in gradients]
+    dtype = _widest(ops, squared_norms)
+    total = ops.cast(squared_norms[0], dtype)
+    for value in squared_norms[1:]:
+        total = total + ops.cast(value, dtype)
+    norm = ops.sqrt(total)
+    c = ops.scalar(clipnorm, dtype, like=norm)
+    inverse_c = ops.scalar(1.0 / clipnorm, dtype, like=norm)  # rounded once, as in Keras
+    scale = c * ops.minimum(1 / norm, inverse_c) + (norm - norm)
+    return [g * ops.cast(scale, ops.dtype_name(g)) for g in gradients]
+
+
+def clip_by_value(ops: ArrayBackend, gradient: Any, clipvalue: float) -> Any:
+    """Element-wise clipping to ``[-v, v]``."""
+    v = _scalar(ops, clipvalue, gradient)
+    return ops.clip(gradient, -v, v)
+
+
+def clip(
+    ops: ArrayBackend,
+    gradients: Sequence[Any],
+    clipnorm: Optional[float],
+    global_clipnorm: Optional[float],
+    clipvalue: Optional[float],
+) -> list:
+    """Keras' clipping: the first of clipnorm, global_clipnorm, clipvalue that is > 0."""
+    if clipnorm and clipnorm > 0:
+        return [clip_by_norm(ops, g, clipnorm) for g in gradients]
+    if global_clipnorm and global_clipnorm > 0:
+        return clip_by_global_norm(ops, gradients, global_clipnorm)
+    if clipvalue and clipvalue > 0:
+        return [clip_by_value(ops, g, clipvalue) for g in gradients]
+    return list(gradients)
+
+
+def decoupled_weight_decay(ops: ArrayBackend, weight: Any, weight_decay: float, learning_rate: Any) -> Any:
+    """Keras' decoupled decay of the pre-update weights: ``w - w*wd*lr``."""
+    wd = _scalar(ops, weight_decay, weight)
+    return weight - weight * wd * ops.cast(learning_rate, ops.dtype_name(weight))
+
+
+def ema_update(ops: ArrayBackend, average: Any, weight: Any, ema_momentum: float, first: bool) -> Any:
+    """``m*avg + (1-m)*w``, with ``m = 0`` on the first step so the average starts at ``w``."""
+    m = _scalar(ops, 0.0 if first else ema_momentum, weight)
+    return m * average + (1 - m) * weight
+
+
+def _widest(ops: ArrayBackend, arrays: Sequence[Any]) -> str:
+    order = ["float16", "bfloat16", "float32", "float64"]
+    names = [ops.dtype_name(a) for a in arrays]
+    return max(names, key=lambda n: order.index(n) if n in order else len(order))

@@ -1,0 +1,122 @@
+"""``inertia.SGD``: Keras 3's SGD, a thin class over the shared rule in ``rule.py``."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Optional, Sequence
+
+from inertia.optimizer import Optimizer, _is_real_number, check_finite_number
+from inertia.rule import SGDRule, sgd_update
+from inertia.variable import Variable
+
+__all__ = ["SGD"]
+
+
+class SGD(Optimizer):
+    """Gradient descent with momentum, exactly as ``keras.optimizers.SGD``.
+
+    Update rule for a weight ``w`` with gradient ``g`` (after the base class' unscaling,
+    accumulation, clipping and decoupled weight decay)::
+
+        momentum == 0:  w <- w - lr*g
+        otherwise:      v <- momentum*v - lr*g            (v: the "momentum" slot, from 0)
+                        w <- w + v                        (plain)
+                        w <- w + momentum*v - lr*g        (nesterov, with the new v)
+
+    lr, momentum and g are cast to the weight's dtype, so float16 / bfloat16 weights keep
+    their dtype. No momentum slots are created when momentum is 0.
+
+    Args:
+        learning_rate: float (ints and NumPy scalars too), schedule or zero-argument callable.
+        momentum: float in [0, 1].
+        nesterov: use Nesterov momentum.
+        **kwargs: the base optimizer's arguments (weight_decay, clipnorm, clipvalue,
+            global_clipnorm, use_ema, ema_momentum, ema_overwrite_frequency,
+            loss_scale_factor, gradient_accumulation_steps, name, jit_compile).
+
+    Example:
+        >>> import inertia
+        >>> opt = inertia.SGD(learning_rate=0.1, momentum=0.9)
+        >>> var = inertia.Variable(1.0)
+        >>> loss = lambda: (var ** 2) / 2.0          # d(loss)/d(var) = var
+        >>> _ = opt.minimize(loss, [var])
+        >>> round(float(var), 6)                      # first step: 1 - 0.1*1
+        0.9
+        >>> _ = opt.minimize(loss, [var])
+        >>> round(1.0 - 0.1 - float(var), 6)          # the second step is 0.18
+        0.18
+    """
+
+    def __init__(
+        self,
+        learning_rate: Any = 0.01,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: Optional[float] = None,
+        clipnorm: Optional[float] = None,
+        clipvalue: Optional[float] = None,
+        global_clipnorm: Optional[float] = None,
+        use_ema: bool = False,
+        ema_momentum: float = 0.99,
+        ema_overwrite_frequency: Optional[int] = None,
+        loss_scale_factor: Optional[float] = None,
+        gradient_accumulation_steps: Optional[int] = None,
+        name: Optional[str] = "SGD",
+        jit_compile: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        # Checked first so that a bad momentum never leaves a half-made optimizer around.
+        if not _is_real_number(momentum):
+            raise ValueError(f"`momentum` must be a float between [0, 1]. Received: momentum={momentum!r}")
+        momentum = check_finite_number("momentum", momentum)
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"`momentum` must be a float between [0, 1]. Received: momentum={momentum!r}")
+        if not isinstance(nesterov, (bool, numbers.Integral)):
+            raise TypeError(f"Argument `nesterov` must be a bool. Received: nesterov={nesterov!r}")
+        super().__init__(
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            clipnorm=clipnorm,
+            clipvalue=clipvalue,
+            global_clipnorm=global_clipnorm,
+            use_ema=use_ema,
+            ema_momentum=ema_momentum,
+            ema_overwrite_frequency=ema_overwrite_frequency,
+            loss_scale_factor=loss_scale_factor,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            name=name,
+            jit_compile=jit_compile,
+            **kwargs,
+        )
+        self.momentum = momentum
+        self.nesterov = bool(nesterov)
+        self._rule = SGDRule(nesterov=self.nesterov)
+        self.momentums: list[Optional[Variable]] = []
+
+    def build(self, var_list: Sequence[Any]) -> None:
+        """Create the base slots and, when momentum != 0, one "momentum" slot per variable."""
+        if self.built:
+            return
+        super().build(var_list)
+        self.momentums = self.add_optimizer_variables(var_list, "momentum") if self.momentum != 0 else []
+
+    def update_step(self, gradient: Any, variable: Variable, learning_rate: Any) -> None:
+        ops = variable.backend
+        dtype = variable.dtype
+        lr = ops.cast(learning_rate, dtype)
+        slot = self.momentums[self._get_variable_index(variable)] if self.momentums else None
+        momentum = ops.scalar(self.momentum, dtype, like=variable.value) if slot is not None else None
+        weight, velocity = sgd_update(
+            self._rule, variable.value, ops.cast(gradient, dtype), slot.value if slot is not None else None, lr, momentum
+        )
+        if slot is not None:
+            slot.assign(velocity)
+        variable.assign(weight)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        jit_compile = config.pop("jit_compile", None)
+        config.update({"momentum": self.momentum, "nesterov": self.nesterov})
+        if jit_compile is not None:
+            config["jit_compile"] = jit_compile
+        return config

@@ -1,0 +1,424 @@
+"""The Keras 3 base class: variables and naming, native arrays, state, config, stateless
+use, custom optimizers, and inertia's deliberate deviations from Keras."""
+
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+
+import inertia
+from inertia import schedules
+
+
+def f32(x):
+    return np.asarray(x, dtype=np.float32)
+
+
+def featured(**overrides):
+    settings = dict(learning_rate=0.1, momentum=0.9, nesterov=True, weight_decay=0.01, clipnorm=1.0,
+                    use_ema=True, ema_momentum=0.9, gradient_accumulation_steps=2)
+    settings.update(overrides)
+    return inertia.SGD(**settings)
+
+
+# --- variables and naming -----------------------------------------------------------------
+def test_variables_order_and_names_follow_keras():
+    kernel = inertia.Variable(np.ones((2, 2), "float32"), name="kernel")
+    kernel._path = "dense_1/kernel"
+    bias = inertia.Variable(np.zeros(2, "float32"), name="bias")
+    bias._path = "dense_1/bias"
+    opt = featured(name="sgd")
+    opt.build([kernel, bias])
+    assert [v.name for v in opt.variables] == [
+        "iteration", "learning_rate",
+        "dense_1_kernel_average", "dense_1_bias_average",
+        "dense_1_kernel_gradient_accumulator", "dense_1_bias_gradient_accumulator",
+        "dense_1_kernel_momentum", "dense_1_bias_momentum",
+    ]
+    assert opt.variables[-1].path == "sgd/dense_1_bias_momentum"
+    assert opt.variables[0].dtype == "int32" and opt.variables[1].dtype == "float32"
+
+
+def test_no_momentum_slots_without_momentum_and_build_is_idempotent():
+    opt = inertia.SGD()
+    a = inertia.Variable(1.0)
+    opt.build([a])
+    opt.build([a, inertia.Variable(2.0)])  # a second build is a no-op, as in Keras
+    assert len(opt.variables) == 2 and len(opt._trainable_variables) == 1
+
+
+def test_colliding_variable_names_get_distinct_slots():
+    a, b = inertia.Variable(1.0, name="w"), inertia.Variable(2.0, name="w")
+    opt = inertia.SGD(momentum=0.5)
+    opt.build([a, b])
+    names = [v.name for v in opt.variables]
+    assert names == ["iteration", "learning_rate", "w_momentum", "w_momentum_1"]
+
+
+def test_learning_rate_variable_untracked_when_replaced_by_a_schedule():
+    opt = inertia.SGD(learning_rate=0.1)
+    assert len(opt.variables) == 2
+    opt.learning_rate = schedules.ExponentialDecay(0.1, 10, 0.5)
+    assert [v.name for v in opt.variables] == ["iteration"]
+    with pytest.raises(TypeError, match="not settable"):
+        opt.learning_rate = 0.2
+
+
+def test_learning_rate_setter_assigns_in_place():
+    opt = inertia.SGD(learning_rate=0.1)
+    variable = opt.variables[1]
+    opt.learning_rate = 0.5
+    assert opt.variables[1] is variable and float(variable.numpy()) == 0.5
+    assert opt.get_config()["learning_rate"] == 0.5
+
+
+def test_schedule_sees_raw_counter_and_first_update_uses_step_zero():
+    seen = []
+
+    class Recording(schedules.LearningRateSchedule):
+        def __call__(self, step):
+            seen.append(int(step))
+            return np.float32(0.1)
+
+        def get_config(self):
+            return {}
+
+    opt = inertia.SGD(learning_rate=Recording(), gradient_accumulation_steps=2)
+    w = inertia.Variable(1.0)
+    for _ in range(4):
+        opt.apply([f32(1.0)], [w])
+    assert seen == [1, 3]  # evaluated on update steps only, with the raw (micro-step) counter
+
+
+# --- native arrays ----------------------------------------------------------------------------
+def test_native_ndarrays_are_updated_in_place():
+    w = np.array([1.0, 2.0], dtype=np.float32)
+    opt = inertia.SGD(learning_rate=0.5, momentum=0.5)
+    before = id(w)
+    opt.apply([f32([1.0, 1.0])], [w])
+    opt.apply_gradients([(f32([1.0, 1.0]), w)])
+    assert id(w) == before
+    np.testing.assert_allclose(w, [1.0 - 0.5 - 0.75, 2.0 - 0.5 - 0.75])
+    assert [v.name for v in opt.variables] == ["iteration", "learning_rate", "param_0_momentum"]
+
+
+def test_native_and_variable_give_identical_numbers():
+    rng = np.random.default_rng(1)
+    start = rng.normal(size=(3, 3)).astype(np.float32)
+    native, variable = start.copy(), inertia.Variable(start)
+    a, b = featured(), featured()
+    for _ in range(6):
+        g = rng.normal(size=(3, 3)).astype(np.float32)
+        a.apply([g], [native])
+        b.apply([g], [variable])
+    np.testing.assert_array_equal(native, variable.numpy())
+
+
+def test_minimize_native_arrays_with_an_argument_taking_loss():
+    w = np.array([1.0, -2.0], dtype=np.float32)
+    inertia.SGD(learning_rate=0.1).minimize(lambda w_: (w_ * w_).sum() / 2.0, [w])
+    np.testing.assert_allclose(w, [0.9, -1.8], rtol=1e-6)
+    with pytest.raises(TypeError, match="zero-argument `loss`"):
+        inertia.SGD().minimize(lambda: (w * w).sum(), [w])
+
+
+def test_compute_gradients_and_var_list_callable():
+    a, b = inertia.Variable(3.0), inertia.Variable([1.0, 2.0])
+    pairs = inertia.SGD().compute_gradients(lambda: a * a + (b * b).sum(), lambda: [a, b])
+    (ga, va), (gb, vb) = pairs
+    assert va is a and vb is b
+    assert float(ga) == 6.0 and gb.tolist() == [2.0, 4.0]
+
+
+def test_exclusion_by_identity_works_for_native_arrays():
+    w, u = np.array([2.0], "float32"), np.array([2.0], "float32")
+    opt = inertia.SGD(learning_rate=1.0, weight_decay=0.5)
+    opt.exclude_from_weight_decay(var_list=[u])
+    opt.apply([f32([0.0]), f32([0.0])], [w, u])
+    assert w.tolist() == [1.0] and u.tolist() == [2.0]
+
+
+# --- apply, subsets, iterations -------------------------------------------------------------
+def test_apply_on_a_subset_leaves_the_rest_untouched():
+    a, b = inertia.Variable(1.0), inertia.Variable(1.0)
+    opt = inertia.SGD(learning_rate=0.1, momentum=0.9)
+    opt.apply([f32(1.0), f32(1.0)], [a, b])
+    opt.apply([f32(1.0)], [b])
+    assert float(a.numpy()) == pytest.approx(0.9)
+    assert float(b.numpy()) == pytest.approx(0.9 - 0.19)
+    assert int(opt.iterations) == 2
+
+
+def test_apply_without_variables_uses_the_built_list():
+    a = inertia.Variable(1.0)
+    opt = inertia.SGD(learning_rate=0.5)
+    opt.build([a])
+    opt.apply([f32(1.0)])
+    assert float(a.numpy()) == 0.5
+
+
+def test_apply_gradients_returns_the_counter_and_apply_empty_is_a_no_op():
+    opt = inertia.SGD()
+    opt.apply([])
+    assert not opt.built and int(opt.iterations) == 0
+    counter = opt.apply_gradients([(f32(1.0), inertia.Variable(1.0))])
+    assert counter is opt.variables[0] and int(counter.numpy()) == 1
+
+
+def test_float64_variables_update_in_float64():
+    w = inertia.Variable(np.array([1.0], dtype=np.float64))
+    opt = inertia.SGD(learning_rate=0.1, momentum=0.9)
+    opt.apply([np.array([1.0])], [w])
+    assert w.dtype == "float64" and opt.momentums[0].dtype == "float64"
+    # the learning rate is the float32 variable's value, cast to float64 (as Keras does)
+    assert w.numpy()[0] == 1.0 - np.float64(np.float32(0.1))
+
+
+# --- EMA under accumulation (deliberate deviation 2) -------------------------------------------
+def test_ema_advances_only_on_real_update_steps():
+    opt = inertia.SGD(learning_rate=1.0, use_ema=True, ema_momentum=0.5, gradient_accumulation_steps=2)
+    v = inertia.Variable(10.0)
+    values, averages = [], []
+    for _ in range(6):
+        opt.apply([f32(1.0)], [v])
+        values.append(float(v.numpy()))
+        averages.append(float(opt._model_variables_moving_average[0].numpy()))
+    assert values == [10, 9, 9, 8, 8, 7]
+    assert averages == [0, 9, 9, 8.5, 8.5, 7.75]
+
+
+def test_ema_overwrite_counts_real_steps_under_accumulation():
+    opt = inertia.SGD(learning_rate=1.0, use_ema=True, ema_momentum=0.5, ema_overwrite_frequency=2,
+                      gradient_accumulation_steps=2)
+    v = inertia.Variable(10.0)
+    values = []
+    for _ in range(6):
+        opt.apply([f32(1.0)], [v])
+        values.append(float(v.numpy()))
+    assert values == [10, 9, 9, 8.5, 8.5, 7.5]  # overwritten once, at the second real step
+
+
+# --- state ---------------------------------------------------------------------------------------
+def stepped(optimizer_factory, steps=3, seed=0):
+    rng = np.random.default_rng(seed)
+    variables = [inertia.Variable(rng.normal(size=s).astype(np.float32), name=n) for s, n in [((2, 3), "k"), ((3,), "b")]]
+    opt = optimizer_factory()
+    for _ in range(steps):
+        opt.apply([rng.normal(size=v.shape).astype(np.float32) for v in variables], variables)
+    return opt, variables, rng
+
+
+def test_save_and_load_own_variables_resume_bit_for_bit():
+    opt, variables, rng = stepped(featured, steps=3)
+    store = {}
+    opt.save_own_variables(store)
+    assert list(store) == [v.name for v in opt.variables]
+    grads = [[rng.normal(size=v.shape).astype(np.float32) for v in variables] for _ in range(5)]
+    snapshot = [v.numpy() for v in variables]
+    for g in grads:
+        opt.apply(g, variables)
+    expected = [v.numpy() for v in variables]
+
+    restored_vars = [inertia.Variable(s, name=v.name) for s, v in zip(snapshot, variables)]
+    fresh = featured()
+    fresh.build(restored_vars)
+    fresh.load_own_variables(store)
+    for g in grads:
+        fresh.apply(g, restored_vars)
+    for a, b in zip(expected, restored_vars):
+        np.testing.assert_array_equal(a, b.numpy())
+    for a, b in zip(opt.variables, fresh.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_load_accepts_keras_index_keys():
+    opt, variables, _ = stepped(lambda: inertia.SGD(momentum=0.9))
+    store = {str(i): v.numpy() for i, v in enumerate(opt.variables)}
+    twin = inertia.SGD(momentum=0.9)
+    twin.build([inertia.Variable(v.numpy(), name=v.name) for v in variables])
+    twin.load_own_variables(store)
+    for a, b in zip(opt.variables, twin.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_load_mismatch_is_an_error_not_a_warning():
+    opt, variables, _ = stepped(lambda: inertia.SGD(momentum=0.9))
+    store = {}
+    opt.save_own_variables(store)
+    unbuilt = inertia.SGD(momentum=0.9)
+    with pytest.raises(ValueError, match="has not been built yet"):
+        unbuilt.load_own_variables(store)
+
+
+def test_set_weights_round_trip_and_length_check():
+    opt, variables, _ = stepped(lambda: inertia.SGD(momentum=0.9))
+    weights = [v.numpy() for v in opt.variables]
+    twin = inertia.SGD(momentum=0.9)
+    twin.build([inertia.Variable(v.numpy()) for v in variables])
+    twin.set_weights(weights)
+    for a, b in zip(weights, twin.variables):
+        np.testing.assert_array_equal(a, b.numpy())
+    with pytest.raises(ValueError, match="expected 4, received 3"):
+        twin.set_weights(weights[:3])
+
+
+def test_loss_scale_optimizer_state_keys_do_not_collide():
+    opt, _, _ = stepped(lambda: inertia.LossScaleOptimizer(inertia.SGD(momentum=0.9)))
+    store = {}
+    opt.save_own_variables(store)
+    assert list(store)[:4] == ["iteration", "learning_rate", "step_counter", "dynamic_scale"]
+    assert "inner_optimizer/iteration" in store and len(store) == len(opt.variables)
+
+
+def test_optimizer_pickles():
+    opt, _, _ = stepped(featured)
+    clone = pickle.loads(pickle.dumps(opt))
+    assert clone.get_config() == opt.get_config()
+    for a, b in zip(opt.variables, clone.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+# --- config and serialization --------------------------------------------------------------------
+def test_config_round_trip_with_every_option():
+    opt = inertia.SGD(learning_rate=schedules.CosineDecay(0.1, 100, alpha=0.1), momentum=0.5, nesterov=True,
+                      weight_decay=1e-4, global_clipnorm=2.0, use_ema=True, ema_momentum=0.95,
+                      ema_overwrite_frequency=10, loss_scale_factor=128.0, gradient_accumulation_steps=4,
+                      name="custom", jit_compile=False)
+    config = opt.get_config()
+    assert config["learning_rate"]["class_name"] == "CosineDecay"
+    assert config["jit_compile"] is False and list(config)[-1] == "jit_compile"
+    clone = inertia.SGD.from_config(config)
+    assert clone.get_config() == config
+
+
+def test_config_keeps_the_given_float():
+    assert inertia.SGD(learning_rate=0.1).get_config()["learning_rate"] == 0.1
+    opt = inertia.SGD(learning_rate=0.1)
+    opt.build([inertia.Variable(1.0)])
+    opt.set_weights([np.int32(0), np.float32(0.25)])
+    assert opt.get_config()["learning_rate"] == 0.25  # changed behind the setter: the variable wins
+
+
+def test_serialize_deserialize_get():
+    opt = inertia.SGD(learning_rate=0.5, momentum=0.25)
+    data = inertia.optimizers.serialize(opt)
+    assert data["module"] == "inertia.optimizers" and data["class_name"] == "SGD"
+    clone = inertia.optimizers.deserialize(data)
+    assert isinstance(clone, inertia.SGD) and clone.get_config() == opt.get_config()
+    for name in ("sgd", "SGD", "Sgd"):
+        made = inertia.optimizers.get(name)
+        assert isinstance(made, inertia.SGD) and float(made.learning_rate) == pytest.approx(0.01)
+    assert inertia.optimizers.get(None) is None and inertia.optimizers.get(opt) is opt
+    with pytest.raises(ValueError, match="Could not interpret optimizer identifier: 'typo'"):
+        inertia.optimizers.get("typo")
+
+
+def test_loss_scale_optimizer_config_round_trip():
+    opt = inertia.LossScaleOptimizer(inertia.SGD(learning_rate=0.5, momentum=0.9), initial_scale=64.0,
+                                     dynamic_growth_steps=10, name="lso")
+    config = opt.get_config()
+    assert list(config) == ["name", "inner_optimizer", "initial_scale", "dynamic_growth_steps"]
+    clone = inertia.optimizers.deserialize(inertia.optimizers.serialize(opt))
+    assert isinstance(clone, inertia.LossScaleOptimizer) and clone.get_config() == config
+    assert clone.scale_loss(2.0) == 128.0
+
+
+def test_keras_serialized_sgd_loads(keras):
+    data = keras.optimizers.serialize(keras.optimizers.SGD(learning_rate=0.25, momentum=0.5, nesterov=True))
+    opt = inertia.optimizers.deserialize(data)
+    assert isinstance(opt, inertia.SGD) and opt.momentum == 0.5 and opt.nesterov
+    assert float(opt.learning_rate) == 0.25
+
+
+# --- stateless use ---------------------------------------------------------------------------------
+def test_stateless_apply_is_pure_and_equals_apply():
+    opt, variables, rng = stepped(featured)
+    grads = [rng.normal(size=v.shape).astype(np.float32) for v in variables]
+    optimizer_values = [v.numpy() for v in opt.variables]
+    trainable_values = [v.numpy() for v in variables]
+    inputs = [a.copy() for a in optimizer_values + trainable_values]
+    own_before = [v.numpy() for v in opt.variables]
+    for _ in range(2):  # one micro-step then one real step of the accumulation
+        new_trainables, new_optimizer = opt.stateless_apply(optimizer_values, grads, trainable_values)
+        for given, original in zip(optimizer_values + trainable_values, inputs):
+            np.testing.assert_array_equal(given, original)  # inputs untouched
+        for v, original in zip(opt.variables, own_before):
+            np.testing.assert_array_equal(v.numpy(), original)  # own state untouched
+        optimizer_values, trainable_values = new_optimizer, new_trainables
+        inputs = [np.array(a, copy=True) for a in optimizer_values + trainable_values]
+    for _ in range(2):
+        opt.apply(grads, variables)
+    for v, value in zip(variables, trainable_values):
+        np.testing.assert_array_equal(v.numpy(), value)
+    for v, value in zip(opt.variables, optimizer_values):
+        np.testing.assert_array_equal(v.numpy(), value)
+
+
+def test_stateless_apply_with_native_arrays_does_not_touch_them():
+    w = np.array([1.0, 2.0], dtype=np.float32)
+    opt = inertia.SGD(learning_rate=0.5)
+    opt.build([w])
+    new_w, new_state = opt.stateless_apply([v.numpy() for v in opt.variables], [f32([1.0, 1.0])], [w])
+    assert w.tolist() == [1.0, 2.0] and new_w[0].tolist() == [0.5, 1.5] and int(new_state[0]) == 1
+
+
+# --- custom optimizers ------------------------------------------------------------------------------
+class HeavyBallSGD(inertia.Optimizer):
+    """A custom optimizer written as in the Keras reference: build + update_step + get_config."""
+
+    def __init__(self, learning_rate=0.01, beta=0.9, **kwargs):
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.beta = beta
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        self.velocities = [self.add_variable_from_reference(v, "velocity") for v in var_list]
+        self.counter = self.add_variable((), initializer="zeros", dtype="int32", name="counter")
+
+    def update_step(self, gradient, variable, learning_rate):
+        velocity = self.velocities[self._get_variable_index(variable)]
+        velocity.assign(velocity * np.float32(self.beta) + gradient)
+        variable.assign(variable - velocity * np.asarray(learning_rate, variable.dtype))
+
+    def get_config(self):
+        config = super().get_config()
+        config["beta"] = self.beta
+        return config
+
+
+def test_custom_optimizer_written_as_in_the_reference():
+    w = inertia.Variable([1.0, 2.0], name="w")
+    opt = HeavyBallSGD(learning_rate=0.1, beta=0.5, clipvalue=1.0, use_ema=True)
+    for _ in range(2):
+        opt.apply([f32([4.0, 0.5])], [w])
+    # step 1: v=[1, .5], w=[.9, 1.95]; step 2: v=[1.5, .75], w=[.75, 1.875]
+    np.testing.assert_allclose(w.numpy(), [0.75, 1.875], rtol=1e-6)
+    assert [v.name for v in opt.variables] == ["iteration", "learning_rate", "w_average", "w_velocity", "counter"]
+    assert opt.name == "heavy_ball_sgd" or opt.name.startswith("heavy_ball_sgd_")
+    clone = HeavyBallSGD.from_config(opt.get_config())
+    assert clone.beta == 0.5 and clone.clipvalue == 1.0
+
+
+def test_abstract_update_step_raises():
+    opt = inertia.Optimizer(learning_rate=0.1)
+    with pytest.raises(NotImplementedError, match="update_step"):
+        opt.apply([f32(1.0)], [inertia.Variable(1.0)])
+
+
+def test_decay_kwarg_warns_and_is_ignored():
+    with pytest.warns(UserWarning, match="Argument `decay` is no longer supported"):
+        opt = inertia.SGD(decay=0.1)
+    assert "decay" not in opt.get_config()
+
+
+def test_partial_none_gradients_still_update_ema_of_all():
+    a, b = inertia.Variable(1.0, name="a"), inertia.Variable(5.0, name="b")
+    opt = inertia.SGD(learning_rate=1.0, use_ema=True, ema_momentum=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        opt.apply([f32(1.0), f32(1.0)], [a, b])
+        opt.apply([f32(1.0), None], [a, b])
+    assert float(opt._model_variables_moving_average[1].numpy()) == 4.0  # b's average kept moving
