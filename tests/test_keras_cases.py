@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import inertia
+from conftest import requires
 from inertia import schedules
 
 F32 = np.float32
@@ -463,7 +464,7 @@ def test_case_42_float16_keeps_dtype():
 
 
 def test_case_42_bfloat16_keeps_dtype():
-    ml_dtypes = pytest.importorskip("ml_dtypes")
+    ml_dtypes = requires("ml_dtypes")
     opt = inertia.SGD(learning_rate=0.1, momentum=0.9)
     w = inertia.Variable(np.array([1.0, 2.0], dtype=ml_dtypes.bfloat16))
     for _ in range(2):
