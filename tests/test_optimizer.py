@@ -422,3 +422,14 @@ def test_partial_none_gradients_still_update_ema_of_all():
         opt.apply([f32(1.0), f32(1.0)], [a, b])
         opt.apply([f32(1.0), None], [a, b])
     assert float(opt._model_variables_moving_average[1].numpy()) == 4.0  # b's average kept moving
+
+
+def test_set_weights_rejects_complex_values_and_changes_nothing():
+    opt, _, _ = stepped(lambda: inertia.SGD(momentum=0.9))
+    before = [v.numpy() for v in opt.variables]
+    weights = [v.numpy() for v in opt.variables]
+    weights[-1] = weights[-1].astype(np.complex64)
+    with pytest.raises(TypeError, match="complex value"):
+        opt.set_weights(weights)
+    for v, b in zip(opt.variables, before):
+        np.testing.assert_array_equal(v.numpy(), b)

@@ -355,7 +355,7 @@ class Optimizer:
 
         Named ``<reference path with '/' as '_'>_<name>``, e.g. ``dense_kernel_momentum``.
         """
-        reference = self._wrapper_of(reference_variable)
+        reference = self._reference_of(reference_variable)
         prefix = reference.path.replace("/", "_").replace(":", "_")
         ops = reference.backend
         value = self._initial_value(initializer, reference.shape, reference.dtype, reference.value)
@@ -371,7 +371,7 @@ class Optimizer:
         names = [name] if isinstance(name, str) else list(name)
         lists: list[list[Optional[Variable]]] = [[] for _ in names]
         for variable in trainable_variables:
-            skip = getattr(self._wrapper_of(variable), "overwrite_with_gradient", False)
+            skip = self._reference_of(variable).overwrite_with_gradient
             for slots, slot_name in zip(lists, names):
                 slots.append(None if skip else self.add_variable_from_reference(variable, slot_name, initializer))
         return lists[0] if isinstance(name, str) else tuple(lists)
@@ -379,10 +379,12 @@ class Optimizer:
     def _get_variable_index(self, variable: Any) -> int:
         return self._trainable_variables_indices[id(variable)]
 
+    def _reference_of(self, target: Any) -> Variable:
+        """The Variable behind a slot's reference: any Variable, or a built native array."""
+        return target if isinstance(target, Variable) else self._wrapper_of(target)
+
     def _wrapper_of(self, target: Any) -> Variable:
-        """The Variable the optimizer uses for a user's target (itself if it is a Variable)."""
-        if isinstance(target, Variable):
-            return target
+        """The built Variable for a user's target; an unknown target is an error."""
         index = self._trainable_variables_indices.get(id(target))
         if index is not None:
             return self._trainable_variables[index]
@@ -568,13 +570,6 @@ class Optimizer:
                 )
             self._check_targets(targets)
             if self.built:
-                unknown = [t for t in targets if id(t) not in self._trainable_variables_indices]
-                if unknown:
-                    raise ValueError(
-                        f"Unknown variable: {_describe(unknown[0])}. This optimizer can only be called for the "
-                        "variables it was originally built with. When working with a new set of variables, "
-                        "you should recreate a new optimizer instance."
-                    )
                 targets = [self._wrapper_of(t) for t in targets]
         checked = [self._check_gradient(g, t) for g, t in zip(grads, targets)]
         if all(g is None for g in checked):
@@ -875,6 +870,11 @@ class Optimizer:
                 raise ValueError(
                     f"Optimizer variable {variable.path} has shape {variable.shape} not compatible with "
                     f"provided weight shape {tuple(array.shape)} (argument `{argument}`)."
+                )
+            if array.dtype.kind == "c":
+                raise TypeError(
+                    f"Optimizer variable {variable.path} cannot take a complex value (argument `{argument}`); "
+                    f"received dtype {array.dtype}."
                 )
             try:  # convert every value before assigning any, so a bad one changes nothing
                 arrays.append(variable.backend.asarray(array, dtype=variable.dtype, like=variable.value))

@@ -1,0 +1,481 @@
+"""Randomized step-by-step parity of ``inertia.SGD`` with ``keras.optimizers.SGD``.
+
+Every scenario is drawn from a seed: 1-4 variables (0-d scalars included), 1-8 steps, and a
+random mix of the optimizer's features (learning-rate schedules and callables, momentum,
+Nesterov, decoupled weight decay with exclusions, one clipping mode, EMA with overwrites,
+a static loss scale, gradient accumulation, None gradients, applying to a subset of the
+variables). The same gradients drive both libraries; after every step every trainable
+variable and every optimizer variable (by position *and* name) must agree.
+
+Deliberate deviations from Keras (SPEC section 3) are handled explicitly, never hidden:
+
+* Under gradient accumulation inertia's EMA advances only on real update steps, while
+  Keras also moves it on every micro-step. Scenarios combining ``use_ema`` with
+  ``gradient_accumulation_steps`` therefore skip the ``*_average`` slots (and draw no
+  ``ema_overwrite_frequency``, whose overwrites would copy those averages into the
+  weights); ``test_ema_under_accumulation_*`` pin inertia's behaviour with hand-computed
+  numbers and show that Keras differs there.
+* ``get_config()["learning_rate"]`` is the float the user gave in inertia and its float32
+  rounding in Keras; every other key must be equal.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import warnings
+
+import numpy as np
+import pytest
+
+import inertia
+
+RTOL, ATOL = 1e-6, 1e-7
+# float64 against Keras: float32-level tolerances, not 1e-12. Keras 3.15 on NumPy runs its
+# type promotion through ``dtypes.result_type``, which maps float64 to float32 on every
+# backend but TensorFlow ("aligned with JAX's default"), so ``ops.add/subtract/multiply`` of
+# float64 arrays compute in float32 and the result is stored back as float64: already the
+# plain update ``w.assign_sub(g * lr)`` rounds through float32
+# (test_keras_numpy_backend_rounds_float64_through_float32 pins this). No feature is exempt,
+# so the float64 variant checks dtypes, names, structure and values to float32 accuracy,
+# and test_float64_is_exact_in_inertia checks inertia's own float64 arithmetic at 1e-12
+# against an independent float64 NumPy reference.
+RTOL64, ATOL64 = 1e-5, 1e-6
+N_SCENARIOS = 60
+N_SCENARIOS_64 = 30
+NONE_WARNING = "Gradients do not exist for variables"
+SCHEDULES = ("ExponentialDecay", "PiecewiseConstantDecay", "CosineDecay", "InverseTimeDecay", "PolynomialDecay")
+NAME_STEMS = ("kernel", "bias", "gamma", "embedding")
+
+# Keras' own Variable.__array__ (called by its .numpy()) predates NumPy 2's copy keyword.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+
+
+# ----------------------------------------------------------------------------------------
+# scenario drawing
+# ----------------------------------------------------------------------------------------
+def _draw_learning_rate(r: random.Random) -> tuple:
+    kind = r.choice(("float", "callable") + SCHEDULES)
+    lr0 = r.choice([r.uniform(0.001, 0.5), 10 ** r.uniform(-4, 0)])
+    if kind == "float":
+        return kind, {"value": lr0}
+    if kind == "callable":
+        # A zero-argument callable whose value changes between steps (the test changes it).
+        return kind, {"value": lr0, "factor": r.uniform(0.5, 1.5)}
+    if kind == "ExponentialDecay":
+        kwargs = dict(initial_learning_rate=lr0, decay_steps=r.randint(1, 5), decay_rate=r.uniform(0.3, 0.99), staircase=r.random() < 0.5)
+    elif kind == "PiecewiseConstantDecay":
+        n = r.randint(1, 3)
+        boundaries = sorted(r.sample(range(0, 8), n))
+        kwargs = dict(boundaries=boundaries, values=[r.uniform(0.001, 0.5) for _ in range(n + 1)])
+    elif kind == "CosineDecay":
+        kwargs = dict(initial_learning_rate=lr0, decay_steps=r.randint(1, 10), alpha=r.choice([0.0, r.uniform(0.0, 0.5)]))
+        if r.random() < 0.4:
+            kwargs.update(warmup_target=lr0 * r.uniform(1.0, 3.0), warmup_steps=r.randint(1, 4))
+    elif kind == "InverseTimeDecay":
+        kwargs = dict(initial_learning_rate=lr0, decay_steps=r.randint(1, 5), decay_rate=r.uniform(0.1, 2.0), staircase=r.random() < 0.5)
+    else:  # PolynomialDecay
+        kwargs = dict(
+            initial_learning_rate=lr0,
+            decay_steps=r.randint(1, 6),
+            end_learning_rate=lr0 * r.uniform(0.0, 0.5),
+            power=r.choice([1.0, 0.5, 2.0, r.uniform(0.2, 3.0)]),
+            cycle=r.random() < 0.5,
+        )
+    return kind, kwargs
+
+
+def draw_scenario(seed: int, dtype: str = "float32") -> dict:
+    r = random.Random(seed)
+    n_vars = r.randint(1, 4)
+    shapes = []
+    for _ in range(n_vars):
+        rank = r.choice([0, 0, 1, 2, 3])
+        shapes.append(tuple(r.randint(1, 4) for _ in range(rank)))
+    names = [f"{r.choice(NAME_STEMS)}_{i}" for i in range(n_vars)]
+
+    kwargs: dict = {"name": f"opt_{seed}"}
+    kwargs["momentum"] = 0.0 if r.random() < 0.3 else r.choice([1.0, r.uniform(1e-3, 1.0)])
+    kwargs["nesterov"] = r.random() < 0.5
+    exclude = None
+    if r.random() < 0.5:
+        kwargs["weight_decay"] = r.uniform(1e-3, 0.5)
+        exclude = r.choice([None, "var_list", "var_names"])
+    clip = r.choice([None, "clipnorm", "global_clipnorm", "clipvalue"])
+    if clip is not None:
+        # Tiny thresholds so that clipping really happens; large ones for the no-op path.
+        kwargs[clip] = r.choice([10 ** r.uniform(-3, -1), r.uniform(0.1, 2.0), r.uniform(10.0, 100.0)])
+    use_ema = r.random() < 0.4
+    accumulation = r.choice([None, None, 2, 3])
+    if use_ema:
+        kwargs["use_ema"] = True
+        kwargs["ema_momentum"] = r.choice([0.0, 1.0, r.uniform(0.0, 1.0), 0.99])
+        if accumulation is None:  # see the module docstring: no overwrite under accumulation
+            kwargs["ema_overwrite_frequency"] = r.choice([None, 1, 2, 3])
+    if r.random() < 0.3:
+        kwargs["loss_scale_factor"] = r.choice([0.5, 2.0, 128.0, r.uniform(0.1, 1000.0)])
+    if accumulation:
+        kwargs["gradient_accumulation_steps"] = accumulation
+
+    n_steps = r.randint(1, 8)
+    steps = []
+    for step in range(n_steps):
+        indices = list(range(n_vars))
+        explicit_vars = True
+        if step > 0 and n_vars > 1 and r.random() < 0.2:  # a subset, once built on all
+            indices = sorted(r.sample(indices, r.randint(1, n_vars - 1)))
+        elif step > 0 and r.random() < 0.1:
+            explicit_vars = False  # opt.apply(grads): the built list
+        none_index = r.choice(indices) if len(indices) > 1 and r.random() < 0.2 else None
+        steps.append(
+            {
+                "indices": indices,
+                "explicit_vars": explicit_vars,
+                "none_index": none_index,
+                "scale": 10 ** r.uniform(-3, 2),
+            }
+        )
+
+    return {
+        "seed": seed,
+        "dtype": dtype,
+        "shapes": shapes,
+        "names": names,
+        "lr": _draw_learning_rate(r),
+        "kwargs": kwargs,
+        "exclude": exclude,
+        "exclude_pick": sorted(r.sample(range(n_vars), r.randint(1, n_vars))),
+        "steps": steps,
+    }
+
+
+def _make_learning_rate(schedules_module, lr_spec: tuple, box: dict):
+    kind, kwargs = lr_spec
+    if kind == "float":
+        return kwargs["value"]
+    if kind == "callable":
+        box["lr"] = kwargs["value"]
+
+        def learning_rate():
+            return box["lr"]
+
+        return learning_rate
+    return getattr(schedules_module, kind)(**kwargs)
+
+
+def _make_optimizers(keras, scenario: dict, box: dict):
+    kwargs = scenario["kwargs"]
+    k_opt = keras.optimizers.SGD(learning_rate=_make_learning_rate(keras.optimizers.schedules, scenario["lr"], box), **kwargs)
+    i_opt = inertia.SGD(learning_rate=_make_learning_rate(inertia.schedules, scenario["lr"], box), **kwargs)
+    return k_opt, i_opt
+
+
+def _compare_config(k_opt, i_opt, scenario: dict) -> None:
+    kind, lr_kwargs = scenario["lr"]
+    i_config = i_opt.get_config()
+    if kind == "callable":
+        # Keras serializes the function by its source code; inertia keeps the callable.
+        # Every other key is compared through the attributes both configs are built from.
+        k_config = {key: getattr(k_opt, key) for key in i_config if key != "learning_rate"}
+        k_lr = None
+    else:
+        k_config = k_opt.get_config()
+        k_lr = k_config.pop("learning_rate")
+    i_lr = i_config.pop("learning_rate")
+    assert i_config == k_config
+    assert list(i_config) == list(k_config)  # Keras' key order
+    if kind == "float":
+        # SPEC 3, deviation 4: inertia returns the float given, Keras its float32 rounding.
+        assert i_lr == lr_kwargs["value"]
+        assert k_lr == float(np.float32(lr_kwargs["value"]))
+    elif kind != "callable":
+        assert i_lr["class_name"] == k_lr["class_name"] == kind
+        assert i_lr["config"] == k_lr["config"]
+
+
+# ----------------------------------------------------------------------------------------
+# the parity driver
+# ----------------------------------------------------------------------------------------
+def _assert_close(i_var, k_var, rtol, atol, what):
+    actual, expected = np.asarray(i_var.numpy()), np.asarray(k_var.numpy())
+    assert actual.shape == expected.shape, what
+    # Keras' declared dtype: on its NumPy backend a float64 variable's slots hold float32
+    # zeros until first assigned (the "zeros" initializer ignores the dtype there).
+    assert str(actual.dtype) == k_var.dtype, f"{what}: dtype {actual.dtype} != {k_var.dtype}"
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
+
+
+def _apply(opt, grads, variables, expect_none_warning: bool) -> list:
+    """``opt.apply``; returns the None-gradient warning texts (exactly one when expected)."""
+    if expect_none_warning:
+        with pytest.warns(UserWarning, match=NONE_WARNING) as caught:
+            opt.apply(grads, variables) if variables is not None else opt.apply(grads)
+    else:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            opt.apply(grads, variables) if variables is not None else opt.apply(grads)
+    messages = [str(w.message) for w in caught if NONE_WARNING in str(w.message)]
+    assert len(messages) == int(expect_none_warning), messages
+    return messages
+
+
+def run_scenario(keras, scenario: dict, rtol: float, atol: float) -> None:
+    dtype = scenario["dtype"]
+    rng = np.random.default_rng(scenario["seed"])
+    init = [rng.standard_normal(shape).astype(dtype) for shape in scenario["shapes"]]
+    k_vars = [keras.Variable(v.copy(), dtype=dtype, name=n) for v, n in zip(init, scenario["names"])]
+    i_vars = [inertia.Variable(v.copy(), name=n) for v, n in zip(init, scenario["names"])]
+    box: dict = {}
+    k_opt, i_opt = _make_optimizers(keras, scenario, box)
+
+    exclude = scenario["exclude"]
+    if exclude == "var_list":
+        pick = scenario["exclude_pick"]
+        k_opt.exclude_from_weight_decay(var_list=[k_vars[i] for i in pick])
+        i_opt.exclude_from_weight_decay(var_list=[i_vars[i] for i in pick])
+    elif exclude == "var_names":
+        # Keras searches the regex in the variable's short name: "bias" matches "bias_2".
+        names = [re.sub(r"_\d+$", "", scenario["names"][i]) for i in scenario["exclude_pick"]]
+        k_opt.exclude_from_weight_decay(var_names=names)
+        i_opt.exclude_from_weight_decay(var_names=names)
+    _compare_config(k_opt, i_opt, scenario)
+
+    kwargs = scenario["kwargs"]
+    skip_averages = kwargs.get("use_ema") and kwargs.get("gradient_accumulation_steps")
+    for step_number, step in enumerate(scenario["steps"]):
+        grads = [(rng.standard_normal(shape) * step["scale"]).astype(dtype) for shape in scenario["shapes"]]
+        indices = step["indices"]
+        none_index = step["none_index"]
+        picked = [None if i == none_index else grads[i] for i in indices]
+        k_grads = [None if g is None else g.copy() for g in picked]
+        i_grads = [None if g is None else g.copy() for g in picked]
+        explicit = step["explicit_vars"]
+        k_warned = _apply(k_opt, k_grads, [k_vars[i] for i in indices] if explicit else None, none_index is not None)
+        i_warned = _apply(i_opt, i_grads, [i_vars[i] for i in indices] if explicit else None, none_index is not None)
+        assert i_warned == k_warned  # same text, naming the same variable paths
+        if "factor" in scenario["lr"][1]:
+            box["lr"] *= scenario["lr"][1]["factor"]
+
+        where = f"seed {scenario['seed']}, step {step_number}"
+        assert int(i_opt.iterations) == int(k_opt.iterations), where
+        for k_var, i_var in zip(k_vars, i_vars):
+            _assert_close(i_var, k_var, rtol, atol, f"{where}: variable {k_var.name}")
+        k_slots, i_slots = k_opt.variables, i_opt.variables
+        assert [v.name for v in i_slots] == [v.name for v in k_slots], where
+        assert [v.path for v in i_slots] == [v.path for v in k_slots], where
+        for k_slot, i_slot in zip(k_slots, i_slots):
+            if skip_averages and k_slot.name.endswith("_average"):
+                continue  # SPEC 3, deviation 2; pinned by test_ema_under_accumulation_*
+            what = f"{where}: optimizer variable {k_slot.name}"
+            if k_slot.name == "iteration":
+                assert int(i_slot.numpy()) == int(k_slot.numpy()), what
+                continue
+            _assert_close(i_slot, k_slot, rtol, atol, what)
+
+    np.testing.assert_allclose(float(i_opt.learning_rate), float(k_opt.learning_rate), rtol=rtol, atol=atol)
+    _compare_config(k_opt, i_opt, scenario)
+
+
+@pytest.mark.parametrize("seed", range(N_SCENARIOS))
+def test_random_scenario_float32(keras, seed):
+    run_scenario(keras, draw_scenario(seed), RTOL, ATOL)
+
+
+@pytest.mark.parametrize("seed", range(1000, 1000 + N_SCENARIOS_64))
+def test_random_scenario_float64(keras, seed):
+    run_scenario(keras, draw_scenario(seed, "float64"), RTOL64, ATOL64)
+
+
+def test_scenarios_cover_every_feature():
+    """The seeds above really exercise every feature (guards against a drifting generator)."""
+    scenarios = [draw_scenario(seed) for seed in range(N_SCENARIOS)] + [
+        draw_scenario(seed, "float64") for seed in range(1000, 1000 + N_SCENARIOS_64)
+    ]
+    seen: set = set()
+    for s in scenarios:
+        kw = s["kwargs"]
+        seen.add(("lr", s["lr"][0]))
+        seen.add(("rank0", any(shape == () for shape in s["shapes"])))
+        seen.add(("momentum", "zero" if kw["momentum"] == 0 else "positive"))
+        seen.add(("nesterov", kw["nesterov"] and kw["momentum"] > 0))
+        seen.add(("weight_decay", "weight_decay" in kw, s["exclude"] if "weight_decay" in kw else None))
+        for clip in ("clipnorm", "global_clipnorm", "clipvalue"):
+            if clip in kw:
+                seen.add((clip, kw[clip] < 0.1))
+        seen.add(("ema", kw.get("use_ema", False), kw.get("ema_overwrite_frequency") is not None))
+        seen.add(("loss_scale", "loss_scale_factor" in kw))
+        seen.add(("accumulation", kw.get("gradient_accumulation_steps")))
+        seen.add(("ema+accumulation", bool(kw.get("use_ema") and kw.get("gradient_accumulation_steps"))))
+        seen.add(("none_grad", any(st["none_index"] is not None for st in s["steps"])))
+        seen.add(("subset", any(len(st["indices"]) < len(s["shapes"]) for st in s["steps"])))
+        seen.add(("implicit_vars", any(not st["explicit_vars"] for st in s["steps"])))
+    expected = {("lr", kind) for kind in ("float", "callable") + SCHEDULES}
+    expected |= {("rank0", True), ("momentum", "zero"), ("momentum", "positive"), ("nesterov", True)}
+    expected |= {("weight_decay", True, e) for e in (None, "var_list", "var_names")}
+    expected |= {(clip, tiny) for clip in ("clipnorm", "global_clipnorm", "clipvalue") for tiny in (True, False)}
+    expected |= {("ema", True, True), ("ema", True, False), ("loss_scale", True)}
+    expected |= {("accumulation", 2), ("accumulation", 3), ("ema+accumulation", True)}
+    expected |= {("none_grad", True), ("subset", True), ("implicit_vars", True)}
+    assert expected <= seen, sorted(expected - seen, key=str)
+
+
+# ----------------------------------------------------------------------------------------
+# deterministic checks
+# ----------------------------------------------------------------------------------------
+def _mlp_gradients(params, x, y):
+    """Least squares through a tanh hidden layer, with hand-written float32 backprop."""
+    w1, b1, w2, b2 = params
+    h_pre = x @ w1 + b1
+    h = np.tanh(h_pre)
+    out = h @ w2 + b2
+    d_out = (2.0 / np.float32(len(x))) * (out - y)
+    d_out = d_out.astype(np.float32)
+    g_w2 = h.T @ d_out
+    g_b2 = d_out.sum(axis=0)
+    d_h = (d_out @ w2.T) * (np.float32(1) - h * h)
+    g_w1 = x.T @ d_h
+    g_b1 = d_h.sum(axis=0)
+    return [g.astype(np.float32) for g in (g_w1, g_b1, g_w2, g_b2)]
+
+
+def test_mlp_least_squares_50_steps(keras):
+    rng = np.random.default_rng(1234)
+    x = rng.standard_normal((32, 4)).astype(np.float32)
+    y = (np.sin(x.sum(axis=1, keepdims=True)) * 3.0).astype(np.float32)
+    init = [
+        (rng.standard_normal((4, 8)) * 0.5).astype(np.float32),
+        np.zeros(8, np.float32),
+        (rng.standard_normal((8, 1)) * 0.5).astype(np.float32),
+        np.zeros(1, np.float32),
+    ]
+    names = ["dense_kernel", "dense_bias", "out_kernel", "out_bias"]
+    config = dict(learning_rate=0.05, momentum=0.9, nesterov=True, weight_decay=0.01, clipnorm=1.0, name="mlp")
+    k_vars = [keras.Variable(v.copy(), name=n) for v, n in zip(init, names)]
+    i_vars = [inertia.Variable(v.copy(), name=n) for v, n in zip(init, names)]
+    k_opt, i_opt = keras.optimizers.SGD(**config), inertia.SGD(**config)
+    losses = []
+    for _ in range(50):
+        k_opt.apply(_mlp_gradients([v.numpy() for v in k_vars], x, y), k_vars)
+        i_grads = _mlp_gradients([v.numpy() for v in i_vars], x, y)
+        i_opt.apply(i_grads, i_vars)
+        w1, b1, w2, b2 = (v.numpy() for v in i_vars)
+        losses.append(float(np.mean((np.tanh(x @ w1 + b1) @ w2 + b2 - y) ** 2)))
+    assert losses[-1] < 0.5 * losses[0]  # it really trains
+    for k_var, i_var in zip(k_vars, i_vars):
+        np.testing.assert_allclose(i_var.numpy(), k_var.numpy(), rtol=1e-5, atol=1e-7, err_msg=k_var.name)
+    for k_slot, i_slot in zip(k_opt.variables, i_opt.variables):
+        assert i_slot.name == k_slot.name
+        np.testing.assert_allclose(i_slot.numpy(), k_slot.numpy(), rtol=1e-5, atol=1e-7, err_msg=k_slot.name)
+    assert int(i_opt.iterations) == int(k_opt.iterations) == 50
+
+
+# EMA under gradient accumulation (deliberate deviation 2). N=2, ema_momentum=0.5, lr=1,
+# g=1 on every call, from v=10. Real updates happen on calls 2, 4, 6 (mean gradient 1):
+#   v after each call:            10, 9, 9, 8, 8, 7
+#   inertia's average (real steps only): call 2 copies (first real step) -> 9;
+#       call 4 -> 0.5*9 + 0.5*8 = 8.5; call 6 -> 0.5*8.5 + 0.5*7 = 7.75;
+#       it stays put on the micro-steps (0 = the slot's initial value before call 2).
+#   Keras' average (every call; "first step" while iterations = raw // 2 == 0):
+#       call 1 copies 10; call 2 copies 9; call 3: 0.5*9+0.5*9 = 9; call 4: 0.5*9+0.5*8 = 8.5;
+#       call 5: 0.5*8.5+0.5*8 = 8.25; call 6: 0.5*8.25+0.5*7 = 7.625.
+EMA_ACC_V = [10.0, 9.0, 9.0, 8.0, 8.0, 7.0]
+EMA_ACC_INERTIA_AVERAGE = [0.0, 9.0, 9.0, 8.5, 8.5, 7.75]
+EMA_ACC_KERAS_AVERAGE = [10.0, 9.0, 9.0, 8.5, 8.25, 7.625]
+
+
+def _ema_accumulation_trace(make_variable, make_sgd, **extra):
+    v = make_variable(np.float32(10.0), name="v")
+    opt = make_sgd(learning_rate=1.0, use_ema=True, ema_momentum=0.5, gradient_accumulation_steps=2, name="ema_acc", **extra)
+    values, averages = [], []
+    for _ in range(6):
+        opt.apply([np.float32(1.0)], [v])
+        values.append(float(v.numpy()))
+        averages.append(float(next(s for s in opt.variables if s.name == "v_average").numpy()))
+    return values, averages, opt
+
+
+def test_ema_under_accumulation_inertia_hand_computed():
+    values, averages, opt = _ema_accumulation_trace(inertia.Variable, inertia.SGD)
+    assert values == EMA_ACC_V
+    assert averages == EMA_ACC_INERTIA_AVERAGE
+    assert int(opt.iterations) == 3
+
+
+def test_ema_under_accumulation_with_overwrite_inertia_hand_computed():
+    # Same with ema_overwrite_frequency=2: the EMA clock is the real step count (0, 1, 2 on
+    # calls 2, 4, 6), so only call 4 ((1+1) % 2 == 0) copies the average into v:
+    #   call 2: v 9, avg 9; call 4: v 8, avg 8.5 -> v = 8.5; call 6: v 7.5, avg 0.5*8.5+0.5*7.5 = 8.
+    values, averages, _ = _ema_accumulation_trace(inertia.Variable, inertia.SGD, ema_overwrite_frequency=2)
+    assert values == [10.0, 9.0, 9.0, 8.5, 8.5, 7.5]
+    assert averages == [0.0, 9.0, 9.0, 8.5, 8.5, 8.0]
+
+
+def test_ema_under_accumulation_keras_differs(keras):
+    """Pins the deviation: same weights, different averages (Keras moves them on micro-steps)."""
+    k_values, k_averages, _ = _ema_accumulation_trace(keras.Variable, keras.optimizers.SGD)
+    i_values, i_averages, _ = _ema_accumulation_trace(inertia.Variable, inertia.SGD)
+    assert k_values == i_values == EMA_ACC_V
+    assert k_averages == EMA_ACC_KERAS_AVERAGE
+    assert i_averages == EMA_ACC_INERTIA_AVERAGE
+    assert k_averages[0] != i_averages[0] and k_averages[-1] != i_averages[-1]
+
+
+def test_none_gradient_for_every_variable_raises_in_both(keras):
+    k_var, i_var = keras.Variable(np.ones(2, np.float32), name="w"), inertia.Variable(np.ones(2, np.float32), name="w")
+    for opt, var in ((keras.optimizers.SGD(name="n"), k_var), (inertia.SGD(name="n"), i_var)):
+        with pytest.raises(ValueError, match="No gradients provided for any variable"):
+            opt.apply([None], [var])
+
+
+# ----------------------------------------------------------------------------------------
+# float64
+# ----------------------------------------------------------------------------------------
+def test_keras_numpy_backend_rounds_float64_through_float32(keras):
+    """Why the float64 variant cannot use 1e-12 against Keras (see RTOL64)."""
+    w0, g, lr = np.array([0.7, 0.3]), np.array([0.1, 0.1]), 0.5
+    k_var = keras.Variable(w0.copy(), dtype="float64", name="w")
+    i_var = inertia.Variable(w0.copy(), name="w")
+    keras.optimizers.SGD(learning_rate=lr, name="k64").apply([g.copy()], [k_var])
+    inertia.SGD(learning_rate=lr, name="i64").apply([g.copy()], [i_var])
+    assert k_var.dtype == "float64" and i_var.dtype == "float64"
+    f32 = np.float32
+    keras_expected = (w0.astype(f32) - g.astype(f32) * f32(lr)).astype(np.float64)
+    np.testing.assert_array_equal(k_var.numpy(), keras_expected)  # float32 arithmetic
+    np.testing.assert_array_equal(i_var.numpy(), w0 - g * lr)  # float64 arithmetic
+    assert not np.array_equal(k_var.numpy(), i_var.numpy())
+
+
+def test_float64_is_exact_in_inertia():
+    """inertia's float64 path at 1e-12 against a plain float64 NumPy restatement of Keras' SGD
+    (momentum + Nesterov + decoupled weight decay + clipnorm + loss scale + EMA)."""
+    rng = np.random.default_rng(64)
+    shapes = [(3, 2), (), (4,)]
+    init = [rng.standard_normal(s) for s in shapes]
+    lr, momentum, wd, clipnorm, scale, ema = 0.1, 0.9, 0.05, 0.5, 4.0, 0.8
+    variables = [inertia.Variable(v.copy(), name=f"w{i}") for i, v in enumerate(init)]
+    opt = inertia.SGD(
+        learning_rate=lr, momentum=momentum, nesterov=True, weight_decay=wd, clipnorm=clipnorm,
+        loss_scale_factor=scale, use_ema=True, ema_momentum=ema, name="f64",
+    )
+    lr32 = float(np.float32(lr))  # the learning-rate variable is float32, as in Keras
+    ws = [v.copy() for v in init]
+    vel = [np.zeros_like(v) for v in init]
+    avg = [np.zeros_like(v) for v in init]
+    for step in range(6):
+        grads = [rng.standard_normal(s) * 3.0 for s in shapes]
+        opt.apply([g.copy() for g in grads], variables)
+        for i, g in enumerate(grads):
+            g = g / scale
+            g = g * clipnorm / max(np.sqrt(np.sum(g * g)), clipnorm)
+            ws[i] = ws[i] - ws[i] * wd * lr32
+            vel[i] = momentum * vel[i] - lr32 * g
+            ws[i] = ws[i] + momentum * vel[i] - lr32 * g
+            avg[i] = ws[i].copy() if step == 0 else ema * avg[i] + (1 - ema) * ws[i]
+        for i, variable in enumerate(variables):
+            assert variable.dtype == "float64"
+            np.testing.assert_allclose(variable.numpy(), ws[i], rtol=1e-12, atol=1e-14)
+        slots = {s.name: s.numpy() for s in opt.variables}
+        for i in range(len(shapes)):
+            assert slots[f"w{i}_momentum"].dtype == np.float64
+            np.testing.assert_allclose(slots[f"w{i}_momentum"], vel[i], rtol=1e-12, atol=1e-14)
+            np.testing.assert_allclose(slots[f"w{i}_average"], avg[i], rtol=1e-12, atol=1e-14)
