@@ -37,3 +37,9 @@ def keras():
     module = requires("keras")
     assert module.backend.backend() == "numpy", "Keras must run on its NumPy backend in the tests"
     return module
+
+
+@pytest.fixture
+def sklearn():
+    """scikit-learn (the demo's data): skipped locally when missing, a failure in CI."""
+    return requires("sklearn")

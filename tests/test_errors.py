@@ -30,7 +30,6 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-import inertia
 from inertia import LossScaleOptimizer, SGD, Variable, optimizers, schedules
 
 

@@ -1,0 +1,120 @@
+"""The ``inertia`` command line, run as the user runs it: ``python -m inertia ...``."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import inertia
+from inertia import cli
+
+# The child must import this very checkout, installed or not.
+_SRC = str(Path(inertia.__file__).resolve().parents[1])
+
+needs_sklearn = pytest.mark.usefixtures("sklearn")  # fails instead of skipping in CI
+
+
+def _inertia(*args: str, code: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_SRC, env.get("PYTHONPATH")]))
+    command = [sys.executable, "-c", code] if code else [sys.executable, "-m", "inertia", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_help() -> None:
+    done = _inertia("--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: inertia ")
+    assert "demo" in done.stdout and "--version" in done.stdout
+
+
+def test_demo_help() -> None:
+    done = _inertia("demo", "--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: inertia demo ")
+    for option in ("--epochs", "--seed", "--quiet", "inertia[demo]"):
+        assert option in done.stdout
+
+
+def test_version() -> None:
+    done = _inertia("--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"inertia {inertia.__version__}\n"
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    done = _inertia("train")
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert "invalid choice: 'train'" in done.stderr
+
+
+@needs_sklearn
+def test_demo_end_to_end() -> None:
+    done = _inertia("demo", "--epochs", "1")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert "\r" not in done.stdout  # a pipe is not a terminal: no redrawing
+    lines = done.stdout.splitlines()
+    assert len(lines) == 5, done.stdout
+    assert lines[0].startswith(f"inertia {inertia.__version__} demo: MLP 64-64-10")
+    assert lines[1].startswith("optimizer: SGD(learning_rate=CosineDecay(")
+    assert re.fullmatch(r"epoch 1/1 \[=+\] 43/43 loss \d+\.\d{4} - lr \d\.\d{4}", lines[2]), lines[2]
+    assert re.match(r"train loss \d+\.\d{4} \(train accuracy \d+\.\d\d%\) after 1 epoch, 43 steps", lines[3])
+    accuracy = re.match(r"test accuracy (\d+\.\d\d)% \(\d+/450\)", lines[4])
+    assert accuracy, lines[4]
+    assert float(accuracy.group(1)) >= 85.0
+
+
+def test_missing_scikit_learn_exits_1_with_the_fix() -> None:
+    hide_sklearn = (
+        "import sys; sys.modules['sklearn'] = None\n"
+        "from inertia.cli import main; sys.exit(main(['demo']))"
+    )
+    done = _inertia(code=hide_sklearn)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert "scikit-learn" in done.stderr and "pip install 'inertia[demo]'" in done.stderr
+
+
+# --- in process: cheaper, for the argument handling --------------------------------------
+
+
+@needs_sklearn
+def test_quiet_demo_prints_only_the_results(capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["demo", "--epochs", "1", "--seed", "1", "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("train loss ") and lines[1].startswith("test accuracy ")
+
+
+def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture) -> None:
+    assert cli.main([]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "a command is required" in captured.err
+
+
+@pytest.mark.parametrize(
+    "args", [["demo", "--epochs", "0"], ["demo", "--epochs", "x"], ["demo", "--seed", "-1"], ["demo", "extra"]]
+)
+def test_bad_demo_arguments_are_usage_errors(args: list[str], capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args)
+    assert exit_info.value.code == 2
+    assert "usage: inertia" in capsys.readouterr().err
+
+
+def test_console_script_is_declared() -> None:
+    try:
+        distribution = importlib.metadata.distribution("inertia")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("inertia is not installed, so it has no console script")
+    scripts = [ep for ep in distribution.entry_points if ep.group == "console_scripts"]
+    assert [(ep.name, ep.value) for ep in scripts] == [("inertia", "inertia.cli:main")]
