@@ -433,3 +433,18 @@ def test_set_weights_rejects_complex_values_and_changes_nothing():
         opt.set_weights(weights)
     for v, b in zip(opt.variables, before):
         np.testing.assert_array_equal(v.numpy(), b)
+
+
+def test_loss_scale_optimizer_stateless_apply_covers_inner_state():
+    opt = inertia.LossScaleOptimizer(inertia.SGD(learning_rate=0.5, momentum=0.5), initial_scale=4.0)
+    w = inertia.Variable([1.0, 2.0])
+    opt.build([w])
+    state = [v.numpy() for v in opt.variables]
+    (new_w,), new_state = opt.stateless_apply(state, [f32([4.0, 8.0])], [w.numpy()])
+    np.testing.assert_allclose(new_w, [0.5, 1.0])  # unscaled gradient [1, 2], lr 0.5
+    names = [v.name for v in opt.variables]
+    assert int(new_state[names.index("step_counter")]) == 1
+    np.testing.assert_allclose(new_state[-1], [-0.5, -1.0])  # the inner momentum slot
+    assert w.numpy().tolist() == [1.0, 2.0] and int(opt.iterations) == 0
+    (same_w,), skipped = opt.stateless_apply(state, [f32([np.inf, 1.0])], [w.numpy()])
+    assert same_w.tolist() == [1.0, 2.0] and float(skipped[names.index("dynamic_scale")]) == 2.0

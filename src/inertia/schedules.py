@@ -286,7 +286,52 @@ class LearningRateSchedule:
         return f"{self.__class__.__name__}({arguments})"
 
 
-class ExponentialDecay(LearningRateSchedule):
+class _RateDecay(LearningRateSchedule):
+    """Shared by the two schedules driven by ``decay_rate`` and ``step / decay_steps``."""
+
+    def __init__(
+        self,
+        initial_learning_rate: float,
+        decay_steps: int,
+        decay_rate: float,
+        staircase: bool,
+        name: str,
+    ) -> None:
+        _check_real("initial_learning_rate", initial_learning_rate)
+        _check_positive("decay_steps", decay_steps)
+        _check_real("decay_rate", decay_rate)
+        _check_bool("staircase", staircase)
+        _check_name(name)
+        super().__init__()
+        self.initial_learning_rate = initial_learning_rate
+        self.decay_steps = decay_steps
+        self.decay_rate = decay_rate
+        self.staircase = staircase
+        self.name = name
+
+    def _progress(self, step: Any) -> tuple[Any, Any, Any, Any, Any]:
+        """``(xp, dtype, initial, decay_rate, p)`` with ``p = step / decay_steps``, floored
+        when ``staircase``, all in the dtype of the initial learning rate (as Keras)."""
+        xp, step = _namespace(step)
+        dtype = _float_dtype(self.initial_learning_rate, xp)
+        initial = _cast(self.initial_learning_rate, dtype, xp)
+        decay_rate = _cast(self.decay_rate, dtype, xp)
+        p = _cast(step, dtype, xp) / _cast(self.decay_steps, dtype, xp)
+        if self.staircase:
+            p = xp.floor(p)
+        return xp, dtype, initial, decay_rate, p
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "initial_learning_rate": self.initial_learning_rate,
+            "decay_steps": self.decay_steps,
+            "decay_rate": self.decay_rate,
+            "staircase": self.staircase,
+            "name": self.name,
+        }
+
+
+class ExponentialDecay(_RateDecay):
     """Exponential decay: ``lr = initial_learning_rate * decay_rate ** (step / decay_steps)``.
 
     With ``staircase=True`` the exponent is ``floor(step / decay_steps)``, so the learning
@@ -315,37 +360,11 @@ class ExponentialDecay(LearningRateSchedule):
         staircase: bool = False,
         name: str = "ExponentialDecay",
     ) -> None:
-        _check_real("initial_learning_rate", initial_learning_rate)
-        _check_positive("decay_steps", decay_steps)
-        _check_real("decay_rate", decay_rate)
-        _check_bool("staircase", staircase)
-        _check_name(name)
-        super().__init__()
-        self.initial_learning_rate = initial_learning_rate
-        self.decay_steps = decay_steps
-        self.decay_rate = decay_rate
-        self.staircase = staircase
-        self.name = name
+        super().__init__(initial_learning_rate, decay_steps, decay_rate, staircase, name)
 
     def __call__(self, step: Any) -> Any:
-        xp, step = _namespace(step)
-        dtype = _float_dtype(self.initial_learning_rate, xp)
-        initial = _cast(self.initial_learning_rate, dtype, xp)
-        decay_steps = _cast(self.decay_steps, dtype, xp)
-        decay_rate = _cast(self.decay_rate, dtype, xp)
-        p = _cast(step, dtype, xp) / decay_steps
-        if self.staircase:
-            p = xp.floor(p)
+        xp, dtype, initial, decay_rate, p = self._progress(step)
         return _result(initial * xp.power(decay_rate, p), dtype, xp)
-
-    def get_config(self) -> dict[str, Any]:
-        return {
-            "initial_learning_rate": self.initial_learning_rate,
-            "decay_steps": self.decay_steps,
-            "decay_rate": self.decay_rate,
-            "staircase": self.staircase,
-            "name": self.name,
-        }
 
 
 class PiecewiseConstantDecay(LearningRateSchedule):
@@ -512,7 +531,7 @@ class PolynomialDecay(LearningRateSchedule):
         }
 
 
-class InverseTimeDecay(LearningRateSchedule):
+class InverseTimeDecay(_RateDecay):
     """Inverse-time decay: ``lr = initial_learning_rate / (1 + decay_rate * step / decay_steps)``.
 
     With ``staircase=True`` the ratio ``step / decay_steps`` is rounded down.
@@ -538,38 +557,12 @@ class InverseTimeDecay(LearningRateSchedule):
         staircase: bool = False,
         name: str = "InverseTimeDecay",
     ) -> None:
-        _check_real("initial_learning_rate", initial_learning_rate)
-        _check_positive("decay_steps", decay_steps)
-        _check_real("decay_rate", decay_rate)
-        _check_bool("staircase", staircase)
-        _check_name(name)
-        super().__init__()
-        self.initial_learning_rate = initial_learning_rate
-        self.decay_steps = decay_steps
-        self.decay_rate = decay_rate
-        self.staircase = staircase
-        self.name = name
+        super().__init__(initial_learning_rate, decay_steps, decay_rate, staircase, name)
 
     def __call__(self, step: Any) -> Any:
-        xp, step = _namespace(step)
-        dtype = _float_dtype(self.initial_learning_rate, xp)
-        initial = _cast(self.initial_learning_rate, dtype, xp)
-        decay_steps = _cast(self.decay_steps, dtype, xp)
-        decay_rate = _cast(self.decay_rate, dtype, xp)
-        p = _cast(step, dtype, xp) / decay_steps
-        if self.staircase:
-            p = xp.floor(p)
+        xp, dtype, initial, decay_rate, p = self._progress(step)
         denominator = _cast(1, dtype, xp) + decay_rate * p
         return _result(initial / denominator, dtype, xp)
-
-    def get_config(self) -> dict[str, Any]:
-        return {
-            "initial_learning_rate": self.initial_learning_rate,
-            "decay_steps": self.decay_steps,
-            "decay_rate": self.decay_rate,
-            "staircase": self.staircase,
-            "name": self.name,
-        }
 
 
 class CosineDecay(LearningRateSchedule):
