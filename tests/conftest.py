@@ -17,7 +17,8 @@ import pytest  # noqa: E402
 from inertia import backend as backends  # noqa: E402
 
 # Reference systems that CI installs; required alongside the backends.
-_REFERENCES_REQUIRED_WITH = {"keras": "numpy", "ml_dtypes": "numpy", "sklearn": "numpy"}
+# keras' NumPy backend itself imports jax, so jax is required wherever keras is.
+_REFERENCES_REQUIRED_WITH = {"keras": "numpy", "jax": "numpy", "ml_dtypes": "numpy", "sklearn": "numpy"}
 
 
 def requires(module_name: str):
