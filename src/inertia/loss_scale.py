@@ -111,23 +111,30 @@ class LossScaleOptimizer(Optimizer):
             return
         grads, variables = self._prepare(grads, trainable_variables)
         ops = self._backend
+        present = [g for g in grads if g is not None]
+
+        def finite_step() -> None:
+            scale = self.dynamic_scale.value
+            unscaled = [
+                g if g is None or v.overwrite_with_gradient else g / ops.cast(scale, ops.dtype_name(g))
+                for g, v in zip(grads, variables)
+            ]
+            self.inner_optimizer.apply(unscaled, variables)
+            self._branch(self._flag(self.step_counter.value == self.dynamic_growth_steps - 1), grow, count)
+
+        def grow() -> None:
+            self.step_counter.assign(self.step_counter.value * 0)
+            self.dynamic_scale.assign(self.dynamic_scale.value * ops.scalar(2.0, "float32", like=self.dynamic_scale.value))
+
+        def count() -> None:
+            self.step_counter.assign(self.step_counter.value + 1)
+
+        def skip_step() -> None:
+            self.step_counter.assign(self.step_counter.value * 0)
+            self.dynamic_scale.assign(self.dynamic_scale.value * ops.scalar(0.5, "float32", like=self.dynamic_scale.value))
+
         with ops.float_errors_ignored():
-            if ops.all_finite([g for g in grads if g is not None]):
-                scale = self.dynamic_scale.value
-                unscaled = [
-                    g if g is None or v.overwrite_with_gradient else g / ops.cast(scale, ops.dtype_name(g))
-                    for g, v in zip(grads, variables)
-                ]
-                self.inner_optimizer.apply(unscaled, variables)
-                if int(self.step_counter.value) == self.dynamic_growth_steps - 1:
-                    self.step_counter.assign(ops.scalar(0, "int32", like=scale))
-                    self.dynamic_scale.assign(scale * ops.scalar(2.0, "float32", like=scale))
-                else:
-                    self.step_counter.assign(self.step_counter.value + 1)
-            else:
-                scale = self.dynamic_scale.value
-                self.step_counter.assign(ops.scalar(0, "int32", like=scale))
-                self.dynamic_scale.assign(scale * ops.scalar(0.5, "float32", like=scale))
+            self._branch(ops.finite_flag(present), finite_step, skip_step)
 
     def stateless_apply(self, optimizer_variables: Sequence[Any], grads: Sequence[Any], trainable_variables: Sequence[Any]) -> tuple[list, list]:
         return super().stateless_apply(optimizer_variables, grads, trainable_variables)

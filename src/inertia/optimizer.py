@@ -202,6 +202,7 @@ class Optimizer:
         self._accumulated_gradients: list[Optional[Variable]] = []
         self._exclude_from_weight_decay_ids: set[int] = set()
         self._exclude_from_weight_decay_pattern: Optional[re.Pattern] = None
+        self._compiled_steps: dict = {}
         self._iterations = self.add_variable((), initializer="zeros", dtype="int32", name="iteration")
         self._learning_rate_given: Optional[float] = None
         self._learning_rate: Any = None
@@ -294,10 +295,35 @@ class Optimizer:
         """The optimizer's variables, in Keras' order: iteration, learning_rate, slots."""
         return list(self._variables)
 
-    def _iteration_count(self) -> int:
-        """The accumulation-aware step count as a host int (the EMA's clock)."""
-        raw = int(self._iterations.value)
+    def _steps_taken(self) -> Any:
+        """The accumulation-aware step count (the EMA's clock), before this step's increment."""
+        raw = self._iterations.value
         return raw // self.gradient_accumulation_steps if self.gradient_accumulation_steps else raw
+
+    def _flag(self, condition: Any) -> Any:
+        """A condition on counters: a Python bool, unless it is traced (inside ``jax.jit``)."""
+        return condition if self._backend.is_traced(condition) else bool(condition)
+
+    def _branch(self, flag: Any, if_true: Callable[[], None], if_false: Optional[Callable[[], None]] = None) -> None:
+        """Run one branch of a step. Under tracing both run and every variable selects its
+        value with ``where(flag, ...)`` (the way compiled code branches on data)."""
+        if isinstance(flag, bool):
+            if flag:
+                if_true()
+            elif if_false is not None:
+                if_false()
+            return
+        variables = self.variables + list(self._trainable_variables)
+        before = [v._value for v in variables]
+        if_true()
+        taken = [v._value for v in variables]
+        for variable, value in zip(variables, before):
+            variable._value = value
+        if if_false is not None:
+            if_false()
+        for variable, value in zip(variables, taken):
+            if value is not variable._value:
+                variable._value = variable.backend.where(flag, value, variable._value)
 
     def _new_variable_name(self, name: str) -> str:
         unique, index = name, 0
@@ -540,8 +566,32 @@ class Optimizer:
         if len(grads) == 0:
             return
         grads, variables = self._prepare(grads, trainable_variables)
-        with self._backend.float_errors_ignored():
+        ops = self._backend
+        if self.jit_compile and ops.compiles and not ops.is_traced(self._iterations.value):
+            self._apply_compiled(*self._filter_empty_gradients(grads, variables))
+            return
+        with ops.float_errors_ignored():
             self._apply_prepared(grads, variables)
+
+    def _apply_compiled(self, grads: list, variables: list[Variable]) -> None:
+        """One step as a compiled pure function of (state, weights, gradients), cached per
+        set of variables. Python hyperparameters are compiled in; the learning rate is an
+        array of the state, so changing it never recompiles."""
+        own, trainables = self.variables, list(self._trainable_variables)
+        key = (tuple(self._get_variable_index(v) for v in variables), tuple(map(id, own)), id(self._learning_rate))
+        step = self._compiled_steps.get(key)
+        if step is None:
+            chosen = [trainables[i] for i in key[0]]
+
+            def pure(own_values: list, trainable_values: list, gradients: list) -> tuple[list, list]:
+                with _values_swapped(own + trainables, own_values + trainable_values, copy=False):
+                    self._apply_prepared(list(gradients), chosen)
+                    return [v.value for v in own], [v.value for v in trainables]
+
+            step = self._compiled_steps[key] = self._backend.compile(pure)
+        own_values, trainable_values = step([v.value for v in own], [v.value for v in trainables], grads)
+        for variable, value in zip(own + trainables, own_values + trainable_values):
+            variable._value = value
 
     def _prepare(self, grads: list, trainable_variables: Optional[Sequence[Any]]) -> tuple[list, list[Variable]]:
         """Validate everything (building if needed); returns checked gradients and wrappers.
@@ -646,50 +696,64 @@ class Optimizer:
             return grads, variables
         kept_grads, kept_vars = [], []
         steps = self.gradient_accumulation_steps
-        is_update_step = steps and (int(self._iterations.value) + 1) % steps == 0
         for gradient, variable in zip(grads, variables):
             if not variable.overwrite_with_gradient:
                 kept_grads.append(gradient)
                 kept_vars.append(variable)
-                continue
-            ops = variable.backend
-            if steps:
+            elif steps:
                 accumulator = self._accumulated_gradients[self._get_variable_index(variable)]
-                running_max = ops.maximum(gradient, accumulator.value)
-                if is_update_step:
+                running_max = variable.backend.maximum(gradient, accumulator.value)
+
+                def take_maximum(variable=variable, accumulator=accumulator, running_max=running_max) -> None:
                     variable.assign(running_max)
-                    accumulator.assign(ops.zeros(accumulator.shape, accumulator.dtype, like=accumulator.value))
-                else:
-                    accumulator.assign(running_max)
+                    _reset(accumulator)
+
+                self._branch(
+                    self._flag((self._iterations.value + 1) % steps == 0),
+                    take_maximum,
+                    lambda accumulator=accumulator, running_max=running_max: accumulator.assign(running_max),
+                )
             else:
                 variable.assign(gradient)
         return kept_grads, kept_vars
 
     def _backend_apply_gradients(self, grads: list, variables: list[Variable]) -> None:
         steps = self.gradient_accumulation_steps
-        if steps:
-            accumulators = [self._accumulated_gradients[self._get_variable_index(v)] for v in variables]
-            if (int(self._iterations.value) + 1) % steps != 0:
-                for gradient, accumulator in zip(grads, accumulators):
-                    accumulator.assign(pipeline.accumulate(accumulator.value, gradient))
-                return  # EMA advances only on real update steps (a deliberate deviation from Keras)
-            grads = [
-                pipeline.accumulated_mean(v.backend, g, a.value, steps)
-                for g, a, v in zip(grads, accumulators, variables)
-            ]
+        if not steps:
+            self._update(grads, variables)
+            return
+        accumulators = [self._accumulated_gradients[self._get_variable_index(v)] for v in variables]
+
+        def update() -> None:
+            means = [pipeline.accumulated_mean(v.backend, g, a.value, steps) for g, a, v in zip(grads, accumulators, variables)]
+            self._update(means, variables)
+            for accumulator in self._accumulated_gradients:
+                if accumulator is not None:
+                    _reset(accumulator)
+
+        def accumulate() -> None:
+            # No clipping, decay, update or EMA on micro-steps: the EMA advancing only on
+            # real update steps is a deliberate deviation from Keras.
+            for gradient, accumulator in zip(grads, accumulators):
+                accumulator.assign(pipeline.accumulate(accumulator.value, gradient))
+
+        self._branch(self._flag((self._iterations.value + 1) % steps == 0), update, accumulate)
+
+    def _update(self, grads: list, variables: list[Variable]) -> None:
+        """A real update step: clip, decay, update_step, then the EMA."""
         learning_rate = self._learning_rate_array()
         grads = self._clip_gradients(grads, variables)
         self._apply_weight_decay(variables, learning_rate)
         self._backend_update_step(grads, variables, learning_rate)
-        if steps:
-            for accumulator in self._accumulated_gradients:
-                if accumulator is not None:
-                    accumulator.assign(accumulator.backend.zeros(accumulator.shape, accumulator.dtype, like=accumulator.value))
         if self.use_ema:
-            self._update_model_variables_moving_average(self._trainable_variables)
+            steps_taken = self._steps_taken()
+            self._update_model_variables_moving_average(self._trainable_variables, self._flag(steps_taken == 0))
             frequency = self.ema_overwrite_frequency
-            if frequency and (self._iteration_count() + 1) % frequency == 0:
-                self._overwrite_model_variables_with_average_value(self._trainable_variables)
+            if frequency:
+                self._branch(
+                    self._flag((steps_taken + 1) % frequency == 0),
+                    lambda: self._overwrite_model_variables_with_average_value(self._trainable_variables),
+                )
 
     def _clip_gradients(self, grads: list, variables: Sequence[Variable]) -> list:
         if not grads:
@@ -708,8 +772,7 @@ class Optimizer:
     # ------------------------------------------------------------------------------------
     # EMA
     # ------------------------------------------------------------------------------------
-    def _update_model_variables_moving_average(self, variables: Sequence[Variable]) -> None:
-        first = self._iteration_count() == 0
+    def _update_model_variables_moving_average(self, variables: Sequence[Variable], first: Any) -> None:
         for variable, average in zip(variables, self._model_variables_moving_average):
             if average is not None:
                 average.assign(pipeline.ema_update(variable.backend, average.value, variable.value, self.ema_momentum, first))
@@ -752,23 +815,28 @@ class Optimizer:
         if not variables:
             raise ValueError(f"Argument `var_list` must not be empty. Received: var_list={var_list!r}")
         ops = self._check_targets(variables, "var_list")
+        values = [v.value if isinstance(v, Variable) else v for v in variables]
+        natives = not any(isinstance(v, Variable) for v in variables)
+        differentiates_natives = natives and hasattr(ops, "grad_of_natives")
         if not callable(loss):
-            raise TypeError(
-                f"Argument `loss` must be a callable on the {ops.name} backend (a zero-argument "
-                f"function, or one taking an array per variable). Received: loss={loss!r}"
-            )
-        takes_arrays = _positional_arity(loss) > 0
-        if not takes_arrays and not all(isinstance(v, Variable) for v in variables):
+            if not differentiates_natives:
+                raise TypeError(
+                    f"Argument `loss` must be a callable on the {ops.name} backend (a zero-argument "
+                    f"function, or one taking an array per variable). Received: loss={loss!r}"
+                )
+            grads = ops.grad_of_natives(loss, values)
+        elif _positional_arity(loss) > 0:
+            _, grads = ops.value_and_grad(lambda arrays: loss(*arrays), values)
+        elif all(isinstance(v, Variable) for v in variables):
+            _, grads = ops.value_and_grad(lambda arrays: _call_with_values(loss, variables, arrays), values)
+        elif differentiates_natives:
+            grads = ops.grad_of_natives(loss, values)
+        else:
             raise TypeError(
                 "A zero-argument `loss` can only be differentiated with respect to inertia.Variable "
                 "objects; for native arrays pass a loss that takes one array per variable, e.g. "
                 "`lambda w, b: ...`."
             )
-        values = [v.value if isinstance(v, Variable) else v for v in variables]
-        if takes_arrays:
-            _, grads = ops.value_and_grad(lambda arrays: loss(*arrays), values)
-        else:
-            _, grads = ops.value_and_grad(lambda arrays: _call_with_values(loss, variables, arrays), values)
         return list(zip(grads, variables))
 
     def minimize(self, loss: Any, var_list: Any, tape: Any = None) -> Variable:
@@ -936,6 +1004,11 @@ class Optimizer:
     def __repr__(self) -> str:
         return f"<inertia.{type(self).__name__} name={self.name!r} built={self.built}>"
 
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_compiled_steps"] = {}  # compiled functions are rebuilt on demand
+        return state
+
 
 # ----------------------------------------------------------------------------------------
 # helpers
@@ -951,6 +1024,10 @@ def _describe(target: Any) -> str:
         return f"variable {target.path!r}"
     shape = getattr(target, "shape", None)
     return f"{type(target).__module__}.{type(target).__name__}" + (f" of shape {tuple(shape)}" if shape is not None else f" {target!r}")
+
+
+def _reset(variable: Variable) -> None:
+    variable.assign(variable.backend.zeros(variable.shape, variable.dtype, like=variable.value))
 
 
 def _assign_to(target: Any, value: Any) -> None:

@@ -104,9 +104,15 @@ def decoupled_weight_decay(ops: ArrayBackend, weight: Any, weight_decay: float, 
     return weight - weight * wd * ops.cast(learning_rate, ops.dtype_name(weight))
 
 
-def ema_update(ops: ArrayBackend, average: Any, weight: Any, ema_momentum: float, first: bool) -> Any:
-    """``m*avg + (1-m)*w``, with ``m = 0`` on the first step so the average starts at ``w``."""
-    m = _scalar(ops, 0.0 if first else ema_momentum, weight)
+def ema_update(ops: ArrayBackend, average: Any, weight: Any, ema_momentum: float, first: Any) -> Any:
+    """``m*avg + (1-m)*w``, with ``m = 0`` on the first step so the average starts at ``w``.
+
+    ``first`` is a bool, or a 0-d bool array when traced.
+    """
+    if isinstance(first, bool):
+        m = _scalar(ops, 0.0 if first else ema_momentum, weight)
+    else:
+        m = ops.where(first, _scalar(ops, 0.0, weight), _scalar(ops, ema_momentum, weight))
     return m * average + (1 - m) * weight
 
 

@@ -15,6 +15,8 @@ Array = Any
 
 class ArrayBackend(ABC):
     name: str
+    #: Whether ``compile`` really compiles (the optimizer then runs eager steps compiled).
+    compiles: bool = False
 
     # --- identity and dtypes -------------------------------------------------------------
     @abstractmethod
@@ -96,6 +98,18 @@ class ArrayBackend(ABC):
     @abstractmethod
     def all_finite(self, arrays: Sequence[Array]) -> bool:
         """Whether every element of every array is finite (a host bool)."""
+
+    def is_traced(self, value: Any) -> bool:
+        """Whether ``value`` is abstract (traced by a compiler): no Python branching on it."""
+        return False
+
+    def finite_flag(self, arrays: Sequence[Array]) -> Any:
+        """Whether every element is finite: a host bool, or a 0-d bool array when traced."""
+        return self.all_finite(arrays)
+
+    def compile(self, function: Callable) -> Callable:
+        """``function`` compiled for this backend (``jax.jit``); identity where eager is best."""
+        return function
 
     def float_errors_ignored(self) -> Any:
         """A context in which overflow / division by zero / NaN make no warnings.

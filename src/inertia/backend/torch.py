@@ -1,0 +1,152 @@
+"""The PyTorch backend: tensors on any device, updated in place without autograd history.
+
+Hyperparameters become 0-d tensors of the variable's dtype (on the CPU, which torch
+treats as scalars next to CUDA tensors), so float16 / bfloat16 arithmetic rounds exactly
+as NumPy's does and nothing is captured as a Python constant.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from inertia.backend.base import Array, ArrayBackend
+
+_FLOATING = {"float16", "bfloat16", "float32", "float64"}
+
+
+def _torch_dtype(dtype: str) -> torch.dtype:
+    value = getattr(torch, dtype, None)
+    if not isinstance(value, torch.dtype):
+        raise TypeError(f"Unknown dtype for torch: dtype={dtype!r}")
+    return value
+
+
+def _device_of(like: Any) -> Any:
+    return like.device if isinstance(like, torch.Tensor) else None
+
+
+class TorchBackend(ArrayBackend):
+    name = "torch"
+
+    def is_array(self, value: Any) -> bool:
+        return isinstance(value, torch.Tensor)
+
+    def is_mutable_native(self, value: Any) -> bool:
+        return isinstance(value, torch.Tensor) and not value.is_inference()
+
+    def dtype_name(self, value: Array) -> str:
+        return str(value.dtype).rsplit(".", 1)[-1]
+
+    def is_floating(self, dtype: str) -> bool:
+        return dtype in _FLOATING
+
+    def shape(self, value: Array) -> tuple[int, ...]:
+        return tuple(value.shape)
+
+    def asarray(self, value: Any, dtype: str | None = None, like: Array | None = None) -> Array:
+        device = _device_of(like)
+        target = None if dtype is None else _torch_dtype(dtype)
+        if isinstance(value, torch.Tensor):
+            return value.detach().to(device=device or value.device, dtype=target or value.dtype, copy=True)
+        array = np.asarray(value)
+        if array.dtype.name == "bfloat16":  # ml_dtypes: torch cannot read it directly
+            return torch.from_numpy(array.astype(np.float32)).to(device=device, dtype=target or torch.bfloat16)
+        if array.dtype.kind in "OSUV":
+            raise TypeError(f"Cannot make a torch tensor of value={value!r} (dtype {array.dtype})")
+        return torch.from_numpy(np.array(array, copy=True)).to(device=device, dtype=target)
+
+    def cast(self, value: Array, dtype: str) -> Array:
+        target = _torch_dtype(dtype)
+        if not isinstance(value, torch.Tensor):
+            return torch.as_tensor(value, dtype=target)
+        return value if value.dtype == target else value.to(target)
+
+    def zeros(self, shape: Sequence[int], dtype: str, like: Array | None = None) -> Array:
+        return torch.zeros(tuple(shape), dtype=_torch_dtype(dtype), device=_device_of(like))
+
+    def scalar(self, value: Any, dtype: str, like: Array | None = None) -> Array:
+        if isinstance(value, torch.Tensor):
+            return value.to(_torch_dtype(dtype))
+        return torch.tensor(value, dtype=_torch_dtype(dtype))
+
+    def copy(self, value: Array) -> Array:
+        return value.detach().clone()
+
+    def to_numpy(self, value: Array) -> Any:
+        tensor = value.detach().cpu()
+        if tensor.dtype == torch.bfloat16:
+            try:
+                import ml_dtypes
+
+                return tensor.float().numpy().astype(ml_dtypes.bfloat16)
+            except ImportError:
+                return tensor.float().numpy()
+        return tensor.numpy().copy()
+
+    def assign(self, target: Array, value: Array) -> Array:
+        with torch.no_grad():
+            target.copy_(value)
+        return target
+
+    def sqrt(self, x: Array) -> Array:
+        return torch.sqrt(x)
+
+    def square(self, x: Array) -> Array:
+        return torch.square(x)
+
+    def sum(self, x: Array, keepdims: bool = False) -> Array:
+        if keepdims and x.dim() > 0:
+            return torch.sum(x, dim=tuple(range(x.dim())), keepdim=True)
+        return torch.sum(x)
+
+    def maximum(self, x: Array, y: Any) -> Array:
+        return torch.maximum(x, self._like(y, x))
+
+    def minimum(self, x: Array, y: Any) -> Array:
+        return torch.minimum(x, self._like(y, x))
+
+    def clip(self, x: Array, low: Any, high: Any) -> Array:
+        return torch.clamp(x, self._like(low, x), self._like(high, x))
+
+    def where(self, condition: Array, x: Any, y: Any) -> Array:
+        return torch.where(condition, x, y)
+
+    def all_finite(self, arrays: Sequence[Array]) -> bool:
+        if not arrays:
+            return True
+        return bool(torch.stack([torch.isfinite(a).all() for a in arrays]).all())
+
+    def value_and_grad(
+        self, function: Callable[[list[Array]], Array], values: list[Array]
+    ) -> tuple[Array, list[Array]]:
+        leaves = [v.detach().clone().requires_grad_(True) for v in values]
+        with torch.enable_grad():
+            loss = function(leaves)
+            grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+        return loss.detach(), [torch.zeros_like(v) if g is None else g.detach() for g, v in zip(grads, values)]
+
+    def grad_of_natives(self, loss: Any, targets: list[Array]) -> list[Array]:
+        """Gradients of a loss (a tensor, or a zero-argument callable) with respect to leaf
+        tensors such as ``nn.Parameter``s; no ``.grad`` is written."""
+        for target in targets:
+            if not target.requires_grad:
+                raise ValueError(
+                    "Differentiating a loss with respect to torch tensors needs `requires_grad=True` "
+                    f"(an nn.Parameter has it). Received a tensor of shape {tuple(target.shape)} without it."
+                )
+        with torch.enable_grad():
+            value = loss() if callable(loss) else loss
+            grads = torch.autograd.grad(value, targets, allow_unused=True)
+        return [torch.zeros_like(t) if g is None else g.detach() for g, t in zip(grads, targets)]
+
+    @staticmethod
+    def _like(value: Any, x: Array) -> Array:
+        if isinstance(value, torch.Tensor):
+            return value if value.device == x.device else value.to(x.device)
+        return torch.tensor(value, dtype=x.dtype, device=x.device)
+
+
+BACKEND = TorchBackend()
