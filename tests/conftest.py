@@ -33,6 +33,35 @@ def requires(module_name: str):
         pytest.skip(f"{module_name} is not installed")
 
 
+BACKENDS = ("numpy", "torch", "jax")
+
+
+def load_backend(name: str) -> None:
+    """Import a backend's library (skip, or fail in CI); JAX runs with float64 enabled."""
+    requires({"numpy": "numpy", "torch": "torch", "jax": "jax"}[name])
+    if name == "jax":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    """Run a test once per backend: Python values become that backend's arrays."""
+    load_backend(request.param)
+    monkeypatch.setenv("INERTIA_BACKEND", request.param)
+    return backends.get(request.param)
+
+
+def tensor(value, dtype="float32", backend_name=None):
+    """``value`` as an array of the current default backend (or ``backend_name``)."""
+    import numpy as np
+
+    ops = backends.get(backend_name) if backend_name else backends.default()
+    array = np.asarray(value.numpy() if hasattr(value, "numpy") and not isinstance(value, np.ndarray) else value)
+    return ops.asarray(array.astype("float32") if array.dtype.name == "bfloat16" else array, dtype=dtype)
+
+
 @pytest.fixture(scope="session")
 def keras():
     module = requires("keras")

@@ -8,11 +8,26 @@ import numpy as np
 import pytest
 
 import inertia
+from conftest import load_backend, requires, tensor
+from inertia import backend as backends
 from inertia import schedules
 
 
 def f32(x):
     return np.asarray(x, dtype=np.float32)
+
+
+def g32(x, dtype="float32"):
+    """A gradient / initial value as an array of the current backend (``INERTIA_BACKEND``)."""
+    return tensor(x, dtype=dtype)
+
+
+def as_np(value):
+    """Any backend's array (or a Variable) as a NumPy copy."""
+    if isinstance(value, inertia.Variable):
+        return value.numpy()
+    ops = backends.of(value)
+    return ops.to_numpy(value) if ops is not None else np.asarray(value)
 
 
 def featured(**overrides):
@@ -103,6 +118,64 @@ def test_native_ndarrays_are_updated_in_place():
     assert [v.name for v in opt.variables] == ["iteration", "learning_rate", "param_0_momentum"]
 
 
+@pytest.mark.parametrize("kind", ["tensor", "parameter"])
+def test_native_torch_tensors_are_updated_in_place(kind):
+    torch = requires("torch")
+    w = torch.tensor([1.0, 2.0])
+    grad = None
+    if kind == "parameter":
+        w = torch.nn.Parameter(w)
+        grad = torch.tensor([7.0, 7.0])
+        w.grad = grad
+    opt = inertia.SGD(learning_rate=0.5, momentum=0.5)
+    before = id(w)
+    opt.apply([torch.tensor([1.0, 1.0])], [w])
+    opt.apply_gradients([(torch.tensor([1.0, 1.0]), w)])
+    assert id(w) == before
+    assert w.tolist() == [1.0 - 0.5 - 0.75, 2.0 - 0.5 - 0.75]
+    assert [v.name for v in opt.variables] == ["iteration", "learning_rate", "param_0_momentum"]
+    assert all(isinstance(v.value, torch.Tensor) for v in opt.variables)
+    # no autograd history, requires_grad and .grad as they were
+    assert w.grad_fn is None and w.is_leaf
+    assert w.requires_grad is (kind == "parameter")
+    assert type(w) is (torch.nn.Parameter if kind == "parameter" else torch.Tensor)
+    assert w.grad is grad
+    if grad is not None:
+        assert grad.tolist() == [7.0, 7.0]
+    # still usable for autograd afterwards
+    if kind == "parameter":
+        (w * w).sum().backward()
+        assert w.grad.tolist() == [7.0 + 2 * (1.0 - 1.25), 7.0 + 2 * (2.0 - 1.25)]
+
+
+def test_native_jax_arrays_are_rejected_with_a_clear_error():
+    load_backend("jax")
+    import jax
+    import jax.numpy as jnp
+
+    w = jnp.array([1.0, 2.0], dtype="float32")
+    opt = inertia.SGD(learning_rate=0.5, momentum=0.5)
+    hint = r"JAX arrays are immutable: wrap them in inertia.Variable or use `stateless_apply`"
+    with pytest.raises(TypeError, match=hint):
+        opt.apply([jnp.array([1.0, 1.0], dtype="float32")], [w])
+    with pytest.raises(TypeError, match=hint):
+        opt.build([w])
+    with pytest.raises(TypeError, match=hint):
+        opt.minimize(lambda w_: (w_ * w_).sum(), [w])
+    assert not opt.built and int(opt.iterations) == 0 and w.tolist() == [1.0, 2.0]
+    # the two suggested ways work
+    v = inertia.Variable(w)
+    opt.apply([jnp.array([1.0, 1.0], dtype="float32")], [v])
+    assert v.numpy().tolist() == [0.5, 1.5] and w.tolist() == [1.0, 2.0]
+    other = inertia.SGD(learning_rate=0.5, momentum=0.5)
+    other.build([inertia.Variable(w)])
+    state = [x.value for x in other.variables]
+    step = jax.jit(other.stateless_apply)
+    (new_w,), new_state = step(state, [jnp.array([1.0, 1.0], dtype="float32")], [w])
+    assert new_w.tolist() == [0.5, 1.5] and int(new_state[0]) == 1 and w.tolist() == [1.0, 2.0]
+    assert int(other.iterations) == 0
+
+
 def test_native_and_variable_give_identical_numbers():
     rng = np.random.default_rng(1)
     start = rng.normal(size=(3, 3)).astype(np.float32)
@@ -140,21 +213,21 @@ def test_exclusion_by_identity_works_for_native_arrays():
 
 
 # --- apply, subsets, iterations -------------------------------------------------------------
-def test_apply_on_a_subset_leaves_the_rest_untouched():
+def test_apply_on_a_subset_leaves_the_rest_untouched(backend):
     a, b = inertia.Variable(1.0), inertia.Variable(1.0)
     opt = inertia.SGD(learning_rate=0.1, momentum=0.9)
-    opt.apply([f32(1.0), f32(1.0)], [a, b])
-    opt.apply([f32(1.0)], [b])
+    opt.apply([g32(1.0), g32(1.0)], [a, b])
+    opt.apply([g32(1.0)], [b])
     assert float(a.numpy()) == pytest.approx(0.9)
     assert float(b.numpy()) == pytest.approx(0.9 - 0.19)
     assert int(opt.iterations) == 2
 
 
-def test_apply_without_variables_uses_the_built_list():
+def test_apply_without_variables_uses_the_built_list(backend):
     a = inertia.Variable(1.0)
     opt = inertia.SGD(learning_rate=0.5)
     opt.build([a])
-    opt.apply([f32(1.0)])
+    opt.apply([g32(1.0)])
     assert float(a.numpy()) == 0.5
 
 
@@ -166,61 +239,64 @@ def test_apply_gradients_returns_the_counter_and_apply_empty_is_a_no_op():
     assert counter is opt.variables[0] and int(counter.numpy()) == 1
 
 
-def test_float64_variables_update_in_float64():
-    w = inertia.Variable(np.array([1.0], dtype=np.float64))
+def test_float64_variables_update_in_float64(backend):
+    w = inertia.Variable(g32([1.0], dtype="float64"))
     opt = inertia.SGD(learning_rate=0.1, momentum=0.9)
-    opt.apply([np.array([1.0])], [w])
+    opt.apply([g32([1.0], dtype="float64")], [w])
+    assert backends.of(w.value) is backend and backends.of(opt.momentums[0].value) is backend
     assert w.dtype == "float64" and opt.momentums[0].dtype == "float64"
     # the learning rate is the float32 variable's value, cast to float64 (as Keras does)
     assert w.numpy()[0] == 1.0 - np.float64(np.float32(0.1))
 
 
 # --- EMA under accumulation (deliberate deviation 2) -------------------------------------------
-def test_ema_advances_only_on_real_update_steps():
+def test_ema_advances_only_on_real_update_steps(backend):
     opt = inertia.SGD(learning_rate=1.0, use_ema=True, ema_momentum=0.5, gradient_accumulation_steps=2)
     v = inertia.Variable(10.0)
     values, averages = [], []
     for _ in range(6):
-        opt.apply([f32(1.0)], [v])
+        opt.apply([g32(1.0)], [v])
         values.append(float(v.numpy()))
         averages.append(float(opt._model_variables_moving_average[0].numpy()))
     assert values == [10, 9, 9, 8, 8, 7]
     assert averages == [0, 9, 9, 8.5, 8.5, 7.75]
 
 
-def test_ema_overwrite_counts_real_steps_under_accumulation():
+def test_ema_overwrite_counts_real_steps_under_accumulation(backend):
     opt = inertia.SGD(learning_rate=1.0, use_ema=True, ema_momentum=0.5, ema_overwrite_frequency=2,
                       gradient_accumulation_steps=2)
     v = inertia.Variable(10.0)
     values = []
     for _ in range(6):
-        opt.apply([f32(1.0)], [v])
+        opt.apply([g32(1.0)], [v])
         values.append(float(v.numpy()))
     assert values == [10, 9, 9, 8.5, 8.5, 7.5]  # overwritten once, at the second real step
 
 
 # --- state ---------------------------------------------------------------------------------------
 def stepped(optimizer_factory, steps=3, seed=0):
+    """Variables of the current backend and an optimizer stepped ``steps`` times on them."""
     rng = np.random.default_rng(seed)
-    variables = [inertia.Variable(rng.normal(size=s).astype(np.float32), name=n) for s, n in [((2, 3), "k"), ((3,), "b")]]
+    variables = [inertia.Variable(g32(rng.normal(size=s)), name=n) for s, n in [((2, 3), "k"), ((3,), "b")]]
     opt = optimizer_factory()
     for _ in range(steps):
-        opt.apply([rng.normal(size=v.shape).astype(np.float32) for v in variables], variables)
+        opt.apply([g32(rng.normal(size=v.shape)) for v in variables], variables)
     return opt, variables, rng
 
 
-def test_save_and_load_own_variables_resume_bit_for_bit():
+def test_save_and_load_own_variables_resume_bit_for_bit(backend):
     opt, variables, rng = stepped(featured, steps=3)
     store = {}
     opt.save_own_variables(store)
     assert list(store) == [v.name for v in opt.variables]
-    grads = [[rng.normal(size=v.shape).astype(np.float32) for v in variables] for _ in range(5)]
+    assert all(isinstance(value, np.ndarray) for value in store.values())
+    grads = [[g32(rng.normal(size=v.shape)) for v in variables] for _ in range(5)]
     snapshot = [v.numpy() for v in variables]
     for g in grads:
         opt.apply(g, variables)
     expected = [v.numpy() for v in variables]
 
-    restored_vars = [inertia.Variable(s, name=v.name) for s, v in zip(snapshot, variables)]
+    restored_vars = [inertia.Variable(g32(s), name=v.name) for s, v in zip(snapshot, variables)]
     fresh = featured()
     fresh.build(restored_vars)
     fresh.load_own_variables(store)
@@ -229,14 +305,15 @@ def test_save_and_load_own_variables_resume_bit_for_bit():
     for a, b in zip(expected, restored_vars):
         np.testing.assert_array_equal(a, b.numpy())
     for a, b in zip(opt.variables, fresh.variables):
+        assert backends.of(b.value) is backend and a.dtype == b.dtype
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-def test_load_accepts_keras_index_keys():
+def test_load_accepts_keras_index_keys(backend):
     opt, variables, _ = stepped(lambda: inertia.SGD(momentum=0.9))
     store = {str(i): v.numpy() for i, v in enumerate(opt.variables)}
     twin = inertia.SGD(momentum=0.9)
-    twin.build([inertia.Variable(v.numpy(), name=v.name) for v in variables])
+    twin.build([inertia.Variable(g32(v.numpy()), name=v.name) for v in variables])
     twin.load_own_variables(store)
     for a, b in zip(opt.variables, twin.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
@@ -251,12 +328,16 @@ def test_load_mismatch_is_an_error_not_a_warning():
         unbuilt.load_own_variables(store)
 
 
-def test_set_weights_round_trip_and_length_check():
+def test_set_weights_round_trip_and_length_check(backend):
     opt, variables, _ = stepped(lambda: inertia.SGD(momentum=0.9))
     weights = [v.numpy() for v in opt.variables]
     twin = inertia.SGD(momentum=0.9)
-    twin.build([inertia.Variable(v.numpy()) for v in variables])
+    twin.build([inertia.Variable(g32(v.numpy())) for v in variables])
     twin.set_weights(weights)
+    for a, b in zip(weights, twin.variables):
+        assert backends.of(b.value) is backend
+        np.testing.assert_array_equal(a, b.numpy())
+    twin.set_weights([v.value for v in opt.variables])  # the backend's own arrays work too
     for a, b in zip(weights, twin.variables):
         np.testing.assert_array_equal(a, b.numpy())
     with pytest.raises(ValueError, match="expected 4, received 3"):
@@ -271,7 +352,7 @@ def test_loss_scale_optimizer_state_keys_do_not_collide():
     assert "inner_optimizer/iteration" in store and len(store) == len(opt.variables)
 
 
-def test_optimizer_pickles():
+def test_optimizer_pickles(backend):
     opt, _, _ = stepped(featured)
     clone = pickle.loads(pickle.dumps(opt))
     assert clone.get_config() == opt.get_config()
@@ -332,27 +413,34 @@ def test_keras_serialized_sgd_loads(keras):
 
 
 # --- stateless use ---------------------------------------------------------------------------------
-def test_stateless_apply_is_pure_and_equals_apply():
+def test_stateless_apply_is_pure_and_equals_apply(backend):
     opt, variables, rng = stepped(featured)
-    grads = [rng.normal(size=v.shape).astype(np.float32) for v in variables]
-    optimizer_values = [v.numpy() for v in opt.variables]
-    trainable_values = [v.numpy() for v in variables]
-    inputs = [a.copy() for a in optimizer_values + trainable_values]
+    grads = [g32(rng.normal(size=v.shape)) for v in variables]
+    optimizer_values = [backend.copy(v.value) for v in opt.variables]  # the backend's arrays
+    trainable_values = [backend.copy(v.value) for v in variables]
+    inputs = [as_np(a) for a in optimizer_values + trainable_values]
     own_before = [v.numpy() for v in opt.variables]
+    weights_before = [v.numpy() for v in variables]
+    grads_before = [as_np(g) for g in grads]
     for _ in range(2):  # one micro-step then one real step of the accumulation
         new_trainables, new_optimizer = opt.stateless_apply(optimizer_values, grads, trainable_values)
         for given, original in zip(optimizer_values + trainable_values, inputs):
-            np.testing.assert_array_equal(given, original)  # inputs untouched
+            np.testing.assert_array_equal(as_np(given), original)  # inputs untouched
         for v, original in zip(opt.variables, own_before):
             np.testing.assert_array_equal(v.numpy(), original)  # own state untouched
+        for v, original in zip(variables, weights_before):
+            np.testing.assert_array_equal(v.numpy(), original)  # the variables too
+        for g, original in zip(grads, grads_before):
+            np.testing.assert_array_equal(as_np(g), original)
+        assert all(backends.of(value) is backend for value in new_trainables + new_optimizer)
         optimizer_values, trainable_values = new_optimizer, new_trainables
-        inputs = [np.array(a, copy=True) for a in optimizer_values + trainable_values]
+        inputs = [as_np(a) for a in optimizer_values + trainable_values]
     for _ in range(2):
         opt.apply(grads, variables)
     for v, value in zip(variables, trainable_values):
-        np.testing.assert_array_equal(v.numpy(), value)
+        np.testing.assert_array_equal(v.numpy(), as_np(value))
     for v, value in zip(opt.variables, optimizer_values):
-        np.testing.assert_array_equal(v.numpy(), value)
+        np.testing.assert_array_equal(v.numpy(), as_np(value))
 
 
 def test_stateless_apply_with_native_arrays_does_not_touch_them():
@@ -365,7 +453,10 @@ def test_stateless_apply_with_native_arrays_does_not_touch_them():
 
 # --- custom optimizers ------------------------------------------------------------------------------
 class HeavyBallSGD(inertia.Optimizer):
-    """A custom optimizer written as in the Keras reference: build + update_step + get_config."""
+    """A custom optimizer written as in the Keras reference: build + update_step + get_config.
+
+    Backend-neutral as Keras' ``ops``: scalars and casts go through ``variable.backend``.
+    """
 
     def __init__(self, learning_rate=0.01, beta=0.9, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
@@ -379,9 +470,10 @@ class HeavyBallSGD(inertia.Optimizer):
         self.counter = self.add_variable((), initializer="zeros", dtype="int32", name="counter")
 
     def update_step(self, gradient, variable, learning_rate):
+        ops = variable.backend
         velocity = self.velocities[self._get_variable_index(variable)]
-        velocity.assign(velocity * np.float32(self.beta) + gradient)
-        variable.assign(variable - velocity * np.asarray(learning_rate, variable.dtype))
+        velocity.assign(velocity * ops.scalar(self.beta, variable.dtype, like=variable.value) + gradient)
+        variable.assign(variable - velocity * ops.cast(learning_rate, variable.dtype))
 
     def get_config(self):
         config = super().get_config()
@@ -389,11 +481,12 @@ class HeavyBallSGD(inertia.Optimizer):
         return config
 
 
-def test_custom_optimizer_written_as_in_the_reference():
+def test_custom_optimizer_written_as_in_the_reference(backend):
     w = inertia.Variable([1.0, 2.0], name="w")
     opt = HeavyBallSGD(learning_rate=0.1, beta=0.5, clipvalue=1.0, use_ema=True)
     for _ in range(2):
-        opt.apply([f32([4.0, 0.5])], [w])
+        opt.apply([g32([4.0, 0.5])], [w])
+    assert all(backends.of(v.value) is backend for v in opt.variables)
     # step 1: v=[1, .5], w=[.9, 1.95]; step 2: v=[1.5, .75], w=[.75, 1.875]
     np.testing.assert_allclose(w.numpy(), [0.75, 1.875], rtol=1e-6)
     assert [v.name for v in opt.variables] == ["iteration", "learning_rate", "w_average", "w_velocity", "counter"]
@@ -414,13 +507,13 @@ def test_decay_kwarg_warns_and_is_ignored():
     assert "decay" not in opt.get_config()
 
 
-def test_partial_none_gradients_still_update_ema_of_all():
+def test_partial_none_gradients_still_update_ema_of_all(backend):
     a, b = inertia.Variable(1.0, name="a"), inertia.Variable(5.0, name="b")
     opt = inertia.SGD(learning_rate=1.0, use_ema=True, ema_momentum=0.5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        opt.apply([f32(1.0), f32(1.0)], [a, b])
-        opt.apply([f32(1.0), None], [a, b])
+        opt.apply([g32(1.0), g32(1.0)], [a, b])
+        opt.apply([g32(1.0), None], [a, b])
     assert float(opt._model_variables_moving_average[1].numpy()) == 4.0  # b's average kept moving
 
 
@@ -435,16 +528,119 @@ def test_set_weights_rejects_complex_values_and_changes_nothing():
         np.testing.assert_array_equal(v.numpy(), b)
 
 
-def test_loss_scale_optimizer_stateless_apply_covers_inner_state():
+def test_loss_scale_optimizer_stateless_apply_covers_inner_state(backend):
     opt = inertia.LossScaleOptimizer(inertia.SGD(learning_rate=0.5, momentum=0.5), initial_scale=4.0)
     w = inertia.Variable([1.0, 2.0])
     opt.build([w])
-    state = [v.numpy() for v in opt.variables]
-    (new_w,), new_state = opt.stateless_apply(state, [f32([4.0, 8.0])], [w.numpy()])
-    np.testing.assert_allclose(new_w, [0.5, 1.0])  # unscaled gradient [1, 2], lr 0.5
+    state = [backend.copy(v.value) for v in opt.variables]
+    state_before = [as_np(v) for v in state]
+    (new_w,), new_state = opt.stateless_apply(state, [g32([4.0, 8.0])], [backend.copy(w.value)])
+    np.testing.assert_allclose(as_np(new_w), [0.5, 1.0])  # unscaled gradient [1, 2], lr 0.5
     names = [v.name for v in opt.variables]
     assert int(new_state[names.index("step_counter")]) == 1
-    np.testing.assert_allclose(new_state[-1], [-0.5, -1.0])  # the inner momentum slot
+    np.testing.assert_allclose(as_np(new_state[-1]), [-0.5, -1.0])  # the inner momentum slot
     assert w.numpy().tolist() == [1.0, 2.0] and int(opt.iterations) == 0
-    (same_w,), skipped = opt.stateless_apply(state, [f32([np.inf, 1.0])], [w.numpy()])
-    assert same_w.tolist() == [1.0, 2.0] and float(skipped[names.index("dynamic_scale")]) == 2.0
+    for given, before in zip(state, state_before):
+        np.testing.assert_array_equal(as_np(given), before)
+    assert int(opt.inner_optimizer.iterations) == 0 and float(opt.dynamic_scale.numpy()) == 4.0
+    (same_w,), skipped = opt.stateless_apply(state, [g32([np.inf, 1.0])], [backend.copy(w.value)])
+    assert as_np(same_w).tolist() == [1.0, 2.0] and float(skipped[names.index("dynamic_scale")]) == 2.0
+    assert int(skipped[names.index("step_counter")]) == 0
+
+
+# --- torch specifics ------------------------------------------------------------------------------
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_torch_state_lives_on_the_parameters_device_and_dtype(device, dtype):
+    torch = requires("torch")
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    torch_dtype = getattr(torch, dtype)
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0, -3.0], dtype=torch_dtype, device=device))
+    opt = inertia.SGD(learning_rate=0.1, momentum=0.9, nesterov=True, weight_decay=0.01, clipnorm=1.0,
+                      use_ema=True, ema_momentum=0.9, gradient_accumulation_steps=2)
+    grads = [torch.tensor([0.5, -1.5, 2.0], dtype=torch_dtype, device=device) * (k + 1) for k in range(4)]
+    for g in grads:
+        opt.apply([g], [w])
+    assert w.dtype == torch_dtype and w.device.type == device and w.requires_grad and w.grad is None
+    assert [v.name for v in opt.variables] == [
+        "iteration", "learning_rate", "param_0_average", "param_0_gradient_accumulator", "param_0_momentum",
+    ]
+    for variable in opt.variables:
+        assert isinstance(variable.value, torch.Tensor) and variable.value.device == w.device
+    assert opt.variables[0].value.dtype == torch.int32 and opt.variables[1].value.dtype == torch.float32
+    for slot in opt.variables[2:]:
+        assert slot.value.dtype == torch_dtype and slot.dtype == dtype
+    # The same numbers as NumPy in the same dtype (float16 / bfloat16 rounding included).
+    # float32 may differ by 1 ulp: torch's vectorized float32 sqrt (clipnorm) is not
+    # correctly rounded (NumPy's and XLA's are); the half types compute each op in float32
+    # and round once, which hides it.
+    twin = inertia.SGD(**opt.get_config())
+    reference = inertia.Variable(tensor([1.0, 2.0, -3.0], dtype=dtype, backend_name="numpy"))
+    for g in grads:
+        twin.apply([tensor(as_np(g), dtype=dtype, backend_name="numpy")], [reference])
+    rtol = 2.4e-7 if dtype == "float32" else 0.0
+    np.testing.assert_allclose(as_np(w).astype(np.float64), reference.numpy().astype(np.float64), rtol=rtol, atol=0)
+    for a, b in zip(opt.variables, twin.variables):
+        np.testing.assert_allclose(a.numpy().astype(np.float64), b.numpy().astype(np.float64), rtol=rtol, atol=0)
+
+
+def _torch_model(torch, seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+
+
+def _torch_data(torch, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(16, 3, generator=generator), torch.randn(16, 2, generator=generator)
+
+
+@pytest.mark.parametrize("as_tensor", [False, True], ids=["callable", "loss_tensor"])
+def test_torch_minimize_differentiates_an_nn_module_through_autograd(as_tensor):
+    torch = requires("torch")
+    model = _torch_model(torch)
+    x, y = _torch_data(torch)
+
+    def loss_of_model():
+        return ((model(x) - y) ** 2).mean()
+
+    params = list(model.parameters())
+    expected_grads = torch.autograd.grad(loss_of_model(), params)
+    expected = [(p - g * torch.tensor(0.1)).detach() for p, g in zip(params, expected_grads)]
+    opt = inertia.SGD(learning_rate=0.1)
+    loss = loss_of_model() if as_tensor else loss_of_model
+    counter = opt.minimize(loss, list(model.parameters()))
+    assert int(counter.numpy()) == 1
+    for p, e in zip(model.parameters(), expected):
+        np.testing.assert_allclose(as_np(p), as_np(e), rtol=1e-6, atol=1e-7)
+        assert isinstance(p, torch.nn.Parameter) and p.requires_grad
+        assert p.grad is None and p.grad_fn is None  # .grad is never written, no history kept
+    grads = opt.compute_gradients(loss_of_model, list(model.parameters()))
+    assert [v for _, v in grads] == list(model.parameters())
+    assert all(isinstance(g, torch.Tensor) and not g.requires_grad for g, _ in grads)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [dict(momentum=0.0), dict(momentum=0.9), dict(momentum=0.9, nesterov=True)],
+    ids=["plain", "momentum", "nesterov"],
+)
+def test_torch_nn_training_matches_torch_optim_sgd(settings):
+    """Keras' velocity form equals torch's heavy-ball buffer for a constant learning rate."""
+    torch = requires("torch")
+    steps, lr = 30, 0.05
+    ours, theirs = _torch_model(torch), _torch_model(torch)
+    x, y = _torch_data(torch)
+    opt = inertia.SGD(learning_rate=lr, **settings)
+    reference = torch.optim.SGD(theirs.parameters(), lr=lr, **settings)
+    for _ in range(steps):
+        opt.minimize(lambda: ((ours(x) - y) ** 2).mean(), list(ours.parameters()))
+        reference.zero_grad()
+        ((theirs(x) - y) ** 2).mean().backward()
+        reference.step()
+    assert int(opt.iterations) == steps
+    moved = 0.0
+    for a, b, start in zip(ours.parameters(), theirs.parameters(), _torch_model(torch).parameters()):
+        np.testing.assert_allclose(as_np(a), as_np(b), rtol=1e-5, atol=1e-6)
+        moved = max(moved, float((a.detach() - start.detach()).abs().max()))
+    assert moved > 1e-2  # the comparison is not vacuous

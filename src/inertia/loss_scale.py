@@ -133,7 +133,7 @@ class LossScaleOptimizer(Optimizer):
             self.step_counter.assign(self.step_counter.value * 0)
             self.dynamic_scale.assign(self.dynamic_scale.value * ops.scalar(0.5, "float32", like=self.dynamic_scale.value))
 
-        with ops.float_errors_ignored():
+        with ops.step_context():
             self._branch(ops.finite_flag(present), finite_step, skip_step)
 
     def stateless_apply(self, optimizer_variables: Sequence[Any], grads: Sequence[Any], trainable_variables: Sequence[Any]) -> tuple[list, list]:

@@ -567,10 +567,13 @@ class Optimizer:
             return
         grads, variables = self._prepare(grads, trainable_variables)
         ops = self._backend
-        if self.jit_compile and ops.compiles and not ops.is_traced(self._iterations.value):
+        # A plain callable learning rate may read Python state, so it runs eagerly (a compiled
+        # step would call it once, when tracing, and keep that value for good).
+        plain_callable = callable(self._learning_rate) and not isinstance(self._learning_rate, LearningRateSchedule)
+        if self.jit_compile and ops.compiles and not plain_callable and not ops.is_traced(self._iterations.value):
             self._apply_compiled(*self._filter_empty_gradients(grads, variables))
             return
-        with ops.float_errors_ignored():
+        with ops.step_context():
             self._apply_prepared(grads, variables)
 
     def _apply_compiled(self, grads: list, variables: list[Variable]) -> None:

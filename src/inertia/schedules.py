@@ -517,7 +517,9 @@ class PolynomialDecay(LearningRateSchedule):
         else:
             s = xp.minimum(s, decay_steps)
         p = s / decay_steps
-        decayed = (initial - end) * xp.power(1 - p, power)
+        # Clamped: compiled (XLA) code may round ``1 - p`` to a tiny negative number at the
+        # end of the decay, and a negative base to a fractional power is NaN.
+        decayed = (initial - end) * xp.power(xp.maximum(1 - p, _cast(0, dtype, xp)), power)
         return _result(decayed + end, dtype, xp)
 
     def get_config(self) -> dict[str, Any]:

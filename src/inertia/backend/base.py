@@ -111,11 +111,10 @@ class ArrayBackend(ABC):
         """``function`` compiled for this backend (``jax.jit``); identity where eager is best."""
         return function
 
-    def float_errors_ignored(self) -> Any:
-        """A context in which overflow / division by zero / NaN make no warnings.
-
-        Non-finite gradients are data, not bugs, and Keras lets them flow silently.
-        """
+    def step_context(self) -> Any:
+        """The context an optimizer step runs in: no autograd recording (torch), and no
+        warnings for overflow / division by zero / NaN (NumPy): non-finite gradients are
+        data, not bugs, and Keras lets them flow silently."""
         import contextlib
 
         return contextlib.nullcontext()

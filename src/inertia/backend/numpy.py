@@ -96,7 +96,7 @@ class NumpyBackend(ArrayBackend):
     def all_finite(self, arrays: Sequence[Array]) -> bool:
         return all(bool(np.isfinite(a).all()) for a in arrays)
 
-    def float_errors_ignored(self) -> Any:
+    def step_context(self) -> Any:
         return np.errstate(all="ignore")
 
     def value_and_grad(

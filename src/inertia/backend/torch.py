@@ -119,6 +119,9 @@ class TorchBackend(ArrayBackend):
             return True
         return bool(torch.stack([torch.isfinite(a).all() for a in arrays]).all())
 
+    def step_context(self) -> Any:
+        return torch.no_grad()
+
     def value_and_grad(
         self, function: Callable[[list[Array]], Array], values: list[Array]
     ) -> tuple[Array, list[Array]]:
