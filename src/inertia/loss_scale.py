@@ -5,7 +5,7 @@ from __future__ import annotations
 import numbers
 from typing import Any, Optional, Sequence
 
-from inertia.optimizer import Optimizer, _BASE_ARGUMENTS, check_finite_number
+from inertia.optimizer import Optimizer, _BASE_ARGUMENTS, _reset, check_finite_number
 from inertia.variable import Variable
 
 __all__ = ["LossScaleOptimizer"]
@@ -120,24 +120,20 @@ class LossScaleOptimizer(Optimizer):
                 for g, v in zip(grads, variables)
             ]
             self.inner_optimizer.apply(unscaled, variables)
-            self._branch(self._flag(self.step_counter.value == self.dynamic_growth_steps - 1), grow, count)
+            self._branch(
+                self._flag(self.step_counter.value == self.dynamic_growth_steps - 1),
+                lambda: rescale(2.0),
+                lambda: self.step_counter.assign(self.step_counter.value + 1),
+            )
 
-        def grow() -> None:
-            self.step_counter.assign(self.step_counter.value * 0)
-            self.dynamic_scale.assign(self.dynamic_scale.value * ops.scalar(2.0, "float32", like=self.dynamic_scale.value))
-
-        def count() -> None:
-            self.step_counter.assign(self.step_counter.value + 1)
-
-        def skip_step() -> None:
-            self.step_counter.assign(self.step_counter.value * 0)
-            self.dynamic_scale.assign(self.dynamic_scale.value * ops.scalar(0.5, "float32", like=self.dynamic_scale.value))
+        def rescale(factor: float) -> None:
+            """Restart the count of finite steps and multiply the scale by ``factor``."""
+            _reset(self.step_counter)
+            scale = self.dynamic_scale.value
+            self.dynamic_scale.assign(scale * ops.scalar(factor, "float32", like=scale))
 
         with ops.step_context():
-            self._branch(ops.finite_flag(present), finite_step, skip_step)
-
-    def stateless_apply(self, optimizer_variables: Sequence[Any], grads: Sequence[Any], trainable_variables: Sequence[Any]) -> tuple[list, list]:
-        return super().stateless_apply(optimizer_variables, grads, trainable_variables)
+            self._branch(ops.finite_flag(present), finite_step, lambda: rescale(0.5))
 
     @property
     def learning_rate(self) -> Any:
