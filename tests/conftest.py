@@ -18,7 +18,15 @@ from inertia import backend as backends  # noqa: E402
 
 # Reference systems that CI installs; required alongside the backends.
 # keras' NumPy backend itself imports jax, so jax is required wherever keras is.
-_REFERENCES_REQUIRED_WITH = {"keras": "numpy", "jax": "numpy", "ml_dtypes": "numpy", "sklearn": "numpy"}
+_REFERENCES_REQUIRED_WITH = {
+    "keras": "numpy",
+    "jax": "numpy",
+    "ml_dtypes": "numpy",
+    "sklearn": "numpy",
+    "mlx.core": "numpy",  # MLX (mlx[cpu]) is the reference of the MLX face
+    "mlx.optimizers": "numpy",
+    "mlx.nn": "numpy",
+}
 
 
 def requires(module_name: str):

@@ -644,3 +644,30 @@ def test_torch_nn_training_matches_torch_optim_sgd(settings):
         np.testing.assert_allclose(as_np(a), as_np(b), rtol=1e-5, atol=1e-6)
         moved = max(moved, float((a.detach() - start.detach()).abs().max()))
     assert moved > 1e-2  # the comparison is not vacuous
+
+
+def test_serialize_round_trips_the_legacy_face_and_reads_tf_keras_legacy_configs():
+    import inertia.legacy
+
+    legacy = inertia.legacy.SGD(0.1, momentum=0.9, decay=0.1, clipvalue=1.0)
+    config = inertia.optimizers.serialize(legacy)
+    assert config["module"] == "inertia.legacy" and config["class_name"] == "SGD"
+    restored = inertia.optimizers.deserialize(config)
+    assert type(restored) is inertia.legacy.SGD and restored.get_config() == legacy.get_config()
+    # tf.keras 2.11+ marks legacy optimizers in their config; the Keras 3 SGD is still the default.
+    flagged = {"class_name": "SGD", "config": {"learning_rate": 0.5, "decay": 0.25, "is_legacy_optimizer": True}}
+    assert type(inertia.optimizers.deserialize(flagged)) is inertia.legacy.SGD
+    assert type(inertia.optimizers.get("sgd")) is inertia.SGD
+
+
+def test_changing_python_hyperparameters_takes_effect_on_every_backend(backend):
+    # A compiled JAX step bakes Python settings in; changing one must compile a new step.
+    w = inertia.Variable(tensor([1.0, 1.0], "float64"))
+    opt = inertia.SGD(1.0, momentum=0.5)
+    opt.apply([tensor([1.0, 1.0], "float64")], [w])  # v = -1, w = 0
+    opt.momentum = 0.25
+    opt.apply([tensor([1.0, 1.0], "float64")], [w])  # v = -0.25 - 1, w = -1.25
+    np.testing.assert_array_equal(w.numpy(), [-1.25, -1.25])
+    opt.nesterov = True
+    opt.apply([tensor([1.0, 1.0], "float64")], [w])  # v = 0.25*-1.25 - 1 = -1.3125; w += 0.25*v - 1
+    np.testing.assert_array_equal(w.numpy(), [-1.25 + 0.25 * -1.3125 - 1.0] * 2)

@@ -8,12 +8,13 @@ from inertia.rule import KERAS, SGDRule, sgd_update
 f = np.float64
 
 
-def run(rule, grads, lrs, momentum=0.9, w=1.0, dampening=None, wd=None, buffer_start=0.0):
-    w, b = f(w), (None if momentum is None else f(buffer_start))
+def run(rule, grads, lrs, momentum=0.9, w=1.0, dampening=0.0, wd=None):
+    # torch's buffer starts as None (its first step); Keras' and MLX's as zeros.
+    w, b = f(w), (None if momentum is None or rule.buffer_starts_with_gradient else f(0.0))
     trajectory = []
-    for step, (g, lr) in enumerate(zip(grads, lrs)):
+    for g, lr in zip(grads, lrs):
         w, b = sgd_update(rule, w, f(g), b, f(lr), None if momentum is None else f(momentum),
-                          None if wd is None else f(wd), None if dampening is None else f(dampening), first_step=step == 0)
+                          None if wd is None else f(wd), dampening)
         trajectory.append((float(w), None if b is None else float(b)))
     return trajectory
 
@@ -73,3 +74,23 @@ def test_forms_agree_with_constant_rate_and_diverge_when_it_changes():
     step7_keras = keras[6] - keras[5]
     step7_heavy = heavy[6] - heavy[5]
     assert abs(step7_keras - step7_heavy) > 1e-3
+
+
+def test_add_scaled_carries_every_scaled_sum_of_the_heavy_ball_form():
+    calls = []
+
+    def add_scaled(y, x, alpha):
+        calls.append(alpha)
+        return y + alpha * x
+
+    rule = SGDRule(lr_in_velocity=False, buffer_starts_with_gradient=True, nesterov=True)
+    w, b = sgd_update(rule, f(1.0), f(2.0), f(0.5), f(0.1), f(0.9), f(0.01), 0.25, add_scaled=add_scaled)
+    # decay, buffer (alpha 1 - dampening formed in double), Nesterov direction, weight
+    assert calls == [f(0.01), 0.75, f(0.9), -f(0.1)]
+    g = 2.0 + 0.01 * 1.0
+    assert b == pytest.approx(0.9 * 0.5 + 0.75 * g) and w == pytest.approx(1.0 - 0.1 * (g + 0.9 * b))
+
+
+def test_a_missing_mlx_buffer_counts_as_zeros():
+    w, b = sgd_update(MLX, f(1.0), f(2.0), None, f(0.1), f(0.9), None, 0.5)
+    assert (float(w), float(b)) == (1.0 - 0.1 * 1.0, 1.0)

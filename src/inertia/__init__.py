@@ -4,7 +4,13 @@
     >>> opt = inertia.SGD(learning_rate=0.1, momentum=0.9, nesterov=True)
     >>> w = inertia.Variable([1.0, 2.0], name="w")
     >>> _ = opt.minimize(lambda: (w * w).sum() / 2.0, [w])
+
+The other faces are submodules, imported on first use: ``inertia.legacy`` (tf.keras'
+OptimizerV2 SGD), ``inertia.mlx`` (mlx.optimizers.SGD) and ``inertia.torch``
+(a torch.optim.Optimizer; importing it imports torch).
 """
+
+import importlib as _importlib
 
 from inertia import optimizers, schedules
 from inertia.loss_scale import LossScaleOptimizer
@@ -13,4 +19,13 @@ from inertia.sgd import SGD
 from inertia.variable import Variable
 
 __version__ = "0.1.0"
+_FACES = ("legacy", "mlx", "torch")
+
+
+def __getattr__(name: str):
+    if name in _FACES:
+        return _importlib.import_module(f"inertia.{name}")
+    raise AttributeError(f"module 'inertia' has no attribute {name!r}")
+
+
 __all__ = ["Variable", "Optimizer", "SGD", "LossScaleOptimizer", "optimizers", "schedules", "__version__"]

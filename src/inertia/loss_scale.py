@@ -97,9 +97,8 @@ class LossScaleOptimizer(Optimizer):
         self.inner_optimizer.build(wrappers)
         self.built = True
 
-    @property
-    def variables(self) -> list[Variable]:
-        return list(self._variables) + self.inner_optimizer.variables
+    def _all_variables(self) -> list[Variable]:
+        return list(self._variables) + self.inner_optimizer._all_variables()
 
     def _state_variables(self) -> list[tuple[str, Variable]]:
         inner = [(f"inner_optimizer/{key}", v) for key, v in self.inner_optimizer._state_variables()]

@@ -117,6 +117,15 @@ class Optimizer:
         array([ 0.5, -0.5], dtype=float32)
     """
 
+    # The step counter's name and dtype (tf.keras' legacy optimizers count in int64 "iter").
+    _iterations_name = "iteration"
+    _iterations_dtype = "int32"
+    # Python attributes a compiled step bakes in: changing one compiles a new step.
+    _compiled_attributes: tuple[str, ...] = (
+        "weight_decay", "clipnorm", "clipvalue", "global_clipnorm", "use_ema", "ema_momentum",
+        "ema_overwrite_frequency", "loss_scale_factor", "gradient_accumulation_steps",
+    )
+
     def __init__(
         self,
         learning_rate: Any,
@@ -203,7 +212,7 @@ class Optimizer:
         self._exclude_from_weight_decay_ids: set[int] = set()
         self._exclude_from_weight_decay_pattern: Optional[re.Pattern] = None
         self._compiled_steps: dict = {}
-        self._iterations = self.add_variable((), initializer="zeros", dtype="int32", name="iteration")
+        self._iterations = self.add_variable((), initializer="zeros", dtype=self._iterations_dtype, name=self._iterations_name)
         self._learning_rate_given: Optional[float] = None
         self._learning_rate: Any = None
         self._set_learning_rate(learning_rate, lr_kind)
@@ -293,6 +302,10 @@ class Optimizer:
     @property
     def variables(self) -> list[Variable]:
         """The optimizer's variables, in Keras' order: iteration, learning_rate, slots."""
+        return self._all_variables()
+
+    def _all_variables(self) -> list[Variable]:
+        """Every variable a step may change (wrappers add their inner optimizer's)."""
         return list(self._variables)
 
     def _steps_taken(self) -> Any:
@@ -313,7 +326,7 @@ class Optimizer:
             elif if_false is not None:
                 if_false()
             return
-        variables = self.variables + list(self._trainable_variables)
+        variables = self._all_variables() + list(self._trainable_variables)
         before = [v._value for v in variables]
         if_true()
         taken = [v._value for v in variables]
@@ -580,8 +593,9 @@ class Optimizer:
         """One step as a compiled pure function of (state, weights, gradients), cached per
         set of variables. Python hyperparameters are compiled in; the learning rate is an
         array of the state, so changing it never recompiles."""
-        own, trainables = self.variables, list(self._trainable_variables)
-        key = (tuple(self._get_variable_index(v) for v in variables), tuple(map(id, own)), id(self._learning_rate))
+        own, trainables = self._all_variables(), list(self._trainable_variables)
+        constants = tuple(getattr(self, name, None) for name in self._compiled_attributes)
+        key = (tuple(self._get_variable_index(v) for v in variables), tuple(map(id, own)), id(self._learning_rate), constants)
         step = self._compiled_steps.get(key)
         if step is None:
             chosen = [trainables[i] for i in key[0]]
@@ -861,7 +875,7 @@ class Optimizer:
                 f"To call `stateless_apply`, {type(self).__name__} must be built (i.e. its variables must "
                 "have been created). You can build it via `optimizer.build(trainable_variables)`."
             )
-        own = self.variables
+        own = self._all_variables()
         trainables = list(self._trainable_variables)
         optimizer_variables, trainable_variables = list(optimizer_variables), list(trainable_variables)
         if len(optimizer_variables) != len(own):
@@ -923,7 +937,7 @@ class Optimizer:
                 "calling `set_weights()`."
             )
         weights = list(weights)
-        variables = self.variables
+        variables = self._all_variables()
         if len(weights) != len(variables):
             raise ValueError(
                 f"Argument `weights` must have one array per optimizer variable: expected {len(variables)}, "

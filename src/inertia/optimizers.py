@@ -38,16 +38,27 @@ def deserialize(config: dict, custom_objects: Optional[dict] = None) -> Optimize
     class_name = config["class_name"]
     inner = config.get("config", {}) or {}
     custom_objects = custom_objects or {}
+    module = config.get("module")
     if class_name in custom_objects:
         cls = custom_objects[class_name]
+    elif _is_legacy(module, inner) and isinstance(class_name, str) and class_name.lower() == "sgd":
+        from inertia.legacy import SGD as LegacySGD
+
+        inner = {k: v for k, v in inner.items() if k != "is_legacy_optimizer"}
+        cls = LegacySGD
     elif isinstance(class_name, str) and class_name.lower() in _BUILTIN:
-        module = config.get("module")
         if module not in _KNOWN_MODULES and not str(module).startswith(("keras.", "inertia.")):
             raise ValueError(f"Could not interpret optimizer identifier: {config!r} (unknown module {module!r})")
         cls = _BUILTIN[class_name.lower()]
     else:
         raise ValueError(f"Could not interpret optimizer identifier: {class_name!r}")
     return cls.from_config(inner, custom_objects=custom_objects)
+
+
+def _is_legacy(module: Any, config: dict) -> bool:
+    """inertia.legacy's own module, or tf.keras' legacy optimizers (their module, or the
+    ``is_legacy_optimizer`` flag tf.keras 2.11+ writes into the config)."""
+    return str(module).endswith(".legacy") or config.get("is_legacy_optimizer") is True
 
 
 def get(identifier: Any) -> Optional[Optimizer]:

@@ -15,11 +15,16 @@ Two forms:
 
 * **Heavy-ball** (``lr_in_velocity=False``; torch.optim and MLX)::
 
-      g <- -g                          (maximize)
+      g <- -g                          (maximize: torch)
       g <- g + wd*w                    (coupled L2 weight decay)
       b <- g                           (first step, when ``buffer_starts_with_gradient``: torch)
       b <- m*b + (1-d)*g               (otherwise; MLX starts from b = 0)
       w <- w - lr*(g + m*b)            (Nesterov)   or   w <- w - lr*b
+
+  Every ``y + a*x`` of the heavy-ball form goes through ``add_scaled(y, x, a)``. The default
+  rounds twice (``a*x``, then the sum), as MLX does; the torch face passes ``torch.add(y, x,
+  alpha=a)``, which rounds once (a fused multiply-add on CPU and CUDA), so its numbers are
+  torch.optim.SGD's to the bit.
 
 With a constant learning rate the two forms give the same weights (``v = -lr*b``); they
 diverge when the learning rate changes, because Keras' velocity remembers past rates.
@@ -30,32 +35,35 @@ every optimizer before the update step.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 __all__ = ["SGDRule", "KERAS", "sgd_update"]
 
 
 @dataclass(frozen=True)
 class SGDRule:
-    """The settings that distinguish the SGD variants.
+    """The structural settings that distinguish the SGD variants (hyperparameters such as
+    momentum and dampening are arguments of :func:`sgd_update`).
 
     Attributes:
         nesterov: Nesterov momentum.
         lr_in_velocity: True for the Keras form, False for the heavy-ball form.
         buffer_starts_with_gradient: heavy-ball only: the first step sets the buffer to the
             gradient (torch) instead of decaying a zero buffer (MLX).
-        dampening: heavy-ball only: ``b <- m*b + (1-dampening)*g``.
         maximize: heavy-ball only: ascend instead of descend (torch).
     """
 
     nesterov: bool = False
     lr_in_velocity: bool = True
     buffer_starts_with_gradient: bool = False
-    dampening: float = 0.0
     maximize: bool = False
 
 
 KERAS = SGDRule()
+
+
+def _add_scaled(y: Any, x: Any, alpha: Any) -> Any:
+    return y + alpha * x
 
 
 def sgd_update(
@@ -66,14 +74,17 @@ def sgd_update(
     learning_rate: Any,
     momentum: Any = None,
     l2_weight_decay: Any = None,
-    dampening: Any = None,
-    first_step: bool = False,
+    dampening: float = 0.0,
+    add_scaled: Optional[Callable[[Any, Any, Any], Any]] = None,
 ) -> Tuple[Any, Optional[Any]]:
     """One SGD step for one parameter: returns ``(new_weight, new_buffer)``.
 
-    ``buffer`` is None when there is no momentum (no buffer is kept then). Hyperparameters
-    are scalars already cast to the weight's dtype by the caller; ``dampening`` is the
-    scalar ``1 - rule.dampening`` factor's input, given separately so that it is cast too.
+    ``momentum`` is None when no buffer is kept (no momentum). In the heavy-ball form with
+    ``buffer_starts_with_gradient``, ``buffer=None`` marks the first step; otherwise a
+    missing buffer counts as zeros. Hyperparameters are scalars the caller has typed: arrays
+    of the weight's dtype (Keras, MLX's learning rate) or Python floats (torch's, which its
+    kernels take as ``alpha``). ``dampening`` is a Python float; ``1 - dampening`` is formed
+    in double precision, as torch and MLX form it.
 
     Example (Keras form, lr 0.1, momentum 0.9, from w=1 with g=w):
         >>> import numpy as np
@@ -81,26 +92,31 @@ def sgd_update(
         >>> w, v = sgd_update(KERAS, w, w, v, np.float32(0.1), np.float32(0.9))
         >>> float(w), float(v)
         (0.8999999761581421, -0.10000000149011612)
+
+    Example (heavy-ball, torch's first step: the buffer becomes the gradient):
+        >>> torch_rule = SGDRule(lr_in_velocity=False, buffer_starts_with_gradient=True)
+        >>> w, b = sgd_update(torch_rule, 1.0, 0.5, None, 0.1, momentum=0.9, dampening=0.3)
+        >>> w, b
+        (0.95, 0.5)
     """
     if rule.lr_in_velocity:
-        if buffer is None:
+        if momentum is None:
             return weight - gradient * learning_rate, None
         velocity = buffer * momentum - gradient * learning_rate
         if rule.nesterov:
             return weight + (velocity * momentum - gradient * learning_rate), velocity
         return weight + velocity, velocity
 
+    add = add_scaled or _add_scaled
     if rule.maximize:
         gradient = -gradient
     if l2_weight_decay is not None:
-        gradient = gradient + l2_weight_decay * weight
+        gradient = add(gradient, weight, l2_weight_decay)
+    if momentum is None:
+        return add(weight, gradient, -learning_rate), None
     if buffer is None:
-        return weight - learning_rate * gradient, None
-    if first_step and rule.buffer_starts_with_gradient:
-        buffer = gradient
-    elif dampening is None:
-        buffer = momentum * buffer + gradient
+        buffer = gradient if rule.buffer_starts_with_gradient else gradient * (1.0 - dampening)
     else:
-        buffer = momentum * buffer + (1 - dampening) * gradient
-    direction = gradient + momentum * buffer if rule.nesterov else buffer
-    return weight - learning_rate * direction, buffer
+        buffer = add(buffer * momentum, gradient, 1.0 - dampening)
+    direction = add(gradient, buffer, momentum) if rule.nesterov else buffer
+    return add(weight, direction, -learning_rate), buffer

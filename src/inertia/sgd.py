@@ -6,10 +6,12 @@ import numbers
 from typing import Any, Optional, Sequence
 
 from inertia.optimizer import Optimizer, _is_real_number, check_finite_number
-from inertia.rule import SGDRule, sgd_update
+from inertia.rule import KERAS, SGDRule, sgd_update
 from inertia.variable import Variable
 
 __all__ = ["SGD"]
+
+_NESTEROV = SGDRule(nesterov=True)
 
 
 class SGD(Optimizer):
@@ -46,6 +48,8 @@ class SGD(Optimizer):
         >>> round(1.0 - 0.1 - float(var), 6)          # the second step is 0.18
         0.18
     """
+
+    _compiled_attributes = Optimizer._compiled_attributes + ("momentum", "nesterov")
 
     def __init__(
         self,
@@ -90,7 +94,6 @@ class SGD(Optimizer):
         )
         self.momentum = momentum
         self.nesterov = bool(nesterov)
-        self._rule = SGDRule(nesterov=self.nesterov)
         self.momentums: list[Optional[Variable]] = []
 
     def build(self, var_list: Sequence[Any]) -> None:
@@ -105,13 +108,22 @@ class SGD(Optimizer):
         dtype = variable.dtype
         lr = ops.cast(learning_rate, dtype)
         slot = self.momentums[self._get_variable_index(variable)] if self.momentums else None
-        momentum = ops.scalar(self.momentum, dtype, like=variable.value) if slot is not None else None
+        momentum = self._momentum_scalar(variable) if slot is not None else None
         weight, velocity = sgd_update(
             self._rule, variable.value, ops.cast(gradient, dtype), slot.value if slot is not None else None, lr, momentum
         )
         if slot is not None:
             slot.assign(velocity)
         variable.assign(weight)
+
+    @property
+    def _rule(self) -> SGDRule:
+        # Read at every step, so that setting `nesterov` takes effect like `momentum` does.
+        return _NESTEROV if self.nesterov else KERAS
+
+    def _momentum_scalar(self, variable: Variable) -> Any:
+        """The momentum as a 0-d array of the variable's dtype."""
+        return variable.backend.scalar(self.momentum, variable.dtype, like=variable.value)
 
     def get_config(self) -> dict:
         config = super().get_config()

@@ -1,9 +1,10 @@
 """Backend selection.
 
-One module per array library (``numpy``, later ``torch`` and ``jax``), each exposing a
+One module per array library (``numpy``, ``torch``, ``jax``, ``mlx``), each exposing a
 ``BACKEND`` object that implements :class:`inertia.backend.base.ArrayBackend`. Modules are
-imported only when an array of theirs is seen, so ``import inertia`` never imports torch or
-jax.
+imported only when an array of theirs is seen, so ``import inertia`` never imports torch,
+jax or mlx. ``INERTIA_BACKEND`` picks the default among ``NAMES``; the MLX backend serves the
+MLX face and is chosen only by MLX arrays.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ from inertia.backend.base import ArrayBackend
 __all__ = ["ArrayBackend", "get", "default", "of", "array_namespace", "NAMES", "required"]
 
 NAMES = ("numpy", "torch", "jax")
-_MODULES = {name: f"inertia.backend.{name}" for name in NAMES}
+_MODULES = {name: f"inertia.backend.{name}" for name in NAMES + ("mlx",)}
 _loaded: dict[str, ArrayBackend] = {}
 
 
 def get(name: str) -> ArrayBackend:
-    """The backend called ``name`` (``"numpy"``, ``"torch"`` or ``"jax"``), imported lazily."""
+    """The backend called ``name`` (``"numpy"``, ``"torch"``, ``"jax"`` or ``"mlx"``), imported lazily."""
     if name not in _MODULES:
-        raise ValueError(f"Unknown backend: backend={name!r}. Expected one of {list(NAMES)}.")
+        raise ValueError(f"Unknown backend: backend={name!r}. Expected one of {list(_MODULES)}.")
     if name not in _loaded:
         try:
             module = importlib.import_module(_MODULES[name])
@@ -58,6 +59,8 @@ def _library_of(value: Any) -> str | None:
         return "torch"
     if module in ("jax", "jaxlib"):
         return "jax"
+    if module == "mlx":
+        return "mlx"
     return None
 
 

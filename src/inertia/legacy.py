@@ -1,0 +1,341 @@
+"""``inertia.legacy.SGD``: tf.keras' legacy (OptimizerV2) SGD, on the one engine.
+
+The update is Keras' (lr inside the velocity, ``ApplyKerasMomentum``): it is inherited
+from :class:`inertia.SGD`, whose ``update_step`` calls the shared rule. What this face
+changes is the OptimizerV2 surface: hyperparameters held in float32 (and cast to each
+variable's dtype), the old ``decay`` (``lr / (1 + decay*iterations)``), clipping in the
+legacy order where clipvalue and clipnorm combine, an int64 ``iter`` counter, slots named
+``<variable>/momentum``, ``get_weights`` / ``set_weights`` as ``[iterations, slots...]``,
+and the legacy config layout. There is no weight decay, EMA, loss scaling or accumulation,
+as in tf.keras' legacy optimizers.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional, Sequence
+
+from inertia import pipeline
+from inertia.optimizer import _describe, _is_real_number, _positional_arity, check_finite_number
+from inertia.schedules import LearningRateSchedule
+from inertia.sgd import SGD as _KerasSGD
+from inertia.variable import Variable
+
+__all__ = ["SGD"]
+
+_ALLOWED_KWARGS = {"clipnorm", "clipvalue", "global_clipnorm", "lr", "decay"}
+
+
+class SGD(_KerasSGD):
+    """Gradient descent with momentum, as ``tf.keras.optimizers.legacy.SGD``.
+
+    Update rule (``v`` is the "momentum" slot, from zero; ``lr`` is decayed as
+    ``lr / (1 + decay*iterations)`` when ``decay > 0``)::
+
+        momentum == 0:  w <- w - lr*g
+        otherwise:      v <- momentum*v - lr*g
+                        w <- w + v                        (plain)
+                        w <- w + momentum*v - lr*g        (nesterov)
+
+    Gradients are clipped first: clipvalue, then clipnorm, then global_clipnorm (clipvalue
+    combines with either norm; clipnorm and global_clipnorm exclude each other).
+
+    Args:
+        learning_rate: a float, a :class:`inertia.schedules.LearningRateSchedule` (called
+            with the step as a float of the variable's dtype), or a zero-argument callable.
+        momentum: float in [0, 1].
+        nesterov: Nesterov momentum.
+        name: the prefix of the optimizer's variable paths.
+        **kwargs: ``clipvalue``, ``clipnorm``, ``global_clipnorm``, ``decay`` (each >= 0)
+            and the deprecated ``lr`` (which takes precedence over ``learning_rate``).
+
+    Example:
+        >>> import inertia.legacy
+        >>> opt = inertia.legacy.SGD(learning_rate=0.1)
+        >>> var = inertia.Variable(1.0)
+        >>> step_count = opt.minimize(lambda: (var ** 2) / 2.0, [var]).numpy()
+        >>> round(float(var), 6), int(step_count)
+        (0.9, 1)
+    """
+
+    _iterations_name = "iter"
+    _iterations_dtype = "int64"
+
+    def __init__(
+        self,
+        learning_rate: Any = 0.01,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        name: str = "SGD",
+        **kwargs: Any,
+    ) -> None:
+        unknown = sorted(set(kwargs) - _ALLOWED_KWARGS)
+        if unknown:
+            raise TypeError(
+                f"Unexpected keyword argument passed to optimizer: {unknown[0]}. "
+                f"Allowed kwargs are {sorted(_ALLOWED_KWARGS)}."
+            )
+        for key, value in kwargs.items():
+            if value is None or key == "lr":
+                continue
+            check_finite_number(key, value)
+            if value < 0:
+                raise ValueError(f"Expected {key} >= 0, received: {value}")
+        for key in ("clipnorm", "global_clipnorm"):
+            if kwargs.get(key) == 0:
+                raise ValueError(
+                    f"Expected {key} > 0, received: {kwargs[key]} (a zero norm would zero every "
+                    "gradient, or make it NaN)."
+                )
+        if kwargs.get("clipnorm") is not None and kwargs.get("global_clipnorm") is not None:
+            raise ValueError(
+                "Cannot accept both `clipnorm` and `global_clipnorm`. Received: "
+                f"`clipnorm`={kwargs['clipnorm']}, `global_clipnorm`={kwargs['global_clipnorm']}."
+            )
+        if kwargs.get("lr") is not None:
+            warnings.warn("The `lr` argument is deprecated, use `learning_rate` instead.", UserWarning, stacklevel=2)
+            learning_rate = kwargs["lr"]
+        if _is_real_number(momentum) and not 0 <= float(momentum) <= 1:
+            raise ValueError(
+                f"`momentum` must be between [0, 1]. Received: momentum={momentum} (of type {type(momentum)})."
+            )
+        super().__init__(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov, name=name)
+        self.clipnorm = kwargs.get("clipnorm")
+        self.clipvalue = kwargs.get("clipvalue")
+        self.global_clipnorm = kwargs.get("global_clipnorm")
+        self._initial_decay = float(kwargs.get("decay") or 0.0)
+        self.decay = self._initial_decay
+        self._slots: dict[int, dict[str, Variable]] = {}
+        self._slot_names: list[str] = []
+        self._not_weights: set[int] = set()
+
+    # --- hyperparameters -------------------------------------------------------------------
+    @property
+    def learning_rate(self) -> Any:
+        """The float32 hyperparameter variable, or the schedule / callable's current value."""
+        lr = self._learning_rate
+        if isinstance(lr, (Variable, LearningRateSchedule)):
+            return lr
+        return lr()
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate: Any) -> None:
+        # OptimizerV2 assigns a float into the hyperparameter and lets anything replace it.
+        kind = self._check_learning_rate(learning_rate)
+        if kind == "float" and isinstance(self._learning_rate, Variable):
+            self._learning_rate.assign(self._backend.scalar(float(learning_rate), "float32", like=self._learning_rate.value))
+            self._learning_rate_given = float(learning_rate)
+            return
+        if isinstance(self._learning_rate, Variable):
+            self._untrack_variable(self._learning_rate)
+        self._learning_rate_given = None
+        self._set_learning_rate(learning_rate, kind)
+
+    lr = learning_rate
+
+    def _hyper(self, value: float, variable: Variable) -> Any:
+        """A hyperparameter the legacy way: a float32 value cast to the variable's dtype."""
+        ops = variable.backend
+        return ops.cast(ops.scalar(value, "float32", like=variable.value), variable.dtype)
+
+    def _momentum_scalar(self, variable: Variable) -> Any:
+        return self._hyper(self.momentum, variable)
+
+    def _learning_rate_array(self) -> Any:
+        return None  # computed per variable dtype in _decayed_lr, as OptimizerV2 does
+
+    def _decayed_lr(self, variable: Variable) -> Any:
+        """``lr_t`` for one dtype: the schedule sees ``iterations`` as a float of that dtype;
+        then ``lr_t / (1 + decay*iterations)`` when the constructor's decay is > 0."""
+        ops, dtype = variable.backend, variable.dtype
+        lr = self._learning_rate
+        if isinstance(lr, LearningRateSchedule):
+            value = lr(ops.cast(self._iterations.value, dtype))
+            lr_t = ops.cast(value if ops.is_array(value) else ops.asarray(value, like=variable.value), dtype)
+        elif isinstance(lr, Variable):
+            lr_t = ops.cast(lr.value, dtype)
+        else:
+            value = lr()
+            value = value.value if isinstance(value, Variable) else value
+            lr_t = ops.cast(ops.asarray(value, dtype="float32", like=variable.value), dtype)
+        if self._initial_decay > 0:
+            step = ops.cast(self._iterations.value, dtype)
+            # The constructor's decay, as OptimizerV2 reads it (setting `opt.decay` later
+            # changes nothing; a compiled step would freeze the attribute anyway).
+            lr_t = lr_t / (1 + self._hyper(self._initial_decay, variable) * step)
+        return lr_t
+
+    def _backend_update_step(self, grads: list, variables: list[Variable], learning_rate: Any) -> None:
+        rates: dict[str, Any] = {}
+        for gradient, variable in zip(grads, variables):
+            if variable.dtype not in rates:
+                rates[variable.dtype] = self._decayed_lr(variable)
+            self.update_step(gradient, variable, rates[variable.dtype])
+
+    def _clip_gradients(self, grads: list, variables: Sequence[Variable]) -> list:
+        if not grads:
+            return grads
+        ops = variables[0].backend
+        if self.clipvalue is not None:
+            grads = [pipeline.clip_by_value(ops, g, self.clipvalue) for g in grads]
+        if self.clipnorm is not None:
+            grads = [pipeline.clip_by_norm(ops, g, self.clipnorm) for g in grads]
+        if self.global_clipnorm is not None:
+            grads = pipeline.clip_by_global_norm(ops, grads, self.global_clipnorm)
+        return grads
+
+    # --- slots and weights -------------------------------------------------------------------
+    def add_variable_from_reference(
+        self, reference_variable: Any, name: Optional[str] = None, initializer: Any = "zeros"
+    ) -> Variable:
+        """A slot named ``<variable name>/<slot name>`` (``kernel/momentum``); one made
+        earlier by ``add_slot`` is reused, as OptimizerV2's ``_create_slots`` does."""
+        return self.add_slot(reference_variable, name or "var", initializer)
+
+    def add_slot(self, var: Any, slot_name: str, initializer: Any = "zeros", shape: Optional[Sequence[int]] = None) -> Variable:
+        """The slot ``slot_name`` of ``var``, created (zeros by default) if it does not exist."""
+        reference = self._reference_of(var)
+        existing = self._slots.get(id(reference), {}).get(slot_name)
+        return existing if existing is not None else self._new_slot(reference, slot_name, initializer, shape)
+
+    def _new_slot(self, reference: Variable, slot_name: str, initializer: Any, shape: Optional[Sequence[int]]) -> Variable:
+        shape = reference.shape if shape is None else tuple(int(s) for s in shape)
+        value = self._initial_value(initializer, shape, reference.dtype, reference.value)
+        slot = Variable._alias(value, reference.backend, self._new_variable_name(f"{reference.name}/{slot_name}"))
+        slot.trainable = False
+        self._slots.setdefault(id(reference), {})[slot_name] = slot
+        if slot_name not in self._slot_names:
+            self._slot_names.append(slot_name)
+        return self._track(slot)
+
+    def get_slot(self, var: Any, slot_name: str) -> Variable:
+        """The slot variable ``slot_name`` (``"momentum"``) of ``var``."""
+        reference = self._reference_of(var) if not isinstance(var, Variable) else var
+        slots = self._slots.get(id(reference), {})
+        if slot_name not in slots:
+            raise KeyError(
+                f"No slot {slot_name!r} for {_describe(var)}; its slots are {sorted(slots)} "
+                "(slots exist after the first apply_gradients or build)."
+            )
+        return slots[slot_name]
+
+    def get_slot_names(self) -> list[str]:
+        """Names of the slots created so far: ``["momentum"]`` once built with momentum."""
+        return list(self._slot_names)
+
+    def add_weight(
+        self,
+        name: str,
+        shape: Sequence[int],
+        dtype: Optional[str] = None,
+        initializer: Any = "zeros",
+        trainable: Optional[bool] = None,
+        synchronization: Any = None,
+        aggregation: Any = None,
+    ) -> Variable:
+        """A new optimizer variable (float32 and trainable by default). As in OptimizerV2, it
+        is tracked but not one of ``weights``: only the counter and the slots are."""
+        variable = self.add_variable(shape, initializer=initializer, dtype=dtype or "float32", name=name)
+        variable.trainable = True if trainable is None else bool(trainable)
+        self._not_weights.add(id(variable))
+        return variable
+
+    def _weights(self) -> list[Variable]:
+        # The learning-rate hyperparameter and add_weight's variables are tracked (compiled
+        # steps read them) but, as in OptimizerV2, they are not weights.
+        return [v for v in self._variables if v is not self._learning_rate and id(v) not in self._not_weights]
+
+    def variables(self) -> list[Variable]:  # type: ignore[override]
+        """``[iterations, slots and weights in the order they were created]`` (a method, as in OptimizerV2)."""
+        return self._weights()
+
+    @property
+    def weights(self) -> list[Variable]:
+        """The same list as ``variables()``."""
+        return self._weights()
+
+    def get_weights(self) -> list[Any]:
+        """The weights' values as NumPy arrays: ``[iterations, slots...]``."""
+        return [v.numpy() for v in self._weights()]
+
+    def set_weights(self, weights: Sequence[Any]) -> None:
+        """Set ``[iterations, slots...]`` (lengths and shapes are checked before any change)."""
+        weights = list(weights)
+        params = self._weights()
+        if len(params) != len(weights):
+            raise ValueError(  # tf.keras' text, double space included
+                f"You called `set_weights(weights)` on optimizer {self.name} with a  weight list of length "
+                f"{len(weights)}, but the optimizer was expecting {len(params)} weights. "
+                f"Provided weights: {str(weights)[:50]}..."
+            )
+        self._assign_all(params, weights, "weights")
+
+    # --- apply and gradients -------------------------------------------------------------------
+    def apply_gradients(  # type: ignore[override]
+        self, grads_and_vars: Any, name: Optional[str] = None, experimental_aggregate_gradients: bool = True
+    ) -> Variable:
+        """Apply ``(gradient, variable)`` pairs; returns the ``iterations`` variable."""
+        return super().apply_gradients(grads_and_vars, name=name, skip_gradients_aggregation=not experimental_aggregate_gradients)
+
+    def minimize(  # type: ignore[override]
+        self, loss: Any, var_list: Any, grad_loss: Any = None, name: Optional[str] = None, tape: Any = None
+    ) -> Variable:
+        """Differentiate ``loss`` (weighted by ``grad_loss`` when given) and apply the step."""
+        return self.apply_gradients(self._compute_weighted_gradients(loss, var_list, grad_loss, tape), name=name)
+
+    def _compute_weighted_gradients(self, loss: Any, var_list: Any, grad_loss: Any, tape: Any) -> list:
+        if grad_loss is None:
+            return self.compute_gradients(loss, var_list, tape)
+        variables = list(var_list() if callable(var_list) else var_list)
+        ops = self._check_targets(variables, "var_list")
+        first = variables[0].value if isinstance(variables[0], Variable) else variables[0]
+        # Cast before tracing: inside NumPy's autograd the loss is a box with no dtype name.
+        weights = ops.cast(ops.asarray(grad_loss, like=first), ops.dtype_name(first))
+
+        def weighted(value: Any) -> Any:
+            value = value.value if isinstance(value, Variable) else value
+            return ops.sum(value * weights)
+
+        if callable(loss):
+            if _positional_arity(loss) > 0:
+                return self.compute_gradients(lambda *arrays: weighted(loss(*arrays)), variables, tape)
+            return self.compute_gradients(lambda: weighted(loss()), variables, tape)
+        return self.compute_gradients(weighted(loss), variables, tape)
+
+    def get_gradients(self, loss: Any, params: Any) -> list:
+        """Gradients of ``loss`` with respect to ``params`` (no clipping, as in OptimizerV2)."""
+        grads = [g for g, _ in self.compute_gradients(loss, params)]
+        for gradient, param in zip(grads, params):
+            if gradient is None:
+                raise ValueError(
+                    f"Variable {_describe(param)} has `None` for gradient. Please make sure that all of your "
+                    "ops have a gradient defined (i.e. are differentiable)."
+                )
+        return grads
+
+    def get_updates(self, loss: Any, params: Any) -> list:
+        """Apply one step from ``loss``; returns ``[iterations]`` (the update "ops")."""
+        params = list(params)
+        return [self.apply_gradients(zip(self.get_gradients(loss, params), params))]
+
+    # --- config -------------------------------------------------------------------------------
+    def get_config(self) -> dict:
+        """The legacy layout: name, the clip options that are set, learning_rate, decay,
+        momentum, nesterov."""
+        config: dict[str, Any] = {"name": self.name}
+        for key in ("clipnorm", "clipvalue", "global_clipnorm"):
+            if getattr(self, key) is not None:
+                config[key] = getattr(self, key)
+        lr = self._learning_rate
+        config["learning_rate"] = lr() if callable(lr) and not isinstance(lr, LearningRateSchedule) else self._learning_rate_config()
+        config.update({"decay": self._initial_decay, "momentum": self.momentum, "nesterov": self.nesterov})
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects: Optional[dict] = None) -> "SGD":
+        """The optimizer ``get_config()`` describes (``lr`` is read as ``learning_rate``)."""
+        config = dict(config)
+        if "lr" in config:
+            config["learning_rate"] = config.pop("lr")
+        return super().from_config(config, custom_objects)
+

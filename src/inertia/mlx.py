@@ -1,0 +1,373 @@
+"""``inertia.mlx.SGD``: the MLX face, ``mlx.optimizers.SGD``'s API and numbers on any arrays.
+
+MLX optimizers work on trees (nested dicts, lists and tuples) of arrays and return new
+trees; state is plain data: ``{"step": ..., "learning_rate": ..., <a tree mirroring the
+parameters with {"v": velocity} per leaf>}``. This face keeps that shape and runs on NumPy,
+PyTorch, JAX and MLX arrays. The arithmetic is the shared heavy-ball rule (``rule.py``),
+configured the MLX way: the velocity starts at zero, dampening applies from the first step,
+L2 weight decay is added to the gradient, the learning rate stays outside the velocity.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterator, Optional, Union
+
+from inertia import backend as backends
+from inertia.backend.base import ArrayBackend
+from inertia.optimizer import _is_real_number, check_finite_number
+from inertia.rule import SGDRule, sgd_update
+
+__all__ = ["SGD"]
+
+_LEAF_CONTAINERS = (dict, list, tuple)
+
+
+def _step_dtype(ops: ArrayBackend) -> str:
+    """MLX counts steps in uint64; torch's uint64 lacks arithmetic and JAX has no 64-bit
+    integers unless x64 is enabled."""
+    if ops.name == "torch":
+        return "int64"
+    if ops.name == "jax":
+        import jax
+
+        return "uint64" if jax.config.read("jax_enable_x64") else "uint32"
+    return "uint64"
+
+
+def _leaves(tree: Any, path: tuple = ()) -> Iterator[tuple[tuple, Any]]:
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _leaves(value, path + (key,))
+    elif isinstance(tree, (list, tuple)):
+        for index, value in enumerate(tree):
+            yield from _leaves(value, path + (index,))
+    else:
+        yield path, tree
+
+
+def _describe_path(path: tuple) -> str:
+    return "".join(f"[{key!r}]" for key in path) or "the root"
+
+
+class SGD:
+    """Stochastic gradient descent, exactly as ``mlx.optimizers.SGD``.
+
+    Update rule for a parameter ``w`` with gradient ``g`` (``v`` starts at zero)::
+
+        g <- g + weight_decay*w                          (if weight_decay != 0)
+        v <- momentum*v + (1 - dampening)*g              (if momentum > 0)
+        w <- w - lr*(g + momentum*v)   (nesterov)   or   w <- w - lr*v
+
+    and ``w <- w - lr*g`` without momentum. ``lr`` is cast to the gradient's dtype.
+
+    Args:
+        learning_rate: a float, or a callable receiving the step count (an array, before
+            this step's increment) and returning the rate: ``schedule(0)`` drives step 1.
+        momentum: momentum strength, >= 0 (0 is plain SGD).
+        weight_decay: L2 penalty, >= 0, added to the gradient.
+        dampening: dampening of the gradient in the velocity, >= 0.
+        nesterov: Nesterov momentum (needs momentum > 0 and no dampening).
+
+    Example:
+        >>> import numpy as np
+        >>> from inertia.mlx import SGD
+        >>> opt = SGD(learning_rate=0.1, momentum=0.9)
+        >>> params = {"w": np.array([1.0, 2.0], np.float32)}
+        >>> params = opt.apply_gradients({"w": np.array([1.0, 1.0], np.float32)}, params)
+        >>> params["w"], opt.state["w"]["v"], int(opt.step)
+        (array([0.9, 1.9], dtype=float32), array([1., 1.], dtype=float32), 1)
+    """
+
+    def __init__(
+        self,
+        learning_rate: Union[float, Callable[[Any], Any]],
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        dampening: float = 0.0,
+        nesterov: bool = False,
+    ) -> None:
+        momentum = check_finite_number("momentum", momentum, minimum=0.0)
+        weight_decay = check_finite_number("weight_decay", weight_decay, minimum=0.0)
+        dampening = check_finite_number("dampening", dampening, minimum=0.0)
+        if not isinstance(nesterov, bool):
+            raise TypeError(f"Argument `nesterov` must be a bool. Received: nesterov={nesterov!r}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError(
+                "Nesterov momentum requires a momentum and zero dampening. "
+                f"Received: momentum={momentum}, dampening={dampening}"
+            )
+        scheduled = callable(learning_rate) and not _is_real_number(learning_rate)
+        if not scheduled:
+            _check_rate(learning_rate)
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.dampening = dampening
+        self.nesterov = nesterov
+        self._rule = SGDRule(nesterov=nesterov, lr_in_velocity=False)
+        self._ops: ArrayBackend = backends.default()
+        self._schedulers: dict[str, Callable[[Any], Any]] = {}
+        self._state: dict = {"step": self._ops.zeros((), _step_dtype(self._ops))}
+        if scheduled:
+            self._schedulers["learning_rate"] = learning_rate
+            self._state["learning_rate"] = self._rate_array(learning_rate(self.step))
+        else:
+            self._state["learning_rate"] = self._rate_array(learning_rate)
+
+    # --- state ---------------------------------------------------------------------------
+    @property
+    def state(self) -> dict:
+        """The whole state: ``"step"``, ``"learning_rate"`` and the per-parameter tree."""
+        return self._state
+
+    @state.setter
+    def state(self, state: dict) -> None:
+        if not isinstance(state, dict) or "step" not in state:
+            raise ValueError(f"Argument `state` must be a dict with a 'step' entry, as `optimizer.state` is. Received: {state!r:.200}")
+        self._state = state
+        self._ops = backends.of(state["step"]) or self._ops
+
+    @property
+    def step(self) -> Any:
+        """Updates applied so far (a 0-d integer array)."""
+        return self._state["step"]
+
+    @property
+    def learning_rate(self) -> Any:
+        """The learning rate of the current step (a 0-d float32 array)."""
+        return self._state["learning_rate"]
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate: Any) -> None:
+        _check_rate(learning_rate)
+        self._schedulers.pop("learning_rate", None)
+        self._state["learning_rate"] = self._rate_array(learning_rate)
+
+    def _rate_array(self, value: Any) -> Any:
+        ops = self._ops
+        if ops.is_array(value):
+            return ops.copy(value)
+        owner = backends.of(value)
+        if owner is not None:  # a schedule answered in another library (NumPy formulas)
+            value = owner.to_numpy(value)
+        return ops.asarray(value, dtype="float32")
+
+    def _adopt_backend(self, ops: ArrayBackend) -> None:
+        """Move the counters onto the parameters' library (they start on the default one)."""
+        if ops is self._ops:
+            return
+        old = self._ops
+        for key, value in list(self._state.items()):
+            if old.is_array(value) and old.shape(value) == ():
+                dtype = _step_dtype(ops) if key == "step" else old.dtype_name(value)
+                self._state[key] = ops.asarray(old.to_numpy(value), dtype=dtype)
+        self._ops = ops
+
+    # --- initialisation --------------------------------------------------------------------
+    def init(self, parameters: Any) -> None:
+        """Create the state of every parameter in the tree that has none yet.
+
+        Optional: ``apply_gradients`` initialises itself from the first gradients; call it
+        to see ``state`` before the first update.
+        """
+        entries = list(_leaves(parameters))
+        self._adopt_backend(self._backend_of(entries, "parameters"))
+        self._complete_state(parameters, entries)
+
+    def init_single(self, parameter: Any, state: dict) -> None:
+        """Create one parameter's state: ``{"v": zeros_like(parameter)}``."""
+        ops = backends.of(parameter)
+        state["v"] = ops.zeros(ops.shape(parameter), ops.dtype_name(parameter), like=parameter)
+
+    def _complete_state(self, tree: Any, entries: list) -> None:
+        _mirror(tree, self._state)  # lists and tuples below the top stay lists and tuples, as in MLX
+        for path, leaf in entries:
+            node = _lookup(self._state, path)
+            if not node:
+                self.init_single(leaf, node)
+
+    # --- update ------------------------------------------------------------------------------
+    def apply_single(self, gradient: Any, parameter: Any, state: dict) -> Any:
+        """One parameter's update; stores the new velocity in ``state`` and returns the new
+        parameter."""
+        ops = backends.of(parameter)
+        dtype = ops.dtype_name(gradient)
+        lr = ops.cast(self._on(ops, self.learning_rate), dtype)
+        with_momentum = self.momentum > 0
+
+        def typed(value: Any) -> Any:
+            """MLX's Python-float hyperparameters take the array's dtype; NumPy's bfloat16
+            would promote them to float32 and torch's half types multiply in float32."""
+            return value if ops.is_array(value) else ops.scalar(value, dtype, like=parameter)
+
+        weight, velocity = sgd_update(
+            self._rule,
+            parameter,
+            gradient,
+            state.get("v") if with_momentum else None,
+            lr,
+            momentum=typed(self.momentum) if with_momentum else None,
+            l2_weight_decay=self.weight_decay if self.weight_decay != 0 else None,
+            dampening=self.dampening,
+            add_scaled=lambda y, x, alpha: y + typed(alpha) * x,
+        )
+        if with_momentum:
+            state["v"] = velocity
+        return weight
+
+    def _on(self, ops: ArrayBackend, value: Any) -> Any:
+        if ops.is_array(value):
+            return value
+        return ops.asarray(backends.of(value).to_numpy(value))
+
+    def apply_gradients(self, gradients: Any, parameters: Any) -> Any:
+        """The updated parameters, as a tree shaped like ``gradients``.
+
+        ``parameters`` may hold more than ``gradients`` (frozen parts are left out of the
+        result). Everything is checked before the step count or any state changes.
+        """
+        grad_entries = list(_leaves(gradients))
+        if not grad_entries:  # nothing to apply: a no-op, the step count included
+            return _rebuild(gradients, (), {})
+        pairs = []
+        for path, gradient in grad_entries:
+            parameter = _lookup(parameters, path)
+            pairs.append((path, gradient, parameter))
+        ops = self._backend_of([(p, w) for p, _, w in pairs], "parameters")
+        for path, gradient, parameter in pairs:
+            _check_gradient(ops, path, gradient, parameter)
+        self._adopt_backend(ops)
+        self._complete_state(gradients, grad_entries)
+        for name, scheduler in self._schedulers.items():
+            self._state[name] = self._rate_array(scheduler(self.step))
+        self._state["step"] = self.step + 1
+        updated = {path: self.apply_single(g, w, _lookup(self._state, path)) for path, g, w in pairs}
+        return _rebuild(gradients, (), updated)
+
+    def update(self, model: Any, gradients: Any) -> None:
+        """Apply ``gradients`` to ``model`` in place: an ``mlx.nn.Module`` (its own
+        ``update``), or nested dicts / lists of arrays, whose leaves are replaced."""
+        updated = self.apply_gradients(gradients, model)
+        own_update = getattr(type(model), "update", None)
+        if own_update is not None and own_update is not dict.update:
+            model.update(updated)
+        else:
+            _merge_into(model, updated)
+
+    def _backend_of(self, entries: list, argument: str) -> ArrayBackend:
+        found: Optional[ArrayBackend] = None
+        first = None
+        for path, leaf in entries:
+            if not path:  # checked here, before the counters move to the parameters' library
+                raise TypeError("Argument `parameters` must be a tree (dict, list or tuple) of arrays, not a bare array.")
+            ops = backends.of(leaf)
+            if ops is None or not ops.is_array(leaf):
+                raise TypeError(
+                    f"Argument `{argument}` must hold arrays (NumPy, PyTorch, JAX or MLX); "
+                    f"{_describe_path(path)} is {type(leaf).__name__}: {leaf!r:.100}"
+                )
+            if found is None:
+                found, first = ops, path
+            elif ops is not found:
+                raise ValueError(
+                    f"All parameters of one optimizer must use one array library. Received "
+                    f"{_describe_path(first)} on {found.name} and {_describe_path(path)} on {ops.name}."
+                )
+        return found or self._ops
+
+    def __repr__(self) -> str:
+        return (
+            f"inertia.mlx.SGD(momentum={self.momentum}, weight_decay={self.weight_decay}, "
+            f"dampening={self.dampening}, nesterov={self.nesterov})"
+        )
+
+
+def _check_rate(learning_rate: Any) -> None:
+    if not _is_real_number(learning_rate):
+        ops = backends.of(learning_rate)
+        if ops is None or not ops.is_array(learning_rate) or ops.shape(learning_rate) != ():
+            raise TypeError(
+                "Argument `learning_rate` must be a float, a 0-d array or a callable of the step. "
+                f"Received: learning_rate={learning_rate!r}"
+            )
+        learning_rate = float(ops.to_numpy(learning_rate))
+    value = float(learning_rate)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"Argument `learning_rate` must be finite and >= 0. Received: learning_rate={learning_rate!r}")
+
+
+def _check_gradient(ops: ArrayBackend, path: tuple, gradient: Any, parameter: Any) -> None:
+    where = _describe_path(path)
+    grad_ops = backends.of(gradient)
+    if grad_ops is None or not grad_ops.is_array(gradient):
+        raise TypeError(f"The gradient at {where} must be an array. Received: {type(gradient).__name__}: {gradient!r:.100}")
+    if grad_ops is not ops:
+        raise TypeError(f"The gradient at {where} is a {grad_ops.name} array but the parameter is on {ops.name}; convert it first.")
+    dtype = ops.dtype_name(gradient)
+    if not ops.is_floating(dtype):
+        raise TypeError(
+            f"Gradients must be floating-point arrays; the gradient at {where} has dtype {dtype} "
+            "(int, bool and complex gradients are rejected, not cast)."
+        )
+    if not ops.is_floating(ops.dtype_name(parameter)):
+        raise TypeError(f"The parameter at {where} must be floating-point; it has dtype {ops.dtype_name(parameter)}.")
+    if ops.shape(gradient) != ops.shape(parameter):
+        raise ValueError(
+            f"The gradient at {where} has shape {ops.shape(gradient)} but the parameter has shape {ops.shape(parameter)}."
+        )
+
+
+def _mirror(tree: Any, state: Any) -> Any:
+    """``state`` completed to mirror ``tree``'s containers (``None``: none yet); a leaf's
+    state is a dict, ``{}`` until ``init_single`` fills it. A dict state node (the top one)
+    is keyed by list indices where ``tree`` has a list."""
+    if isinstance(tree, (list, tuple)) and not isinstance(state, dict):
+        items = list(state) if isinstance(state, (list, tuple)) else []
+        for index, value in enumerate(tree):
+            if index < len(items):
+                items[index] = _mirror(value, items[index])
+            else:
+                items.append(_mirror(value, None))
+        return items if isinstance(tree, list) else _like_tuple(tree, items)
+    if isinstance(tree, _LEAF_CONTAINERS):
+        state = {} if state is None else state
+        for key, value in (tree.items() if isinstance(tree, dict) else enumerate(tree)):
+            state[key] = _mirror(value, state.get(key))
+        return state
+    return {} if state is None else state
+
+
+def _like_tuple(tree: tuple, items: list) -> tuple:
+    """``items`` as a tuple of ``tree``'s type (named tuples take fields, as in ``mlx.utils.tree_map``)."""
+    return type(tree)(*items) if hasattr(tree, "_fields") else type(tree)(items)
+
+
+def _lookup(tree: Any, path: tuple) -> Any:
+    node = tree
+    for depth, key in enumerate(path):
+        try:
+            node = node[key]
+        except (KeyError, IndexError, TypeError):
+            raise ValueError(
+                f"Argument `parameters` has no entry at {_describe_path(path[: depth + 1])}, where "
+                "`gradients` has one: the parameters must contain every gradient's path."
+            ) from None
+    return node
+
+
+def _rebuild(tree: Any, path: tuple, leaves: dict) -> Any:
+    if isinstance(tree, dict):
+        return {key: _rebuild(value, path + (key,), leaves) for key, value in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        items = [_rebuild(value, path + (index,), leaves) for index, value in enumerate(tree)]
+        return items if isinstance(tree, list) else _like_tuple(tree, items)
+    return leaves[path]
+
+
+def _merge_into(target: Any, updates: Any) -> None:
+    items = updates.items() if isinstance(updates, dict) else enumerate(updates)
+    for key, value in items:
+        if isinstance(value, _LEAF_CONTAINERS) and isinstance(target[key], (dict, list)):
+            _merge_into(target[key], value)
+        else:
+            target[key] = value

@@ -1,0 +1,408 @@
+"""``inertia.torch.SGD``: a drop-in ``torch.optim.Optimizer`` with torch.optim.SGD's numbers.
+
+The update is the shared heavy-ball rule (``rule.py``) configured the torch way: the
+momentum buffer starts as the first gradient (so dampening applies from step 2), L2 weight
+decay is added to the gradient, ``maximize`` flips it, the learning rate stays outside the
+buffer. Every ``y + a*x`` goes through ``torch.add(y, x, alpha=a)``, the primitive
+torch.optim.SGD itself uses, so the results are bit for bit torch's. Param groups,
+``state_dict`` (loadable by torch.optim.SGD and back), closures and LR schedulers work as
+with torch.optim.SGD. inertia adds keyword options: clipping, an EMA of the weights (with
+a swap for evaluation), and gradient accumulation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+
+from inertia import pipeline
+from inertia.backend import get as _get_backend
+from inertia.rule import SGDRule, sgd_update
+
+__all__ = ["SGD"]
+
+_GROUP_EXTRAS = {"clipnorm": None, "clipvalue": None}
+_OPTIMIZER_WIDE = ("global_clipnorm", "use_ema", "ema_momentum", "ema_overwrite_frequency", "gradient_accumulation_steps")
+
+
+def _torch_add_scaled(y: torch.Tensor, x: torch.Tensor, alpha: float) -> torch.Tensor:
+    return torch.add(y, x, alpha=alpha)
+
+
+def _number(value: Any) -> float:
+    return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
+
+
+def _check_number(name: str, value: Any, *, minimum: Optional[float] = 0.0, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"Tensor {name} must be 1-element. Received: {name} of shape {tuple(value.shape)}")
+    elif isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"Argument `{name}` must be a real number. Received: {name}={value!r}")
+    number = _number(value)
+    if not math.isfinite(number):
+        raise ValueError(f"Argument `{name}` must be finite. Received: {name}={value!r}")
+    if minimum is not None and number < minimum:
+        label = {"lr": "learning rate", "momentum": "momentum value", "weight_decay": "weight_decay value"}.get(name)
+        text = f"Invalid {label}: {value}" if label else f"Argument `{name}` must be >= {minimum}"
+        raise ValueError(f"{text} (argument `{name}`, received {value!r})")
+
+
+def _check_group(group: dict) -> None:
+    """torch.optim.SGD's checks, applied to every group, plus inertia's own."""
+    _check_number("lr", group["lr"])
+    _check_number("momentum", group["momentum"])
+    _check_number("dampening", group["dampening"], minimum=None)
+    _check_number("weight_decay", group["weight_decay"])
+    for flag in ("nesterov", "maximize"):
+        if not isinstance(group[flag], bool):
+            raise TypeError(f"Argument `{flag}` must be a bool. Received: {flag}={group[flag]!r}")
+    if group["nesterov"] and (_number(group["momentum"]) <= 0 or _number(group["dampening"]) != 0):
+        raise ValueError(
+            "Nesterov momentum requires a momentum and zero dampening "
+            f"(received momentum={group['momentum']}, dampening={group['dampening']})"
+        )
+    if group.get("fused"):
+        raise ValueError("inertia.torch.SGD has no fused kernel yet: received fused=True; leave `fused` unset.")
+    if group.get("differentiable"):
+        raise ValueError("inertia.torch.SGD does not support differentiable=True (received differentiable=True).")
+    for key in ("clipnorm", "clipvalue"):
+        _check_number(key, group.get(key), optional=True)
+    if group.get("clipnorm") is not None and group.get("clipvalue") is not None:
+        raise ValueError(
+            "Only one of `clipnorm` and `clipvalue` can be set for a param group. "
+            f"Received: clipnorm={group['clipnorm']}, clipvalue={group['clipvalue']}"
+        )
+    wide = [key for key in _OPTIMIZER_WIDE if key in group]
+    if wide:
+        raise ValueError(f"{wide} apply to the whole optimizer and cannot be set per param group.")
+
+
+class SGD(torch.optim.Optimizer):
+    """Stochastic gradient descent, a drop-in for ``torch.optim.SGD`` with inertia's extras.
+
+    Update rule per parameter ``w`` with gradient ``g`` (the buffer ``b`` starts as the
+    first gradient, as in torch)::
+
+        g <- -g                                         (maximize)
+        g <- g + weight_decay*w                         (L2)
+        b <- g (first step)   else   b <- momentum*b + (1 - dampening)*g
+        w <- w - lr*(g + momentum*b)   (nesterov)   or   w <- w - lr*b
+
+    Parameters whose ``.grad`` is None are skipped, as in torch.
+
+    Args:
+        params: parameters, ``(name, parameter)`` pairs, or param-group dicts.
+        lr, momentum, dampening, weight_decay, nesterov, maximize: as torch.optim.SGD
+            (also per param group).
+        foreach: accepted for compatibility; the step runs the per-parameter reference path.
+        clipnorm / clipvalue: per-tensor norm or element-wise clipping of the gradient
+            before the update (per param group; at most one of them).
+        global_clipnorm: clip all gradients together to this joint norm (optimizer-wide;
+            not combined with clipnorm or clipvalue).
+        use_ema / ema_momentum / ema_overwrite_frequency: keep ``avg <- m*avg + (1-m)*w``
+            of every parameter after each update (the first copies the weights); copy the
+            averages into the parameters every ``ema_overwrite_frequency`` updates.
+            :meth:`swap_ema_weights` / :meth:`ema_weights` swap them in for evaluation.
+        gradient_accumulation_steps: each ``step()`` adds the gradients to an accumulator;
+            every N-th applies their mean (clipping and EMA act on real updates only). A
+            micro-step without a gradient for a param counts as zero for it; a param with no
+            gradient in the whole cycle is skipped.
+
+    Example:
+        >>> import torch, inertia.torch
+        >>> w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+        >>> opt = inertia.torch.SGD([w], lr=0.1, momentum=0.9)
+        >>> w.grad = torch.tensor([1.0, 1.0])
+        >>> opt.step()
+        >>> w.detach(), opt.state[w]["momentum_buffer"]
+        (tensor([0.9000, 1.9000]), tensor([1., 1.]))
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | torch.Tensor = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float | torch.Tensor = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: Optional[bool] = None,
+        differentiable: bool = False,
+        fused: Optional[bool] = None,
+        clipnorm: Optional[float] = None,
+        clipvalue: Optional[float] = None,
+        global_clipnorm: Optional[float] = None,
+        use_ema: bool = False,
+        ema_momentum: float = 0.99,
+        ema_overwrite_frequency: Optional[int] = None,
+        gradient_accumulation_steps: Optional[int] = None,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "dampening": dampening,
+            "weight_decay": weight_decay,
+            "nesterov": nesterov,
+            "maximize": maximize,
+            "foreach": foreach,
+            "differentiable": differentiable,
+            "fused": fused,
+            "clipnorm": clipnorm,
+            "clipvalue": clipvalue,
+        }
+        _check_group(defaults)
+        _check_number("global_clipnorm", global_clipnorm, optional=True)
+        if global_clipnorm is not None and (clipnorm is not None or clipvalue is not None):
+            raise ValueError(
+                "Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. "
+                f"Received: clipnorm={clipnorm}, clipvalue={clipvalue}, global_clipnorm={global_clipnorm}"
+            )
+        if not isinstance(use_ema, bool):
+            raise TypeError(f"Argument `use_ema` must be a bool. Received: use_ema={use_ema!r}")
+        _check_number("ema_momentum", ema_momentum)
+        if not 0.0 <= ema_momentum <= 1.0:
+            raise ValueError(f"`ema_momentum` must be in the range [0, 1]. Received: ema_momentum={ema_momentum}")
+        for name, value, least in (
+            ("ema_overwrite_frequency", ema_overwrite_frequency, 1),
+            ("gradient_accumulation_steps", gradient_accumulation_steps, 2),
+        ):
+            if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < least):
+                raise ValueError(f"`{name}` must be an integer >= {least} or None. Received: {name}={value!r}")
+        self.global_clipnorm = None if global_clipnorm is None else float(global_clipnorm)
+        self.use_ema = use_ema
+        self.ema_momentum = float(ema_momentum)
+        self.ema_overwrite_frequency = int(ema_overwrite_frequency) if use_ema and ema_overwrite_frequency else None
+        self.gradient_accumulation_steps = int(gradient_accumulation_steps) if gradient_accumulation_steps else None
+        self._micro_steps = 0
+        self._updates = 0
+        self._ema_swapped = False
+        super().__init__(params, defaults)
+
+    # --- groups and state ------------------------------------------------------------------
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a param group (validated: torch's checks and inertia's, for every group)."""
+        if isinstance(param_group, dict):
+            _check_group({**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}})
+        super().add_param_group(param_group)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("global_clipnorm", None)
+        self.__dict__.setdefault("use_ema", False)
+        self.__dict__.setdefault("ema_momentum", 0.99)
+        self.__dict__.setdefault("ema_overwrite_frequency", None)
+        self.__dict__.setdefault("gradient_accumulation_steps", None)
+        self.__dict__.setdefault("_micro_steps", 0)
+        self.__dict__.setdefault("_updates", 0)
+        self.__dict__.setdefault("_ema_swapped", False)
+        for group in self.param_groups:  # groups saved by torch.optim.SGD lack inertia's keys
+            for key, value in {"nesterov": False, "maximize": False, "foreach": None, "differentiable": False, "fused": False}.items():
+                group.setdefault(key, value)
+            for key, value in _GROUP_EXTRAS.items():  # the options this optimizer was built with
+                group.setdefault(key, self.defaults.get(key, value))
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        for key in _OPTIMIZER_WIDE + ("_micro_steps", "_updates", "_ema_swapped"):
+            state[key] = getattr(self, key)
+        return state
+
+    @property
+    def updates(self) -> int:
+        """Real updates applied (``step()`` calls, or every N-th under accumulation)."""
+        return self._updates
+
+    def state_dict(self) -> dict:
+        """torch.optim.SGD's layout (``state``, ``param_groups``), loadable by it, plus an
+        ``"inertia"`` entry with the step counters (torch ignores it)."""
+        state_dict = super().state_dict()
+        state_dict["inertia"] = {"micro_steps": self._micro_steps, "updates": self._updates}
+        return state_dict
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a state dict of this class or of ``torch.optim.SGD`` (counters then restart
+        at 0, and a missing EMA restarts from the weights at the next update)."""
+        if self._ema_swapped:
+            raise RuntimeError("The EMA weights are swapped in; call `swap_ema_weights()` again before loading state.")
+        counters = state_dict.get("inertia", {"micro_steps": 0, "updates": 0})
+        for key in ("micro_steps", "updates"):
+            value = counters.get(key) if isinstance(counters, dict) else None
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"state_dict['inertia'][{key!r}] must be an integer >= 0. Received: {value!r}")
+        torch_part = {k: v for k, v in state_dict.items() if k != "inertia"}
+        super().load_state_dict(torch_part)
+        self._micro_steps, self._updates = int(counters["micro_steps"]), int(counters["updates"])
+
+    # --- the step ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
+        """One optimisation step (a micro-step under gradient accumulation).
+
+        Every check runs before any parameter or state changes.
+        """
+        if self._ema_swapped:
+            raise RuntimeError("The EMA weights are swapped in; call `swap_ema_weights()` again before stepping.")
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        steps = self.gradient_accumulation_steps
+        updating = not steps or (self._micro_steps + 1) % steps == 0
+        work = self._collect(include_accumulated=bool(steps) and updating)
+        if not updating:
+            for group, param, grad in work:
+                state = self.state[param]
+                if "gradient_accumulator" not in state:
+                    state["gradient_accumulator"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                state["gradient_accumulator"].copy_(pipeline.accumulate(state["gradient_accumulator"], grad))
+            self._micro_steps += 1
+            return loss
+        if steps:
+            work = [(group, param, self._accumulated_mean(param, grad, steps)) for group, param, grad in work]
+            for param in self._parameters():
+                accumulator = self.state[param].get("gradient_accumulator") if param in self.state else None
+                if accumulator is not None:
+                    accumulator.zero_()
+        work = self._clip(work)
+        for group, param, grad in work:
+            self._update_one(group, param, grad)
+        if self.use_ema:
+            self._update_ema()
+        self._updates += 1
+        self._micro_steps += 1
+        return loss
+
+    def _collect(self, include_accumulated: bool = False) -> list[tuple[dict, torch.Tensor, torch.Tensor]]:
+        """``(group, param, grad)`` for the params that take part in this step, checked.
+
+        On an accumulation update a param without a gradient now, but with gradients from
+        earlier micro-steps, takes part with a zero gradient (so their mean is applied).
+        """
+        work = []
+        for group in self.param_groups:
+            _check_group({k: v for k, v in group.items() if k != "params"})
+            for param in group["params"]:
+                grad = param.grad
+                if grad is None:
+                    accumulator = self.state[param].get("gradient_accumulator") if include_accumulated and param in self.state else None
+                    if accumulator is not None and bool(accumulator.any()):
+                        work.append((group, param, torch.zeros_like(param)))
+                    continue
+                if grad.is_sparse:
+                    raise ValueError(f"inertia.torch.SGD does not support sparse gradients (parameter of shape {tuple(param.shape)}).")
+                if not (param.is_floating_point() and grad.is_floating_point()):
+                    raise TypeError(
+                        f"Parameters and gradients must be real floating-point tensors; received a parameter of dtype "
+                        f"{param.dtype} with a gradient of dtype {grad.dtype}."
+                    )
+                if grad.shape != param.shape:
+                    raise ValueError(f"A gradient has shape {tuple(grad.shape)} but its parameter has shape {tuple(param.shape)}.")
+                work.append((group, param, grad))
+        return work
+
+    def _accumulated_mean(self, param: torch.Tensor, grad: torch.Tensor, steps: int) -> torch.Tensor:
+        accumulator = self.state[param].get("gradient_accumulator")
+        if accumulator is None:
+            accumulator = torch.zeros_like(param, memory_format=torch.preserve_format)
+            self.state[param]["gradient_accumulator"] = accumulator
+        return pipeline.accumulated_mean(_get_backend("torch"), grad, accumulator, steps)
+
+    def _clip(self, work: list) -> list:
+        ops = _get_backend("torch")
+        if self.global_clipnorm is not None and work:
+            clipped = pipeline.clip_by_global_norm(ops, [grad for _, _, grad in work], self.global_clipnorm)
+            return [(group, param, grad) for (group, param, _), grad in zip(work, clipped)]
+        result = []
+        for group, param, grad in work:
+            grad = pipeline.clip(ops, [grad], group["clipnorm"], None, group["clipvalue"])[0]
+            result.append((group, param, grad))
+        return result
+
+    def _update_one(self, group: dict, param: torch.Tensor, grad: torch.Tensor) -> None:
+        momentum = _number(group["momentum"])
+        weight_decay = _number(group["weight_decay"])
+        state = self.state[param] if momentum != 0 else None  # as torch: no state entry without momentum
+        buffer = state.get("momentum_buffer") if state is not None else None
+        rule = SGDRule(
+            nesterov=group["nesterov"], lr_in_velocity=False, buffer_starts_with_gradient=True, maximize=group["maximize"]
+        )
+        new_param, new_buffer = sgd_update(
+            rule,
+            param,
+            grad,
+            buffer,
+            _number(group["lr"]),
+            momentum=momentum if momentum != 0 else None,
+            l2_weight_decay=weight_decay if weight_decay != 0 else None,
+            dampening=_number(group["dampening"]),
+            add_scaled=_torch_add_scaled,
+        )
+        if momentum != 0:
+            if buffer is None:
+                state["momentum_buffer"] = torch.clone(new_buffer).detach()
+            else:
+                buffer.copy_(new_buffer)
+        param.copy_(new_param)
+
+    # --- EMA ----------------------------------------------------------------------------------
+    def _parameters(self) -> Iterator[torch.Tensor]:
+        for group in self.param_groups:
+            yield from group["params"]
+
+    def _update_ema(self) -> None:
+        ops = _get_backend("torch")
+        for param in self._parameters():
+            state = self.state[param]
+            average = state.get("average")
+            if average is None:
+                state["average"] = param.detach().clone(memory_format=torch.preserve_format)
+            else:
+                average.copy_(pipeline.ema_update(ops, average, param, self.ema_momentum, False))
+        frequency = self.ema_overwrite_frequency
+        if frequency and (self._updates + 1) % frequency == 0:
+            for param in self._parameters():
+                param.copy_(self.state[param]["average"])
+
+    def swap_ema_weights(self) -> None:
+        """Exchange every parameter with its EMA (call again to swap back)."""
+        if not self.use_ema:
+            raise ValueError("swap_ema_weights() needs an optimizer created with use_ema=True.")
+        with torch.no_grad():
+            for param in self._parameters():
+                average = self.state[param].get("average") if param in self.state else None
+                if average is not None:
+                    held = param.detach().clone()
+                    param.copy_(average)
+                    average.copy_(held)
+        self._ema_swapped = not self._ema_swapped
+
+    @contextlib.contextmanager
+    def ema_weights(self) -> Iterator[None]:
+        """Evaluate with the averaged weights: ``with opt.ema_weights(): evaluate(model)``."""
+        self.swap_ema_weights()
+        try:
+            yield
+        finally:
+            self.swap_ema_weights()
+
+    def finalize_variable_values(self) -> None:
+        """Copy the EMA into the parameters for good (Keras' name; a no-op without EMA)."""
+        if not self.use_ema:
+            return
+        if self._ema_swapped:
+            raise RuntimeError("The EMA weights are swapped in; call `swap_ema_weights()` again first.")
+        with torch.no_grad():
+            for param in self._parameters():
+                average = self.state[param].get("average") if param in self.state else None
+                if average is not None:
+                    param.copy_(average)
+

@@ -1,0 +1,623 @@
+"""``inertia.legacy.SGD`` against tf.keras' legacy (OptimizerV2) SGD.
+
+TensorFlow is not installed here, so the expected numbers are the verified ones of
+research/keras_semantics.md section 9.1 and the [legacy] rows of section 10 (37's third
+step, 45, 46), the two doctests of reference/tf-keras-legacy-SGD.md, and values derived by
+hand from OptimizerV2's rules (stated next to each test):
+
+* hyperparameters (learning_rate, decay, momentum) are float32 values cast to each
+  variable's dtype; ``lr_t = lr / (1 + decay*iterations)`` (iterations before the
+  increment), after the schedule, which sees ``iterations`` as a float of that dtype;
+* gradients are clipped by value, then by norm, then by global norm;
+* the state is ``[iter (int64), slots and weights in creation order]``; the learning-rate
+  hyperparameter is not one of the weights.
+
+Numeric cases run on every backend (numpy, torch, jax) through the ``backend`` fixture.
+The legacy-versus-Keras-3 differences are pinned next to the legacy behaviour.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import inertia
+import inertia.legacy
+from conftest import requires, tensor
+from inertia import schedules
+
+LegacySGD = inertia.legacy.SGD
+
+
+# ----------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------
+def close(actual, expected, rtol=1e-6, atol=1e-7):
+    np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64), rtol=rtol, atol=atol)
+
+
+def variable(value, dtype="float32", name=None):
+    """An inertia.Variable holding an array of the backend under test."""
+    return inertia.Variable(tensor(value, dtype), name=name)
+
+
+def apply(optimizer, pairs, dtype="float32"):
+    """One ``apply_gradients`` call; gradients are given as Python lists."""
+    return optimizer.apply_gradients([(tensor(g, dtype), v) for g, v in pairs])
+
+
+def trajectory(optimizer, var, grads, dtype="float32"):
+    """The variable's value after each of the steps with ``grads``."""
+    values = []
+    for g in grads:
+        apply(optimizer, [(g, var)], dtype)
+        values.append(var.numpy())
+    return values
+
+
+def snapshot(optimizer, variables):
+    """Copies of every trained variable and optimizer weight (for "nothing changed")."""
+    return [v.numpy() for v in variables] + [np.array(w) for w in optimizer.get_weights()]
+
+
+def assert_same_arrays(left, right):
+    assert len(left) == len(right)
+    for a, b in zip(left, right):
+        np.testing.assert_array_equal(a, b)
+
+
+def f32_then(value, dtype):
+    """A Python float the legacy way: rounded to float32, then cast to ``dtype``."""
+    return np.asarray(np.float32(value)).astype(dtype)[()]
+
+
+class RecordingSchedule(schedules.LearningRateSchedule):
+    """``initial / (1 + step)``, remembering the dtype of each step it was called with."""
+
+    def __init__(self, initial_learning_rate):
+        self.initial_learning_rate = initial_learning_rate
+        self.step_dtypes = []
+
+    def __call__(self, step):
+        self.step_dtypes.append(str(step.dtype).removeprefix("torch."))
+        return self.initial_learning_rate / (1 + step)
+
+    def get_config(self):
+        return {"initial_learning_rate": self.initial_learning_rate}
+
+
+# ----------------------------------------------------------------------------------------
+# the legacy worked cases
+# ----------------------------------------------------------------------------------------
+ROW_37 = [[0.7, 1.7], [0.5, 1.5], [0.35, 1.35]]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: LegacySGD(learning_rate=3.0, decay=0.5), id="decay=0.5"),
+        pytest.param(lambda: LegacySGD(learning_rate=schedules.InverseTimeDecay(3.0, 1, 0.5)), id="InverseTimeDecay"),
+    ],
+)
+def test_row_37_time_decay_three_steps(backend, make):
+    # lr_t = 3 / (1 + 0.5*k) with k = iterations before the step: 3, 2, 1.5 times g = 0.1.
+    optimizer = make()
+    v0 = variable([1.0, 2.0])
+    values = trajectory(optimizer, v0, [[0.1, 0.1]] * 3)
+    for value, expected in zip(values, ROW_37):
+        close(value, expected)
+    assert int(optimizer.iterations.numpy()) == 3
+
+
+def test_decay_is_the_constructor_s(backend):
+    # OptimizerV2 divides by the constructor's decay (`_initial_decay`); assigning
+    # `opt.decay` later changes nothing, on every backend (a compiled step included).
+    decayed = LegacySGD(learning_rate=1.0, decay=0.5)
+    w = variable([0.0])
+    apply(decayed, [([1.0], w)])
+    decayed.decay = 0.0
+    apply(decayed, [([1.0], w)])
+    close(w.numpy(), [-1.0 - 1.0 / 1.5])
+    plain = LegacySGD(learning_rate=1.0)
+    w = variable([0.0])
+    apply(plain, [([1.0], w)])
+    plain.decay = 0.5
+    apply(plain, [([1.0], w)])
+    close(w.numpy(), [-2.0])
+    assert decayed.get_config()["decay"] == 0.5 and plain.get_config()["decay"] == 0.0
+
+
+def test_decay_divides_the_scheduled_rate(backend):
+    # Schedule first, then the division, both at k = 0, 1, 2:
+    # (3 / (1 + 0.5k)) / (1 + 0.5k) = 3, 4/3, 0.75; times g = 0.1 from [1, 2].
+    optimizer = LegacySGD(learning_rate=schedules.InverseTimeDecay(3.0, 1, 0.5), decay=0.5)
+    v0 = variable([1.0, 2.0])
+    values = trajectory(optimizer, v0, [[0.1, 0.1]] * 3)
+    rates = [3.0, 4.0 / 3.0, 0.75]
+    expected = np.array([1.0, 2.0]) - 0.1 * np.cumsum(rates)[:, None]
+    close(values, expected)
+    close(values[1], [0.56666666, 1.56666666])  # not row 37's 0.5: the two decays compound
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_schedule_sees_iterations_as_a_float_of_the_variable_dtype(backend, dtype):
+    schedule = RecordingSchedule(1.0)
+    optimizer = LegacySGD(learning_rate=schedule)
+    w = variable([0.0], dtype)
+    values = trajectory(optimizer, w, [[1.0]] * 3, dtype)
+    close(values[-1], [-(1.0 + 1.0 / 2 + 1.0 / 3)])  # rates 1/(1+k) for k = 0, 1, 2
+    assert schedule.step_dtypes and set(schedule.step_dtypes) == {dtype}
+    assert w.dtype == dtype
+
+
+def test_row_45_config_and_weight_paths_after_one_step(backend):
+    optimizer = LegacySGD(0.1, momentum=0.9, nesterov=True, clipnorm=1.0)
+    kernel = variable([[1.0, 2.0]], name="kernel")
+    bias = variable([0.5], name="bias")
+    iterations = apply(optimizer, [([[3.0, 4.0]], kernel), ([1.0], bias)])
+    assert iterations is optimizer.iterations
+    assert (iterations.name, iterations.path, iterations.dtype) == ("iter", "SGD/iter", "int64")
+    assert int(iterations.numpy()) == 1
+    config = optimizer.get_config()
+    assert config == {"name": "SGD", "clipnorm": 1.0, "learning_rate": 0.1, "decay": 0.0, "momentum": 0.9, "nesterov": True}
+    assert list(config) == ["name", "clipnorm", "learning_rate", "decay", "momentum", "nesterov"]
+    assert [w.path for w in optimizer.weights] == ["SGD/iter", "SGD/kernel/momentum", "SGD/bias/momentum"]
+    assert [w.path for w in optimizer.variables()] == ["SGD/iter", "SGD/kernel/momentum", "SGD/bias/momentum"]
+    # kernel g=[3,4] clipped to [.6,.8]; v = -0.1*g; nesterov w += 0.9*v - 0.1*g.
+    close(optimizer.get_slot(kernel, "momentum").numpy(), [[-0.06, -0.08]])
+    close(kernel.numpy(), [[1.0 - 0.114, 2.0 - 0.152]])
+    close(optimizer.get_slot(bias, "momentum").numpy(), [-0.1])
+    close(bias.numpy(), [0.31])
+
+
+def test_row_46_dense_rows_hit_in_turn(backend):
+    # Row 46's dense numbers: rows 0 then 1 get gradient 1, m=0.5, lr=1, from zeros.
+    # step 1: m=[-1,0], v=[-1,0]; step 2: m=0.5*[-1,0]-[0,1]=[-0.5,-1], v=[-1.5,-1].
+    # (TF's lazy sparse kernel would give v=[-1,-1]; inertia has no sparse gradients.)
+    optimizer = LegacySGD(learning_rate=1.0, momentum=0.5)
+    table = variable([[0.0], [0.0]], name="table")
+    apply(optimizer, [([[1.0], [0.0]], table)])
+    apply(optimizer, [([[0.0], [1.0]], table)])
+    np.testing.assert_array_equal(table.numpy(), [[-1.5], [-1.0]])
+    np.testing.assert_array_equal(optimizer.get_slot(table, "momentum").numpy(), [[-0.5], [-1.0]])
+
+
+def test_doctest_first_step_is_0_9(backend):
+    optimizer = LegacySGD(learning_rate=0.1)
+    var = inertia.Variable(1.0)
+    step_count = optimizer.minimize(lambda: (var**2) / 2.0, [var]).numpy()
+    assert int(step_count) == 1
+    close(var.numpy(), 0.9)
+    if backend.name == "numpy":
+        assert float(var.numpy()) == 0.8999999761581421  # float32(1 - float32(0.1))
+
+
+def test_doctest_momentum_steps_are_0_1_then_0_18(backend):
+    optimizer = LegacySGD(learning_rate=0.1, momentum=0.9)
+    var = inertia.Variable(1.0)
+    val0 = float(var.numpy())
+    optimizer.minimize(lambda: (var**2) / 2.0, [var])
+    val1 = float(var.numpy())
+    optimizer.minimize(lambda: (var**2) / 2.0, [var])
+    val2 = float(var.numpy())
+    close(val0 - val1, 0.1)
+    close(val1 - val2, 0.18, rtol=1e-5)
+
+
+def test_clipvalue_then_clipnorm(backend):
+    # [3,4] -> clipvalue 2 -> [2,2] -> clipnorm 1 -> [.7071,.7071]. The other order would
+    # give [.6,.8] (norm first, then values already below 2).
+    optimizer = LegacySGD(learning_rate=1.0, clipvalue=2.0, clipnorm=1.0)
+    w = variable([0.0, 0.0])
+    apply(optimizer, [([3.0, 4.0], w)])
+    close(w.numpy(), [-0.70710677, -0.70710677])
+
+
+def test_clipvalue_then_global_clipnorm(backend):
+    # a: [3] -> [2], b: [4] -> [2]; global norm 2*sqrt(2) -> each 1/sqrt(2).
+    optimizer = LegacySGD(learning_rate=1.0, clipvalue=2.0, global_clipnorm=1.0)
+    a, b = variable([0.0]), variable([0.0])
+    apply(optimizer, [([3.0], a), ([4.0], b)])
+    close([a.numpy()[0], b.numpy()[0]], [-0.70710677, -0.70710677])
+
+
+def test_float64_variables_see_float32_rounded_hyperparameters(backend):
+    # lr=0.1, momentum=0.9, decay=0.1 are float32 values cast to float64:
+    # step k: lr_k = lr32 / (1 + d32*k); v = m32*v - lr_k*g; w += v.
+    lr, m, d = (f32_then(x, "float64") for x in (0.1, 0.9, 0.1))
+    assert lr != 0.1 and m != 0.9 and d != 0.1  # the rounding is visible in float64
+    optimizer = LegacySGD(learning_rate=0.1, momentum=0.9, decay=0.1)
+    w = variable([1.0, -2.0], "float64")
+    grads = [[1.0, 0.5], [-2.0, 0.25], [0.75, 1.0]]
+    values = trajectory(optimizer, w, grads, "float64")
+    expected_w, velocity = np.array([1.0, -2.0]), np.zeros(2)
+    for k, g in enumerate(grads):
+        velocity = m * velocity - (lr / (1.0 + d * k)) * np.array(g)
+        expected_w = expected_w + velocity
+        np.testing.assert_allclose(values[k], expected_w, rtol=1e-14, atol=0)
+    assert w.dtype == "float64" and optimizer.get_slot(w, "momentum").dtype == "float64"
+    # The exact Python hyperparameters would be ~1e-9 away: far outside that tolerance.
+    exact_w, exact_v = np.array([1.0, -2.0]), np.zeros(2)
+    for k, g in enumerate(grads):
+        exact_v = 0.9 * exact_v - (0.1 / (1.0 + 0.1 * k)) * np.array(g)
+        exact_w = exact_w + exact_v
+    assert np.max(np.abs(values[-1] - exact_w)) > 1e-9
+
+
+def test_float32_and_float64_variables_in_one_step(backend):
+    # One lr_t per dtype: the float32 variable sees float32(0.1), the float64 one the same
+    # value widened (1 - 0.10000000149011612), not 0.9 exactly.
+    optimizer = LegacySGD(learning_rate=0.1)
+    w32, w64 = variable([1.0], "float32"), variable([1.0], "float64")
+    optimizer.apply_gradients([(tensor([1.0], "float32"), w32), (tensor([1.0], "float64"), w64)])
+    assert w32.numpy().dtype == np.float32 and w64.numpy().dtype == np.float64
+    np.testing.assert_allclose(w64.numpy(), [1.0 - f32_then(0.1, "float64")], rtol=1e-15, atol=0)
+    close(w32.numpy(), [0.9])
+
+
+def test_float16_variable_row_42(backend):
+    # fp16 [1,2], lr 0.1, m 0.9, g=1, 2 steps (row 42: the same on the legacy face, whose
+    # float32 hypers round to the same float16 values).
+    optimizer = LegacySGD(learning_rate=0.1, momentum=0.9)
+    w = variable([1.0, 2.0], "float16")
+    apply(optimizer, [([1.0, 1.0], w)], "float16")
+    apply(optimizer, [([1.0, 1.0], w)], "float16")
+    value, slot = w.numpy(), optimizer.get_slot(w, "momentum").numpy()
+    assert value.dtype == np.float16 and slot.dtype == np.float16
+    np.testing.assert_array_equal(value, np.array([0.70996094, 1.7109375], np.float16))
+    np.testing.assert_array_equal(slot, np.array([-0.18994141, -0.18994141], np.float16))
+
+
+# ----------------------------------------------------------------------------------------
+# legacy versus Keras 3 (inertia.SGD)
+# ----------------------------------------------------------------------------------------
+def test_decay_applies_on_legacy_and_is_ignored_with_a_warning_by_keras3(backend):
+    legacy = LegacySGD(learning_rate=3.0, decay=0.5)
+    with pytest.warns(UserWarning, match=r"Argument `decay` is no longer supported and will be ignored\."):
+        keras3 = inertia.SGD(learning_rate=3.0, decay=0.5)
+    legacy_values = trajectory(legacy, variable([1.0, 2.0]), [[0.1, 0.1]] * 3)
+    keras3_values = trajectory(keras3, variable([1.0, 2.0]), [[0.1, 0.1]] * 3)
+    close(legacy_values, ROW_37)
+    close(keras3_values, [[0.7, 1.7], [0.4, 1.4], [0.1, 1.1]])  # constant lr 3
+
+
+def test_clipvalue_with_clipnorm_is_legacy_only():
+    with pytest.raises(ValueError, match=r"Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set"):
+        inertia.SGD(clipvalue=2.0, clipnorm=1.0)
+    optimizer = LegacySGD(clipvalue=2.0, clipnorm=1.0)
+    assert (optimizer.clipvalue, optimizer.clipnorm, optimizer.global_clipnorm) == (2.0, 1.0, None)
+    assert list(optimizer.get_config())[:3] == ["name", "clipnorm", "clipvalue"]
+
+
+def test_weights_exclude_the_learning_rate_variable():
+    keras3, legacy = inertia.SGD(momentum=0.9), LegacySGD(momentum=0.9)
+    wk, wl = inertia.Variable([1.0], name="w"), inertia.Variable([1.0], name="w")
+    keras3.apply_gradients([(np.array([1.0], "float32"), wk)])
+    legacy.apply_gradients([(np.array([1.0], "float32"), wl)])
+    assert "learning_rate" in [v.name for v in keras3.variables]
+    assert [v.name for v in legacy.variables()] == ["iter", "w/momentum"]
+    assert [v.name for v in legacy.weights] == ["iter", "w/momentum"]
+    assert len(legacy.get_weights()) == 2
+    # ... yet the hyperparameter is still a float32 variable.
+    assert isinstance(legacy.learning_rate, inertia.Variable) and legacy.learning_rate.dtype == "float32"
+    assert all(v is not legacy.learning_rate for v in legacy.weights)
+
+
+@pytest.mark.parametrize(
+    "learning_rate, momentum, nesterov",
+    [(0.01, 0.0, False), (0.05, 0.9, False), (0.3, 0.5, True)],
+)
+def test_bit_identical_to_keras3_with_constant_rate_and_no_clipping(backend, learning_rate, momentum, nesterov):
+    rng = np.random.default_rng(1234)
+    init = [rng.normal(size=(3, 4)), rng.normal(size=(5,))]
+    grads = [[rng.normal(size=a.shape) for a in init] for _ in range(6)]
+    runs = []
+    for make in (inertia.SGD, LegacySGD):
+        optimizer = make(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov)
+        params = [variable(a) for a in init]
+        for step in grads:
+            optimizer.apply_gradients([(tensor(g), p) for g, p in zip(step, params)])
+        runs.append([p.numpy() for p in params])
+    assert_same_arrays(runs[0], runs[1])
+    assert not np.array_equal(runs[1][0], np.asarray(init[0], np.float32))  # it did train
+
+
+# ----------------------------------------------------------------------------------------
+# API surface
+# ----------------------------------------------------------------------------------------
+def test_slots_exist_only_with_momentum():
+    plain = LegacySGD(learning_rate=0.1)
+    w = inertia.Variable([1.0, 2.0], name="kernel")
+    plain.apply_gradients([(np.array([1.0, 1.0], "float32"), w)])
+    assert plain.get_slot_names() == []
+    assert [v.name for v in plain.weights] == ["iter"]
+    with pytest.raises(KeyError, match="No slot 'momentum'"):
+        plain.get_slot(w, "momentum")
+
+    heavy = LegacySGD(learning_rate=0.1, momentum=0.9)
+    k = inertia.Variable([1.0, 2.0], name="kernel")
+    heavy.apply_gradients([(np.array([1.0, 1.0], "float32"), k)])
+    slot = heavy.get_slot(k, "momentum")
+    assert heavy.get_slot_names() == ["momentum"]
+    assert (slot.name, slot.path, slot.trainable) == ("kernel/momentum", "SGD/kernel/momentum", False)
+    close(slot.numpy(), [-0.1, -0.1])
+
+
+def test_add_slot_joins_the_weights_in_creation_order_and_add_weight_does_not():
+    optimizer = LegacySGD(learning_rate=0.1, momentum=0.9)
+    k = inertia.Variable([1.0, 2.0], name="kernel")
+    optimizer.apply_gradients([(np.array([1.0, 1.0], "float32"), k)])
+    extra = optimizer.add_slot(k, "extra", initializer="ones")
+    assert optimizer.add_slot(k, "extra") is extra  # existing slots are returned
+    shaped = optimizer.add_slot(k, "shaped", shape=(3,))
+    counter = optimizer.add_weight("counter", (2,), dtype="int64")
+    # As in OptimizerV2, add_weight's variables are not weights (only iter and the slots are).
+    assert [w.path for w in optimizer.weights] == [
+        "SGD/iter", "SGD/kernel/momentum", "SGD/kernel/extra", "SGD/kernel/shaped",
+    ]
+    assert counter.path == "SGD/counter" and counter.trainable is True
+    assert optimizer.add_weight("scale", ()).dtype == "float32"
+    assert optimizer.get_slot_names() == ["momentum", "extra", "shaped"]
+    assert optimizer.get_slot(k, "extra") is extra
+    np.testing.assert_array_equal(extra.numpy(), [1.0, 1.0])
+    assert shaped.shape == (3,) and shaped.dtype == "float32"
+    assert counter.dtype == "int64"
+    assert [w.shape for w in optimizer.get_weights()] == [(), (2,), (2,), (3,)]
+
+
+def test_add_slot_before_the_first_step_is_the_slot_used():
+    # OptimizerV2's _create_slots goes through add_slot, which returns an existing slot.
+    optimizer = LegacySGD(learning_rate=1.0, momentum=0.5)
+    k = inertia.Variable([1.0, 2.0], name="kernel")
+    preset = optimizer.add_slot(k, "momentum", initializer="ones")
+    optimizer.apply_gradients([(np.array([1.0, 1.0], "float32"), k)])
+    assert optimizer.get_slot(k, "momentum") is preset
+    assert [w.path for w in optimizer.weights] == ["SGD/iter", "SGD/kernel/momentum"]
+    np.testing.assert_array_equal(preset.numpy(), [-0.5, -0.5])  # 0.5*1 - 1*1
+    np.testing.assert_array_equal(k.numpy(), [0.5, 1.5])
+
+
+def test_get_set_weights_onto_a_fresh_optimizer_continues_bit_for_bit(backend):
+    config = dict(learning_rate=0.2, momentum=0.9, nesterov=True, decay=0.25)
+    rng = np.random.default_rng(7)
+    init = rng.normal(size=(2, 3))
+    grads = [rng.normal(size=(2, 3)) for _ in range(6)]
+    first = LegacySGD(**config)
+    w = variable(init, name="kernel")
+    for g in grads[:3]:
+        apply(first, [(g, w)])
+    weights = first.get_weights()
+    assert [a.dtype for a in weights] == [np.int64, np.float32]
+    assert int(weights[0]) == 3 and all(isinstance(a, np.ndarray) for a in weights)
+
+    second = LegacySGD(**config)
+    w2 = variable(w.numpy(), name="kernel")
+    second.build([w2])
+    second.set_weights(weights)
+    for g in grads[3:]:
+        apply(first, [(g, w)])
+        apply(second, [(g, w2)])
+    np.testing.assert_array_equal(w2.numpy(), w.numpy())
+    assert_same_arrays(second.get_weights(), first.get_weights())
+    assert int(second.iterations.numpy()) == 6  # decay read the restored counter
+
+
+def test_set_weights_checks_length_and_shapes_before_changing_anything():
+    optimizer = LegacySGD(learning_rate=0.1, momentum=0.9)
+    a, b = inertia.Variable([1.0, 2.0], name="a"), inertia.Variable([3.0], name="b")
+    optimizer.apply_gradients([(np.array([1.0, 1.0], "float32"), a), (np.array([1.0], "float32"), b)])
+    before = optimizer.get_weights()
+    with pytest.raises(ValueError) as info:
+        optimizer.set_weights([np.array(5)])
+    assert str(info.value) == (
+        "You called `set_weights(weights)` on optimizer SGD with a  weight list of length 1, "
+        "but the optimizer was expecting 3 weights. Provided weights: [array(5)]..."
+    )
+    with pytest.raises(ValueError, match=r"SGD/b/momentum has shape \(1,\) not compatible with provided weight shape \(2,\)"):
+        optimizer.set_weights([np.array(9), np.zeros(2, "float32"), np.zeros(2, "float32")])
+    assert_same_arrays(optimizer.get_weights(), before)  # the valid first entries were not applied
+
+
+def test_minimize_with_grad_loss_weights_a_vector_loss(backend):
+    # loss = w*w (a vector), output gradient [2, 3]: d/dw sum(gl * w^2) = 2*gl*w = [4, 12].
+    optimizer = LegacySGD(learning_rate=0.1)
+    w = variable([1.0, 2.0])
+    optimizer.minimize(lambda: w * w, [w], grad_loss=tensor([2.0, 3.0]))
+    close(w.numpy(), [1.0 - 0.4, 2.0 - 1.2])
+    # without grad_loss a scalar loss goes the ordinary way
+    optimizer.minimize(lambda: (w * w).sum(), [w])
+    close(w.numpy(), [0.6 - 0.12, 0.8 - 0.16])
+    assert int(optimizer.iterations.numpy()) == 2
+
+
+def test_minimize_takes_a_callable_var_list(backend):
+    optimizer = LegacySGD(learning_rate=0.5, momentum=0.5)
+    a, b = variable([2.0]), variable([4.0])
+    for _ in range(2):
+        optimizer.minimize(lambda: (a * b).sum(), lambda: [a, b])
+    # step 1: g=(4, 2) -> v=(-2,-1), a=0, b=3; step 2: g=(3, 0) -> v=(-2.5,-0.5), a=-2.5, b=2.5
+    close([a.numpy()[0], b.numpy()[0]], [-2.5, 2.5])
+
+
+def test_get_gradients_is_unclipped_and_get_updates_applies_a_clipped_step(backend):
+    optimizer = LegacySGD(learning_rate=1.0, clipnorm=1.0)
+    w = variable([3.0, 4.0])
+    loss = lambda: (w * w).sum()  # noqa: E731
+    (gradient,) = optimizer.get_gradients(loss, [w])
+    close(np.asarray(gradient), [6.0, 8.0])
+    assert int(optimizer.iterations.numpy()) == 0 and np.array_equal(w.numpy(), np.array([3.0, 4.0], np.float32))
+    updates = optimizer.get_updates(loss, [w])
+    assert updates == [optimizer.iterations] and int(updates[0].numpy()) == 1
+    close(w.numpy(), [3.0 - 0.6, 4.0 - 0.8])  # [6, 8] clipped to norm 1
+
+
+def test_learning_rate_setter_float_then_schedule_then_float(backend):
+    optimizer = LegacySGD(learning_rate=0.5)
+    hyper = optimizer.learning_rate
+    assert isinstance(hyper, inertia.Variable) and optimizer.lr is hyper
+    optimizer.learning_rate = 0.25  # a float is assigned into the same float32 variable
+    assert optimizer.learning_rate is hyper and float(hyper.numpy()) == 0.25
+    w = variable([0.0])
+    apply(optimizer, [([1.0], w)])
+    close(w.numpy(), [-0.25])
+    optimizer.lr = schedules.ExponentialDecay(1.0, 1, 0.5)  # a schedule replaces it (Keras 3 refuses)
+    assert isinstance(optimizer.learning_rate, schedules.ExponentialDecay)
+    apply(optimizer, [([1.0], w)])  # iterations=1: 0.5
+    apply(optimizer, [([1.0], w)])  # iterations=2: 0.25
+    close(w.numpy(), [-1.0])
+    assert optimizer.get_config()["learning_rate"]["class_name"] == "ExponentialDecay"
+    optimizer.learning_rate = 2.0  # and a float replaces the schedule again
+    apply(optimizer, [([1.0], w)])
+    close(w.numpy(), [-3.0])
+    assert optimizer.get_config()["learning_rate"] == 2.0
+    assert [v.name for v in optimizer.weights] == ["iter"]
+
+
+def test_learning_rate_property_of_a_callable_is_its_current_value(backend):
+    rate = {"value": 0.5}
+    optimizer = LegacySGD(learning_rate=lambda: rate["value"])
+    assert optimizer.learning_rate == 0.5
+    w = variable([0.0])
+    apply(optimizer, [([1.0], w)])
+    rate["value"] = 0.25
+    assert optimizer.learning_rate == 0.25 and optimizer.get_config()["learning_rate"] == 0.25
+    apply(optimizer, [([1.0], w)])
+    close(w.numpy(), [-0.75])
+
+
+def test_config_before_build_is_the_legacy_layout():
+    config = LegacySGD().get_config()
+    assert config == {"name": "SGD", "learning_rate": 0.01, "decay": 0.0, "momentum": 0.0, "nesterov": False}
+    assert list(config) == ["name", "learning_rate", "decay", "momentum", "nesterov"]
+    # the clip options appear, in name order, only when set
+    clipped = LegacySGD(global_clipnorm=2.0, clipvalue=0.5, decay=0.1).get_config()
+    assert list(clipped) == ["name", "clipvalue", "global_clipnorm", "learning_rate", "decay", "momentum", "nesterov"]
+    assert (clipped["clipvalue"], clipped["global_clipnorm"], clipped["decay"]) == (0.5, 2.0, 0.1)
+
+
+def test_config_round_trip_trains_identically(backend):
+    original = LegacySGD(
+        learning_rate=schedules.PolynomialDecay(0.5, 4, 0.1), momentum=0.75, nesterov=True,
+        clipvalue=1.5, clipnorm=2.0, decay=0.2, name="legacy_sgd",
+    )
+    clone = LegacySGD.from_config(original.get_config())
+    assert clone.get_config() == original.get_config()
+    assert isinstance(clone.learning_rate, schedules.PolynomialDecay)
+    rng = np.random.default_rng(3)
+    init, grads = rng.normal(size=4), [rng.normal(size=4) * 3 for _ in range(5)]
+    w1, w2 = variable(init), variable(init)
+    for g in grads:
+        apply(original, [(g, w1)])
+        apply(clone, [(g, w2)])
+    np.testing.assert_array_equal(w1.numpy(), w2.numpy())
+    assert [w.path for w in clone.weights] == ["legacy_sgd/iter", f"legacy_sgd/{w2.name}/momentum"]
+
+
+def test_from_config_reads_lr_and_deserializes_a_schedule():
+    from_lr = LegacySGD.from_config({"name": "SGD", "lr": 0.3, "decay": 0.1, "momentum": 0.5, "nesterov": False})
+    assert from_lr.get_config() == {"name": "SGD", "learning_rate": 0.3, "decay": 0.1, "momentum": 0.5, "nesterov": False}
+    schedule = schedules.ExponentialDecay(1.0, 10, 0.5)
+    config = {"name": "SGD", "learning_rate": schedules.serialize(schedule), "decay": 0.0, "momentum": 0.0, "nesterov": False}
+    restored = LegacySGD.from_config(config)
+    assert isinstance(restored.learning_rate, schedules.ExponentialDecay)
+    assert restored.learning_rate.get_config() == schedule.get_config()
+
+
+def test_lr_keyword_is_deprecated_and_wins_over_learning_rate():
+    with pytest.warns(UserWarning, match=r"The `lr` argument is deprecated, use `learning_rate` instead\."):
+        optimizer = LegacySGD(learning_rate=0.1, lr=0.7)
+    assert float(optimizer.learning_rate.numpy()) == float(np.float32(0.7))
+    assert optimizer.get_config()["learning_rate"] == 0.7
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LegacySGD(learning_rate=0.1)  # no warning without `lr`
+
+
+def test_numpy_arrays_are_updated_in_place():
+    weights = np.array([1.0, 2.0], np.float32)
+    optimizer = LegacySGD(learning_rate=0.5, momentum=0.5)
+    optimizer.apply_gradients([(np.array([1.0, 1.0], np.float32), weights)])
+    optimizer.apply_gradients([(np.array([1.0, 1.0], np.float32), weights)])
+    np.testing.assert_array_equal(weights, [1.0 - 0.5 - 0.75, 2.0 - 0.5 - 0.75])
+    np.testing.assert_array_equal(optimizer.get_slot(weights, "momentum").numpy(), [-0.75, -0.75])
+
+
+def test_torch_tensors_are_updated_in_place():
+    torch = requires("torch")
+    parameter = torch.tensor([1.0, 2.0])
+    optimizer = LegacySGD(learning_rate=0.5, decay=1.0)
+    optimizer.apply_gradients([(torch.ones(2), parameter)])
+    optimizer.apply_gradients([(torch.ones(2), parameter)])
+    assert parameter.tolist() == [1.0 - 0.5 - 0.25, 2.0 - 0.5 - 0.25]  # lr 0.5, then 0.5/2
+
+
+# ----------------------------------------------------------------------------------------
+# errors
+# ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (
+            {"foo": 1},
+            TypeError,
+            "Unexpected keyword argument passed to optimizer: foo. Allowed kwargs are "
+            "['clipnorm', 'clipvalue', 'decay', 'global_clipnorm', 'lr'].",
+        ),
+        ({"weight_decay": 0.1}, TypeError, "Unexpected keyword argument passed to optimizer: weight_decay."),
+        ({"clipnorm": -1.0}, ValueError, "Expected clipnorm >= 0, received: -1.0"),
+        ({"clipvalue": -0.5}, ValueError, "Expected clipvalue >= 0, received: -0.5"),
+        ({"global_clipnorm": -2.0}, ValueError, "Expected global_clipnorm >= 0, received: -2.0"),
+        ({"decay": -0.1}, ValueError, "Expected decay >= 0, received: -0.1"),
+        ({"clipnorm": 0.0}, ValueError, "Expected clipnorm > 0, received: 0.0"),
+        ({"global_clipnorm": 0}, ValueError, "Expected global_clipnorm > 0, received: 0"),
+        (
+            {"clipnorm": 1.0, "global_clipnorm": 2.0},
+            ValueError,
+            "Cannot accept both `clipnorm` and `global_clipnorm`. Received: `clipnorm`=1.0, `global_clipnorm`=2.0.",
+        ),
+        (
+            {"momentum": -0.5},
+            ValueError,
+            "`momentum` must be between [0, 1]. Received: momentum=-0.5 (of type <class 'float'>).",
+        ),
+        ({"momentum": 2}, ValueError, "`momentum` must be between [0, 1]. Received: momentum=2 (of type <class 'int'>)."),
+        ({"decay": float("nan")}, ValueError, "Argument `decay` must be a finite number. Received: decay=nan"),
+        ({"clipvalue": "1"}, TypeError, "Argument `clipvalue` must be a real number. Received: clipvalue='1'"),
+    ],
+)
+def test_constructor_errors(kwargs, error, message):
+    with pytest.raises(error) as info:
+        LegacySGD(**kwargs)
+    assert message in str(info.value)
+
+
+def test_int_momentum_and_zero_clipvalue_are_accepted():
+    assert LegacySGD(momentum=1).momentum == 1
+    assert LegacySGD(momentum=0).get_slot_names() == []
+    assert LegacySGD(clipvalue=0.0).clipvalue == 0.0  # only the norms reject 0
+
+
+def test_minimize_rejects_a_tape():
+    optimizer = LegacySGD()
+    w = inertia.Variable([1.0])
+    with pytest.raises(ValueError, match="Argument `tape` is only meaningful for TensorFlow"):
+        optimizer.minimize(lambda: (w * w).sum(), [w], tape=object())
+    assert int(optimizer.iterations.numpy()) == 0
+
+
+def test_a_rejected_apply_changes_nothing(backend):
+    optimizer = LegacySGD(learning_rate=0.5, momentum=0.9, decay=0.1, clipvalue=1.0)
+    a, b = variable([1.0, 2.0], name="a"), variable([3.0], name="b")
+    apply(optimizer, [([1.0, -1.0], a), ([2.0], b)])
+    before = snapshot(optimizer, [a, b])
+    with pytest.raises(ValueError, match=r"The gradient for variable 'b' has shape \(2,\) but the variable has shape \(1,\)"):
+        apply(optimizer, [([1.0, 1.0], a), ([1.0, 1.0], b)])
+    assert_same_arrays(snapshot(optimizer, [a, b]), before)
+    with pytest.raises(TypeError, match="Gradients must be floating-point arrays"):
+        optimizer.apply_gradients([(tensor([1.0, 1.0]), a), (tensor([1], "int32"), b)])
+    assert_same_arrays(snapshot(optimizer, [a, b]), before)
+    with pytest.raises(ValueError, match="No gradients provided for any variable"):
+        optimizer.apply_gradients([(None, a), (None, b)])
+    assert_same_arrays(snapshot(optimizer, [a, b]), before)
+    apply(optimizer, [([1.0, 1.0], a), ([1.0], b)])  # and the optimizer still works
+    assert int(optimizer.iterations.numpy()) == 2
