@@ -109,15 +109,15 @@ def test_row_37_time_decay_three_steps(backend, make):
     assert int(optimizer.iterations.numpy()) == 3
 
 
-def test_decay_is_the_constructor_s(backend):
-    # OptimizerV2 divides by the constructor's decay (`_initial_decay`); assigning
-    # `opt.decay` later changes nothing, on every backend (a compiled step included).
+def test_decay_is_settable_when_the_constructor_enabled_it(backend):
+    # OptimizerV2 divides by the current `decay` hyperparameter, but only when the
+    # constructor's decay (`_initial_decay`) is > 0; on every backend (compiled JAX too).
     decayed = LegacySGD(learning_rate=1.0, decay=0.5)
     w = variable([0.0])
     apply(decayed, [([1.0], w)])
-    decayed.decay = 0.0
+    decayed.decay = 0.25
     apply(decayed, [([1.0], w)])
-    close(w.numpy(), [-1.0 - 1.0 / 1.5])
+    close(w.numpy(), [-1.0 - 1.0 / 1.25])
     plain = LegacySGD(learning_rate=1.0)
     w = variable([0.0])
     apply(plain, [([1.0], w)])

@@ -60,6 +60,7 @@ class SGD(_KerasSGD):
 
     _iterations_name = "iter"
     _iterations_dtype = "int64"
+    _compiled_attributes = _KerasSGD._compiled_attributes + ("decay",)
 
     def __init__(
         self,
@@ -146,7 +147,8 @@ class SGD(_KerasSGD):
 
     def _decayed_lr(self, variable: Variable) -> Any:
         """``lr_t`` for one dtype: the schedule sees ``iterations`` as a float of that dtype;
-        then ``lr_t / (1 + decay*iterations)`` when the constructor's decay is > 0."""
+        then ``lr_t / (1 + decay*iterations)`` (the current ``decay``) when the constructor's
+        decay is > 0."""
         ops, dtype = variable.backend, variable.dtype
         lr = self._learning_rate
         if isinstance(lr, LearningRateSchedule):
@@ -158,11 +160,9 @@ class SGD(_KerasSGD):
             value = lr()
             value = value.value if isinstance(value, Variable) else value
             lr_t = ops.cast(ops.asarray(value, dtype="float32", like=variable.value), dtype)
-        if self._initial_decay > 0:
+        if self._initial_decay > 0:  # OptimizerV2's gate: a decay set later on a decay-free optimizer does nothing
             step = ops.cast(self._iterations.value, dtype)
-            # The constructor's decay, as OptimizerV2 reads it (setting `opt.decay` later
-            # changes nothing; a compiled step would freeze the attribute anyway).
-            lr_t = lr_t / (1 + self._hyper(self._initial_decay, variable) * step)
+            lr_t = lr_t / (1 + self._hyper(self.decay, variable) * step)
         return lr_t
 
     def _backend_update_step(self, grads: list, variables: list[Variable], learning_rate: Any) -> None:

@@ -29,6 +29,14 @@ _GROUP_EXTRAS = {"clipnorm": None, "clipvalue": None}
 _OPTIMIZER_WIDE = ("global_clipnorm", "use_ema", "ema_momentum", "ema_overwrite_frequency", "gradient_accumulation_steps")
 
 
+# torch's settings of the shared rule, by (nesterov, maximize).
+_TORCH_RULES = {
+    (nesterov, maximize): SGDRule(nesterov=nesterov, lr_in_velocity=False, buffer_starts_with_gradient=True, maximize=maximize)
+    for nesterov in (False, True)
+    for maximize in (False, True)
+}
+
+
 def _torch_add_scaled(y: torch.Tensor, x: torch.Tensor, alpha: float) -> torch.Tensor:
     return torch.add(y, x, alpha=alpha)
 
@@ -332,9 +340,7 @@ class SGD(torch.optim.Optimizer):
         weight_decay = _number(group["weight_decay"])
         state = self.state[param] if momentum != 0 else None  # as torch: no state entry without momentum
         buffer = state.get("momentum_buffer") if state is not None else None
-        rule = SGDRule(
-            nesterov=group["nesterov"], lr_in_velocity=False, buffer_starts_with_gradient=True, maximize=group["maximize"]
-        )
+        rule = _TORCH_RULES[group["nesterov"], group["maximize"]]
         new_param, new_buffer = sgd_update(
             rule,
             param,
