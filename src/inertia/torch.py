@@ -268,10 +268,8 @@ class SGD(torch.optim.Optimizer):
         work = self._collect(include_accumulated=bool(steps) and updating)
         if not updating:
             for group, param, grad in work:
-                state = self.state[param]
-                if "gradient_accumulator" not in state:
-                    state["gradient_accumulator"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                state["gradient_accumulator"].copy_(pipeline.accumulate(state["gradient_accumulator"], grad))
+                accumulator = self._accumulator(param)
+                accumulator.copy_(pipeline.accumulate(accumulator, grad))
             self._micro_steps += 1
             return loss
         if steps:
@@ -281,8 +279,9 @@ class SGD(torch.optim.Optimizer):
                 if accumulator is not None:
                     accumulator.zero_()
         work = self._clip(work)
+        settings = {id(group): self._hyperparameters(group) for group in self.param_groups}
         for group, param, grad in work:
-            self._update_one(group, param, grad)
+            self._update_one(settings[id(group)], param, grad)
         if self.use_ema:
             self._update_ema()
         self._updates += 1
@@ -317,12 +316,14 @@ class SGD(torch.optim.Optimizer):
                 work.append((group, param, grad))
         return work
 
+    def _accumulator(self, param: torch.Tensor) -> torch.Tensor:
+        state = self.state[param]
+        if "gradient_accumulator" not in state:
+            state["gradient_accumulator"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        return state["gradient_accumulator"]
+
     def _accumulated_mean(self, param: torch.Tensor, grad: torch.Tensor, steps: int) -> torch.Tensor:
-        accumulator = self.state[param].get("gradient_accumulator")
-        if accumulator is None:
-            accumulator = torch.zeros_like(param, memory_format=torch.preserve_format)
-            self.state[param]["gradient_accumulator"] = accumulator
-        return pipeline.accumulated_mean(_get_backend("torch"), grad, accumulator, steps)
+        return pipeline.accumulated_mean(_get_backend("torch"), grad, self._accumulator(param), steps)
 
     def _clip(self, work: list) -> list:
         ops = _get_backend("torch")
@@ -335,24 +336,35 @@ class SGD(torch.optim.Optimizer):
             result.append((group, param, grad))
         return result
 
-    def _update_one(self, group: dict, param: torch.Tensor, grad: torch.Tensor) -> None:
-        momentum = _number(group["momentum"])
-        weight_decay = _number(group["weight_decay"])
-        state = self.state[param] if momentum != 0 else None  # as torch: no state entry without momentum
+    @staticmethod
+    def _hyperparameters(group: dict) -> tuple:
+        """A group's settings as Python numbers, read once per step (a tensor lr's ``.item()``
+        would otherwise sync the device for every parameter)."""
+        momentum, weight_decay = _number(group["momentum"]), _number(group["weight_decay"])
+        return (
+            _TORCH_RULES[group["nesterov"], group["maximize"]],
+            _number(group["lr"]),
+            momentum if momentum != 0 else None,
+            weight_decay if weight_decay != 0 else None,
+            _number(group["dampening"]),
+        )
+
+    def _update_one(self, hyperparameters: tuple, param: torch.Tensor, grad: torch.Tensor) -> None:
+        rule, lr, momentum, weight_decay, dampening = hyperparameters
+        state = self.state[param] if momentum is not None else None  # as torch: no state entry without momentum
         buffer = state.get("momentum_buffer") if state is not None else None
-        rule = _TORCH_RULES[group["nesterov"], group["maximize"]]
         new_param, new_buffer = sgd_update(
             rule,
             param,
             grad,
             buffer,
-            _number(group["lr"]),
-            momentum=momentum if momentum != 0 else None,
-            l2_weight_decay=weight_decay if weight_decay != 0 else None,
-            dampening=_number(group["dampening"]),
+            lr,
+            momentum=momentum,
+            l2_weight_decay=weight_decay,
+            dampening=dampening,
             add_scaled=_torch_add_scaled,
         )
-        if momentum != 0:
+        if state is not None:
             if buffer is None:
                 state["momentum_buffer"] = torch.clone(new_buffer).detach()
             else:
