@@ -212,6 +212,7 @@ class Optimizer:
         self._exclude_from_weight_decay_ids: set[int] = set()
         self._exclude_from_weight_decay_pattern: Optional[re.Pattern] = None
         self._compiled_steps: dict = {}
+        self._fused_plan: Any = None
         self._iterations = self.add_variable((), initializer="zeros", dtype=self._iterations_dtype, name=self._iterations_name)
         self._learning_rate_given: Optional[float] = None
         self._learning_rate: Any = None
@@ -578,6 +579,8 @@ class Optimizer:
         grads = list(grads)
         if len(grads) == 0:
             return
+        if self.jit_compile and self._fused_apply(grads, trainable_variables):
+            return
         grads, variables = self._prepare(grads, trainable_variables)
         ops = self._backend
         # A plain callable learning rate may read Python state, so it runs eagerly (a compiled
@@ -588,6 +591,11 @@ class Optimizer:
             return
         with ops.step_context():
             self._apply_prepared(grads, variables)
+
+    def _fused_apply(self, grads: list, trainable_variables: Optional[Sequence[Any]]) -> bool:
+        """Run the whole step in a fused kernel where one covers it; False to take the
+        reference path (nothing changed)."""
+        return False
 
     def _apply_compiled(self, grads: list, variables: list[Variable]) -> None:
         """One step as a compiled pure function of (state, weights, gradients), cached per
@@ -1024,6 +1032,7 @@ class Optimizer:
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_compiled_steps"] = {}  # compiled functions are rebuilt on demand
+        state["_fused_plan"] = None
         return state
 
 

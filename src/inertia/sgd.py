@@ -116,6 +116,11 @@ class SGD(Optimizer):
             slot.assign(velocity)
         variable.assign(weight)
 
+    def _fused_apply(self, grads: list, trainable_variables: Optional[Sequence[Any]]) -> bool:
+        from inertia.fused import fused_apply
+
+        return fused_apply(self, grads, trainable_variables)
+
     @property
     def _rule(self) -> SGDRule:
         # Read at every step, so that setting `nesterov` takes effect like `momentum` does.

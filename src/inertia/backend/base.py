@@ -111,6 +111,26 @@ class ArrayBackend(ABC):
         """``function`` compiled for this backend (``jax.jit``); identity where eager is best."""
         return function
 
+    #: Whether a kernel address of a held array stays valid while the array object lives
+    #: (NumPy: yes; torch: no, ``.data =`` or ``set_`` can move a tensor's storage).
+    kernel_addresses_stable: bool = False
+
+    def kernel_address(self, value: Array, dtype: str) -> int | None:
+        """The address of ``value``'s memory for the fused CPU kernels (``inertia.kernels``):
+        a C-contiguous, aligned, writable host array of ``dtype``; None when it is not one
+        (the optimizer then takes the reference path)."""
+        return None
+
+    def kernel_addresses(self, values: Sequence[Array]) -> list:
+        """The current addresses of arrays already accepted by :meth:`kernel_address`."""
+        return [self.kernel_address(v, self.dtype_name(v)) for v in values]
+
+    def kernel_gradients(self, grads: Sequence[Any], dtype: str, shapes: Sequence[tuple]) -> list | None:
+        """Gradients as the fused kernel takes them: buffers it checks itself, or addresses
+        of arrays checked here (dtype, shape, contiguity, host memory); None if any does
+        not fit."""
+        return None
+
     def step_context(self) -> Any:
         """The context an optimizer step runs in: no autograd recording (torch), and no
         warnings for overflow / division by zero / NaN (NumPy): non-finite gradients are

@@ -99,6 +99,20 @@ class NumpyBackend(ArrayBackend):
     def step_context(self) -> Any:
         return np.errstate(all="ignore")
 
+    kernel_addresses_stable = True
+
+    def kernel_address(self, value: Array, dtype: str) -> int | None:
+        flags = value.flags if isinstance(value, np.ndarray) else None
+        if flags is None or value.dtype != _np_dtype(dtype) or not (flags.c_contiguous and flags.aligned and flags.writeable):
+            return None
+        return value.ctypes.data
+
+    def kernel_gradients(self, grads: Sequence[Any], dtype: str, shapes: Sequence[tuple]) -> list | None:
+        # Only NumPy's own arrays: other buffers (JAX arrays among them) are another library's,
+        # which the reference path rejects. The kernel checks dtype, shape and contiguity.
+        ndarray = np.ndarray
+        return list(grads) if all(type(g) is ndarray for g in grads) else None
+
     def value_and_grad(
         self, function: Callable[[list[Array]], Array], values: list[Array]
     ) -> tuple[Array, list[Array]]:

@@ -122,6 +122,30 @@ class TorchBackend(ArrayBackend):
     def step_context(self) -> Any:
         return torch.no_grad()
 
+    def kernel_address(self, value: Array, dtype: str) -> int | None:
+        if (
+            not isinstance(value, torch.Tensor)
+            or not value.is_cpu
+            or value.dtype is not _torch_dtype(dtype)
+            or not value.is_contiguous()
+            or value.is_inference()
+        ):
+            return None
+        return value.data_ptr()
+
+    def kernel_addresses(self, values: Sequence[Array]) -> list:
+        return [v.data_ptr() for v in values]
+
+    def kernel_gradients(self, grads: Sequence[Any], dtype: str, shapes: Sequence[tuple]) -> list | None:
+        wanted = _torch_dtype(dtype)
+        tensor = torch.Tensor
+        if all(
+            isinstance(g, tensor) and g.dtype is wanted and g.is_cpu and g.shape == shape and g.is_contiguous()
+            for g, shape in zip(grads, shapes)
+        ):
+            return [g.data_ptr() for g in grads]
+        return None
+
     def value_and_grad(
         self, function: Callable[[list[Array]], Array], values: list[Array]
     ) -> tuple[Array, list[Array]]:

@@ -1,0 +1,593 @@
+/* inertia's fused CPU kernels: the whole Keras SGD pipeline in one pass over each array.
+ *
+ * Built on first use by inertia/kernels.py with the system C compiler and cached on disk.
+ * One call updates a list of tensors: every pointer, length and shape is checked first, so a
+ * call either updates everything or nothing (it then answers "not applicable" and the caller
+ * runs the reference path, which raises the proper error).
+ *
+ * Per element, in the tensor's dtype T and in the reference path's order of operations
+ * (compiled with -ffp-contract=off, so no multiply-add is fused and results match NumPy):
+ *
+ *     g = G / unscale                                  (1 when there is no loss scale)
+ *     g = (g + A) / steps;  A = 0                      (gradient accumulation, update step)
+ *     g = (g * clip_mul) / clip_div                    (clipnorm: c / max(|g|, c); global: s / 1)
+ *     g = clip(g, lo, hi)                              (clipvalue; +-inf when off)
+ *     w = w - (w * wd) * lr                            (decoupled decay, where it applies)
+ *     v = v * m - g * lr;  w = w + v                   (momentum)
+ *     v = v * m - g * lr;  w = w + (v * m - g * lr)    (Nesterov)
+ *     w = w - g * lr                                   (no momentum)
+ *     E = em * E + (1 - em) * w                        (EMA of the new weights)
+ *
+ * Large tensors are cut into chunks and the chunks of all tensors are shared between threads;
+ * a small tensor is one chunk, so its norm and its update run back to back while it is in
+ * cache. Norm sums are per chunk, in double, added in chunk order: the result does not depend
+ * on the number of threads.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CHUNK 65536
+#define LANES 16
+#define MAX_THREADS 256
+
+enum { MODE_NONE = 0, MODE_PLAIN = 1, MODE_NESTEROV = 2 };
+enum { CLIP_NONE = 0, CLIP_NORM = 1, CLIP_GLOBAL = 2, CLIP_VALUE = 3 };
+
+typedef struct {
+    Py_ssize_t tensor;
+    int64_t start, end;
+} Task;
+
+typedef struct {
+    int is_double, mode, ema, acc, clip;
+    Py_ssize_t count;
+    char **w, **g, **v, **e, **a;
+    const int64_t *sizes;
+    const unsigned char *decay;
+    double *clip_mul, *clip_div, *sums;
+    double unscale, lo, hi, lr, momentum, wd, ema_momentum, steps, clipnorm;
+    Task *tasks;
+    Py_ssize_t ntasks;
+    Py_ssize_t next;
+    int phase; /* 0: norm sums of chunked tensors; 1: the update */
+} Job;
+
+/* ---- the per-element pipeline, instantiated per dtype and per constant flag set ---- */
+
+#define DEFINE_KERNELS(T, SUFFIX, SQRT)                                                           \
+    /* Sum of squares of the prepared gradient (unscaled, accumulated) over [start, end), in  \
+       LANES independent double sums so that the loop vectorizes without reassociating. */     \
+    static double sum_squares_##SUFFIX(const Job *job, Py_ssize_t t, int64_t start, int64_t end)  \
+    {                                                                                              \
+        const T *G = (const T *)job->g[t];                                                         \
+        const T *A = job->acc ? (const T *)job->a[t] : NULL;                                       \
+        const T unscale = (T)job->unscale, steps = (T)job->steps;                                  \
+        const int plain = A == NULL && unscale == (T)1;                                            \
+        double lanes[LANES] = {0};                                                                 \
+        T block[LANES];                                                                            \
+        int64_t i = start;                                                                         \
+        for (; i + LANES <= end; i += LANES) {                                                     \
+            if (plain) {                                                                           \
+                for (int k = 0; k < LANES; k++) block[k] = G[i + k];                               \
+            } else {                                                                               \
+                for (int k = 0; k < LANES; k++) {                                                  \
+                    T x = G[i + k] / unscale;                                                      \
+                    block[k] = A ? (x + A[i + k]) / steps : x;                                     \
+                }                                                                                  \
+            }                                                                                      \
+            for (int k = 0; k < LANES; k++) lanes[k] += (double)(block[k] * block[k]);            \
+        }                                                                                          \
+        for (; i < end; i++) {                                                                     \
+            T x = G[i] / unscale;                                                                  \
+            if (A) x = (x + A[i]) / steps;                                                         \
+            lanes[0] += (double)(x * x);                                                           \
+        }                                                                                          \
+        double total = 0;                                                                          \
+        for (int k = 0; k < LANES; k++) total += lanes[k];                                         \
+        return total;                                                                              \
+    }                                                                                              \
+                                                                                                   \
+    static inline __attribute__((always_inline)) void update_##SUFFIX(                             \
+        const Job *job, Py_ssize_t t, int64_t start, int64_t end, const int mode, const int decay, \
+        const int ema, const int acc)                                                              \
+    {                                                                                              \
+        T *restrict W = (T *)job->w[t];                                                            \
+        const T *restrict G = (const T *)job->g[t];                                                \
+        T *restrict V = mode ? (T *)job->v[t] : NULL;                                              \
+        T *restrict E = ema ? (T *)job->e[t] : NULL;                                               \
+        T *restrict A = acc ? (T *)job->a[t] : NULL;                                               \
+        const T unscale = (T)job->unscale, steps = (T)job->steps;                                  \
+        const T mul = (T)job->clip_mul[t], div = (T)job->clip_div[t];                              \
+        const T lo = (T)job->lo, hi = (T)job->hi, lr = (T)job->lr, m = (T)job->momentum;           \
+        const T wd = (T)job->wd, em = (T)job->ema_momentum, one_minus_em = (T)1 - em;              \
+        for (int64_t i = start; i < end; i++) {                                                    \
+            T g = G[i] / unscale;                                                                  \
+            if (acc) {                                                                             \
+                g = (g + A[i]) / steps;                                                            \
+                A[i] = 0;                                                                          \
+            }                                                                                      \
+            g = (g * mul) / div;                                                                   \
+            g = g < lo ? lo : (g > hi ? hi : g);                                                   \
+            T w = W[i];                                                                            \
+            if (decay) w = w - (w * wd) * lr;                                                      \
+            if (mode == MODE_NONE) {                                                               \
+                w = w - g * lr;                                                                    \
+            } else {                                                                               \
+                T v = V[i] * m - g * lr;                                                           \
+                V[i] = v;                                                                          \
+                w = mode == MODE_NESTEROV ? w + (v * m - g * lr) : w + v;                          \
+            }                                                                                      \
+            W[i] = w;                                                                              \
+            if (ema) E[i] = em * E[i] + one_minus_em * w;                                          \
+        }                                                                                          \
+    }                                                                                              \
+                                                                                                   \
+    static void dispatch_##SUFFIX(const Job *job, Py_ssize_t t, int64_t start, int64_t end)       \
+    {                                                                                              \
+        int decay = job->decay[t] != 0;                                                            \
+        switch (job->mode * 8 + decay * 4 + job->ema * 2 + job->acc) {                             \
+        case 0: update_##SUFFIX(job, t, start, end, 0, 0, 0, 0); break;                           \
+        case 1: update_##SUFFIX(job, t, start, end, 0, 0, 0, 1); break;                           \
+        case 2: update_##SUFFIX(job, t, start, end, 0, 0, 1, 0); break;                           \
+        case 3: update_##SUFFIX(job, t, start, end, 0, 0, 1, 1); break;                           \
+        case 4: update_##SUFFIX(job, t, start, end, 0, 1, 0, 0); break;                           \
+        case 5: update_##SUFFIX(job, t, start, end, 0, 1, 0, 1); break;                           \
+        case 6: update_##SUFFIX(job, t, start, end, 0, 1, 1, 0); break;                           \
+        case 7: update_##SUFFIX(job, t, start, end, 0, 1, 1, 1); break;                           \
+        case 8: update_##SUFFIX(job, t, start, end, 1, 0, 0, 0); break;                           \
+        case 9: update_##SUFFIX(job, t, start, end, 1, 0, 0, 1); break;                           \
+        case 10: update_##SUFFIX(job, t, start, end, 1, 0, 1, 0); break;                          \
+        case 11: update_##SUFFIX(job, t, start, end, 1, 0, 1, 1); break;                          \
+        case 12: update_##SUFFIX(job, t, start, end, 1, 1, 0, 0); break;                          \
+        case 13: update_##SUFFIX(job, t, start, end, 1, 1, 0, 1); break;                          \
+        case 14: update_##SUFFIX(job, t, start, end, 1, 1, 1, 0); break;                          \
+        case 15: update_##SUFFIX(job, t, start, end, 1, 1, 1, 1); break;                          \
+        case 16: update_##SUFFIX(job, t, start, end, 2, 0, 0, 0); break;                          \
+        case 17: update_##SUFFIX(job, t, start, end, 2, 0, 0, 1); break;                          \
+        case 18: update_##SUFFIX(job, t, start, end, 2, 0, 1, 0); break;                          \
+        case 19: update_##SUFFIX(job, t, start, end, 2, 0, 1, 1); break;                          \
+        case 20: update_##SUFFIX(job, t, start, end, 2, 1, 0, 0); break;                          \
+        case 21: update_##SUFFIX(job, t, start, end, 2, 1, 0, 1); break;                          \
+        case 22: update_##SUFFIX(job, t, start, end, 2, 1, 1, 0); break;                          \
+        default: update_##SUFFIX(job, t, start, end, 2, 1, 1, 1); break;                          \
+        }                                                                                          \
+    }                                                                                              \
+                                                                                                   \
+    /* The clipnorm denominator as Keras forms it: max(norm, c), norm = sqrt(s) if s > 0. */     \
+    static double clip_divisor_##SUFFIX(double sum, double clipnorm)                               \
+    {                                                                                              \
+        T s = (T)sum, c = (T)clipnorm;                                                             \
+        T norm = s > 0 ? SQRT(s) : s;                                                              \
+        return (double)((norm > c || norm != norm) ? norm : c);                                    \
+    }                                                                                              \
+                                                                                                   \
+    /* Keras' global scale: c * min(1/norm, 1/c) + (norm - norm), with per-tensor sums        \
+       rounded to T and added in order, as the reference path adds them. */                      \
+    static double global_scale_##SUFFIX(const double *sums, Py_ssize_t count, double clipnorm)    \
+    {                                                                                              \
+        T total = 0;                                                                               \
+        for (Py_ssize_t t = 0; t < count; t++) total = total + (T)sums[t];                        \
+        T norm = SQRT(total), c = (T)clipnorm, inverse_c = (T)(1.0 / clipnorm);                   \
+        T inverse = (T)1 / norm;                                                                   \
+        T smaller = (inverse < inverse_c || inverse != inverse) ? inverse : inverse_c;             \
+        return (double)(c * smaller + (norm - norm));                                              \
+    }
+
+DEFINE_KERNELS(float, f32, sqrtf)
+DEFINE_KERNELS(double, f64, sqrt)
+
+/* ---- threads ---- */
+
+static void run_task(Job *job, const Task *task)
+{
+    Py_ssize_t t = task->tensor;
+    int chunked = !(task->start == 0 && task->end == job->sizes[t]);
+    if (job->phase == 0) {
+        if (chunked || job->clip == CLIP_GLOBAL)
+            job->sums[task - job->tasks] = job->is_double ? sum_squares_f64(job, t, task->start, task->end)
+                                                          : sum_squares_f32(job, t, task->start, task->end);
+        return;
+    }
+    if (job->clip == CLIP_NORM && !chunked) {
+        double sum = job->is_double ? sum_squares_f64(job, t, 0, task->end) : sum_squares_f32(job, t, 0, task->end);
+        job->clip_div[t] = job->is_double ? clip_divisor_f64(sum, job->clipnorm) : clip_divisor_f32(sum, job->clipnorm);
+    }
+    if (job->is_double)
+        dispatch_f64(job, t, task->start, task->end);
+    else
+        dispatch_f32(job, t, task->start, task->end);
+}
+
+static void *worker(void *arg)
+{
+    Job *job = (Job *)arg;
+    for (;;) {
+        Py_ssize_t index = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
+        if (index >= job->ntasks) return NULL;
+        run_task(job, &job->tasks[index]);
+    }
+}
+
+static void run_phase(Job *job, int phase, int threads)
+{
+    pthread_t ids[MAX_THREADS];
+    int started = 0;
+    job->phase = phase;
+    job->next = 0;
+    for (int k = 1; k < threads; k++)
+        if (pthread_create(&ids[started], NULL, worker, job) == 0) started++;
+    worker(job);
+    for (int k = 0; k < started; k++) pthread_join(ids[k], NULL);
+}
+
+/* ---- argument checks: everything is validated before anything is written ---- */
+
+typedef struct {
+    Py_buffer views[5];
+    int held[5];
+} Held;
+
+/* An address (int) or a writable/readable C-contiguous buffer of `size` elements of the
+ * dtype; for buffers, the shape must equal `shape` (ndim, dims...). Returns 0 when not
+ * applicable. */
+static int pointer_of(PyObject *item, int is_double, int64_t size, const int64_t *shape, int writable, char **out,
+                      Py_buffer *view, int *held)
+{
+    *held = 0;
+    if (PyLong_Check(item)) {
+        void *address = PyLong_AsVoidPtr(item);
+        if (address == NULL) {
+            PyErr_Clear();
+            return size == 0;
+        }
+        *out = (char *)address;
+        return 1;
+    }
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(item, view, flags) != 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    *held = 1;
+    const char *format = view->format ? view->format : "B";
+    if (format[0] == '=' || format[0] == '@' || format[0] == '<') format++;
+    Py_ssize_t itemsize = is_double ? 8 : 4;
+    if (strcmp(format, is_double ? "d" : "f") != 0 || view->itemsize != itemsize || view->len != size * itemsize)
+        return 0;
+    if (shape != NULL) {
+        if (view->ndim != shape[0]) return 0;
+        for (int k = 0; k < view->ndim; k++)
+            if (view->shape[k] != shape[k + 1]) return 0;
+    }
+    *out = (char *)view->buf;
+    return 1;
+}
+
+static int as_int64_array(PyObject *object, Py_buffer *view, Py_ssize_t count)
+{
+    if (PyObject_GetBuffer(object, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) return 0;
+    const char *format = view->format ? view->format : "B";
+    if (format[0] == '=' || format[0] == '@' || format[0] == '<') format++;
+    if (!((strcmp(format, "q") == 0 || strcmp(format, "l") == 0) && view->itemsize == 8 && view->len >= count * 8)) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_TypeError, "inertia kernels: expected an int64 array");
+        return 0;
+    }
+    return 1;
+}
+
+/* sgd_step(weights, grads, velocities, emas, accumulators, sizes, shapes, shape_offsets, decay,
+ *          is_double, mode, clip, threads,
+ *          lr, momentum, wd, ema_momentum, unscale, steps, clipnorm, clipvalue) -> bool
+ *
+ * Lists hold int addresses or buffers; velocities/emas/accumulators may be None. sizes:
+ * int64 elements per tensor; shapes/shape_offsets: int64 (ndim, dims...) per tensor, checked
+ * against buffer gradients; decay: bytes, 1 where decoupled decay applies. Returns False
+ * (touching nothing) when an array does not fit, True after the update. */
+static PyObject *sgd_step(PyObject *self, PyObject *args)
+{
+    PyObject *lists[5], *sizes_obj, *shapes_obj, *offsets_obj;
+    Py_buffer decay_view;
+    int is_double, mode, clip, threads;
+    double lr, momentum, wd, ema_momentum, unscale, steps, clipnorm, clipvalue;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOy*iiiidddddddd", &lists[0], &lists[1], &lists[2], &lists[3], &lists[4],
+                          &sizes_obj, &shapes_obj, &offsets_obj, &decay_view, &is_double, &mode, &clip, &threads,
+                          &lr, &momentum, &wd, &ema_momentum, &unscale, &steps, &clipnorm, &clipvalue))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t count = PyList_Check(lists[0]) ? PyList_GET_SIZE(lists[0]) : -1;
+    Py_buffer sizes_view, shapes_view, offsets_view;
+    int have_sizes = 0, have_shapes = 0, have_offsets = 0;
+    char **pointers = NULL;
+    Held *held = NULL;
+    double *doubles = NULL;
+    Task *tasks = NULL;
+    if (count < 0) {
+        PyErr_SetString(PyExc_TypeError, "inertia kernels: weights must be a list");
+        goto done;
+    }
+    for (int k = 1; k < 5; k++)
+        if (lists[k] != Py_None && !(PyList_Check(lists[k]) && PyList_GET_SIZE(lists[k]) == count)) {
+            PyErr_SetString(PyExc_TypeError, "inertia kernels: every list must match the weights");
+            goto done;
+        }
+    if (!(have_sizes = as_int64_array(sizes_obj, &sizes_view, count))) goto done;
+    if (!(have_shapes = as_int64_array(shapes_obj, &shapes_view, 0))) goto done;
+    if (!(have_offsets = as_int64_array(offsets_obj, &offsets_view, count))) goto done;
+    if (decay_view.len < count) {
+        PyErr_SetString(PyExc_TypeError, "inertia kernels: decay flags are too short");
+        goto done;
+    }
+    const int64_t *sizes = (const int64_t *)sizes_view.buf;
+    const int64_t *shapes = (const int64_t *)shapes_view.buf;
+    const int64_t *offsets = (const int64_t *)offsets_view.buf;
+
+    pointers = calloc((size_t)(5 * count + 1), sizeof(char *));
+    held = calloc((size_t)(count + 1), sizeof(Held));
+    doubles = calloc((size_t)(3 * count + 1), sizeof(double));
+    if (!pointers || !held || !doubles) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int fits = 1;
+    Py_ssize_t ntasks = 0;
+    for (Py_ssize_t t = 0; t < count && fits; t++) {
+        for (int k = 0; k < 5 && fits; k++) {
+            if (lists[k] == Py_None) continue;
+            PyObject *item = PyList_GET_ITEM(lists[k], t);
+            const int64_t *shape = k == 1 ? shapes + offsets[t] : NULL;
+            fits = pointer_of(item, is_double, sizes[t], shape, k != 1, &pointers[k * count + t], &held[t].views[k],
+                              &held[t].held[k]);
+        }
+        ntasks += sizes[t] > CHUNK ? (sizes[t] + CHUNK - 1) / CHUNK : 1;
+    }
+    if (mode != MODE_NONE && lists[2] == Py_None) fits = 0;
+    if (!fits) {
+        result = Py_NewRef(Py_False);
+        goto done;
+    }
+    tasks = malloc((size_t)(ntasks + 1) * sizeof(Task));
+    if (!tasks) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t n = 0;
+    for (Py_ssize_t t = 0; t < count; t++) {
+        int64_t start = 0;
+        do {
+            int64_t end = sizes[t] - start > CHUNK ? start + CHUNK : sizes[t];
+            tasks[n].tensor = t;
+            tasks[n].start = start;
+            tasks[n].end = end;
+            n++;
+            start = end;
+        } while (start < sizes[t]);
+    }
+    Job job = {0};
+    job.is_double = is_double;
+    job.mode = mode;
+    job.ema = lists[3] != Py_None;
+    job.acc = lists[4] != Py_None;
+    job.clip = clip;
+    job.count = count;
+    job.w = pointers;
+    job.g = pointers + count;
+    job.v = pointers + 2 * count;
+    job.e = pointers + 3 * count;
+    job.a = pointers + 4 * count;
+    job.sizes = sizes;
+    job.decay = (const unsigned char *)decay_view.buf;
+    job.clip_mul = doubles;
+    job.clip_div = doubles + count;
+    job.unscale = unscale;
+    job.lo = clip == CLIP_VALUE ? -clipvalue : -INFINITY;
+    job.hi = clip == CLIP_VALUE ? clipvalue : INFINITY;
+    job.lr = lr;
+    job.momentum = momentum;
+    job.wd = wd;
+    job.ema_momentum = ema_momentum;
+    job.steps = steps;
+    job.clipnorm = clipnorm;
+    job.tasks = tasks;
+    job.ntasks = n;
+    for (Py_ssize_t t = 0; t < count; t++) {
+        job.clip_mul[t] = clip == CLIP_NORM ? clipnorm : 1.0;
+        job.clip_div[t] = 1.0;
+    }
+    if (threads < 1) threads = 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > n) threads = (int)n;
+    int64_t total = 0;
+    for (Py_ssize_t t = 0; t < count; t++) total += sizes[t];
+    if (total < 4 * CHUNK) threads = 1;
+
+    Py_BEGIN_ALLOW_THREADS
+    int needs_sums = clip == CLIP_GLOBAL;
+    for (Py_ssize_t k = 0; k < n && !needs_sums; k++)
+        needs_sums = clip == CLIP_NORM && !(tasks[k].start == 0 && tasks[k].end == sizes[tasks[k].tensor]);
+    if (needs_sums) {
+        job.sums = calloc((size_t)n, sizeof(double));
+        double *per_tensor = calloc((size_t)count + 1, sizeof(double));
+        if (job.sums && per_tensor) {
+            run_phase(&job, 0, threads);
+            for (Py_ssize_t k = 0; k < n; k++) per_tensor[tasks[k].tensor] += job.sums[k];
+            if (clip == CLIP_GLOBAL) {
+                double scale = is_double ? global_scale_f64(per_tensor, count, clipnorm)
+                                         : global_scale_f32(per_tensor, count, clipnorm);
+                for (Py_ssize_t t = 0; t < count; t++) job.clip_mul[t] = scale;
+            } else {
+                for (Py_ssize_t t = 0; t < count; t++)
+                    if (sizes[t] > CHUNK)
+                        job.clip_div[t] = is_double ? clip_divisor_f64(per_tensor[t], clipnorm)
+                                                    : clip_divisor_f32(per_tensor[t], clipnorm);
+            }
+        }
+        free(per_tensor);
+    }
+    run_phase(&job, 1, threads);
+    free(job.sums);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_True);
+
+done:
+    if (held)
+        for (Py_ssize_t t = 0; t < count; t++)
+            for (int k = 0; k < 5; k++)
+                if (held[t].held[k]) PyBuffer_Release(&held[t].views[k]);
+    free(held);
+    free(pointers);
+    free(doubles);
+    free(tasks);
+    if (have_sizes) PyBuffer_Release(&sizes_view);
+    if (have_shapes) PyBuffer_Release(&shapes_view);
+    if (have_offsets) PyBuffer_Release(&offsets_view);
+    PyBuffer_Release(&decay_view);
+    return result;
+}
+
+/* accumulate(accumulators, grads, sizes, shapes, shape_offsets, is_double, threads) -> bool:
+ * a gradient-accumulation micro-step, A = G + A, with the same checks as sgd_step. */
+static PyObject *accumulate(PyObject *self, PyObject *args)
+{
+    PyObject *accumulators, *grads, *sizes_obj, *shapes_obj, *offsets_obj;
+    int is_double, threads;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOOOii", &accumulators, &grads, &sizes_obj, &shapes_obj, &offsets_obj, &is_double,
+                          &threads))
+        return NULL;
+    if (!PyList_Check(accumulators) || !PyList_Check(grads) || PyList_GET_SIZE(accumulators) != PyList_GET_SIZE(grads)) {
+        PyErr_SetString(PyExc_TypeError, "inertia kernels: accumulators and grads must be lists of one length");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(grads);
+    Py_buffer sizes_view, shapes_view, offsets_view;
+    if (!as_int64_array(sizes_obj, &sizes_view, count)) return NULL;
+    if (!as_int64_array(shapes_obj, &shapes_view, 0)) {
+        PyBuffer_Release(&sizes_view);
+        return NULL;
+    }
+    if (!as_int64_array(offsets_obj, &offsets_view, count)) {
+        PyBuffer_Release(&sizes_view);
+        PyBuffer_Release(&shapes_view);
+        return NULL;
+    }
+    const int64_t *sizes = (const int64_t *)sizes_view.buf;
+    const int64_t *shapes = (const int64_t *)shapes_view.buf;
+    const int64_t *offsets = (const int64_t *)offsets_view.buf;
+    char **pointers = calloc((size_t)(2 * count + 1), sizeof(char *));
+    Held *held = calloc((size_t)(count + 1), sizeof(Held));
+    PyObject *result = NULL;
+    int fits = pointers && held;
+    if (!fits) PyErr_NoMemory();
+    for (Py_ssize_t t = 0; t < count && fits; t++) {
+        fits = pointer_of(PyList_GET_ITEM(accumulators, t), is_double, sizes[t], NULL, 1, &pointers[t],
+                          &held[t].views[0], &held[t].held[0]) &&
+               pointer_of(PyList_GET_ITEM(grads, t), is_double, sizes[t], shapes + offsets[t], 0, &pointers[count + t],
+                          &held[t].views[1], &held[t].held[1]);
+    }
+    if (pointers && held) {
+        if (fits) {
+            Py_BEGIN_ALLOW_THREADS
+            for (Py_ssize_t t = 0; t < count; t++) {
+                if (is_double) {
+                    double *A = (double *)pointers[t];
+                    const double *G = (const double *)pointers[count + t];
+                    for (int64_t i = 0; i < sizes[t]; i++) A[i] = G[i] + A[i];
+                } else {
+                    float *A = (float *)pointers[t];
+                    const float *G = (const float *)pointers[count + t];
+                    for (int64_t i = 0; i < sizes[t]; i++) A[i] = G[i] + A[i];
+                }
+            }
+            Py_END_ALLOW_THREADS
+        }
+        result = Py_NewRef(fits ? Py_True : Py_False);
+    }
+    if (held)
+        for (Py_ssize_t t = 0; t < count; t++)
+            for (int k = 0; k < 2; k++)
+                if (held[t].held[k]) PyBuffer_Release(&held[t].views[k]);
+    free(held);
+    free(pointers);
+    PyBuffer_Release(&sizes_view);
+    PyBuffer_Release(&shapes_view);
+    PyBuffer_Release(&offsets_view);
+    return result;
+}
+
+/* stream(a, b, c, threads): the machine's in-place streaming kernel with SGD's access pattern
+ * (read a, b, c; write a, c: 20 bytes per float32 element), split in equal static parts, one
+ * per thread. The benchmark takes its time as the bandwidth ceiling. */
+typedef struct {
+    float *A, *C;
+    const float *B;
+    int64_t lo, hi;
+} Range;
+
+static void *stream_range(void *arg)
+{
+    Range *r = arg;
+    float *restrict A = r->A, *restrict C = r->C;
+    const float *restrict B = r->B;
+    for (int64_t i = r->lo; i < r->hi; i++) {
+        float v = C[i] * 0.5f + B[i];
+        C[i] = v;
+        A[i] = A[i] + v;
+    }
+    return NULL;
+}
+
+static PyObject *stream(PyObject *self, PyObject *args)
+{
+    Py_buffer a, b, c;
+    int threads;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "w*y*w*i", &a, &b, &c, &threads)) return NULL;
+    PyObject *result = NULL;
+    if (a.len != b.len || a.len != c.len || a.len % 4) {
+        PyErr_SetString(PyExc_ValueError, "stream: three float32 buffers of one length");
+    } else {
+        int64_t size = a.len / 4;
+        int parts = threads < 1 ? 1 : (threads > MAX_THREADS ? MAX_THREADS : threads);
+        Range ranges[MAX_THREADS];
+        pthread_t ids[MAX_THREADS];
+        for (int k = 0; k < parts; k++) {
+            ranges[k].A = a.buf;
+            ranges[k].B = b.buf;
+            ranges[k].C = c.buf;
+            ranges[k].lo = size * k / parts;
+            ranges[k].hi = size * (k + 1) / parts;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        int started[MAX_THREADS] = {0};
+        for (int k = 1; k < parts; k++) started[k] = pthread_create(&ids[k], NULL, stream_range, &ranges[k]) == 0;
+        for (int k = 1; k < parts; k++)
+            if (!started[k]) stream_range(&ranges[k]);
+        stream_range(&ranges[0]);
+        for (int k = 1; k < parts; k++)
+            if (started[k]) pthread_join(ids[k], NULL);
+        Py_END_ALLOW_THREADS
+        result = Py_NewRef(Py_None);
+    }
+    PyBuffer_Release(&a);
+    PyBuffer_Release(&b);
+    PyBuffer_Release(&c);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"sgd_step", sgd_step, METH_VARARGS, "The fused Keras SGD pipeline over a list of tensors."},
+    {"accumulate", accumulate, METH_VARARGS, "A gradient-accumulation micro-step."},
+    {"stream", stream, METH_VARARGS, "In-place streaming kernel with SGD's access pattern."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_inertia_kernels", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__inertia_kernels(void) { return PyModule_Create(&module); }

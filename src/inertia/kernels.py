@@ -1,0 +1,164 @@
+"""Build, cache and load inertia's fused CPU kernels (``_kernels.c``).
+
+The kernels are compiled on first use with the machine's C compiler (``$CC``, else ``cc``)
+for this CPU, and cached on disk, so a second process loads them in milliseconds. The cache
+lives in ``$INERTIA_CACHE_DIR``, else ``$XDG_CACHE_HOME/inertia``, else ``~/.cache/inertia``;
+its key covers the source, the compiler and its flags, the Python ABI and the CPU, so a
+changed source or a different machine never loads a stale build. A build is written to a
+temporary file and renamed into place, so concurrent processes never load half a file.
+
+Without a compiler (or with ``INERTIA_KERNELS=0``), :func:`load` returns None and every
+optimizer keeps the reference path; :func:`unavailable_reason` says why.
+
+Example:
+    >>> from inertia import kernels
+    >>> module = kernels.load()
+    >>> module is None or hasattr(module, "sgd_step")
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Optional
+
+__all__ = ["load", "unavailable_reason", "cache_dir", "thread_count"]
+
+_MODULE_NAME = "_inertia_kernels"
+_FLAGS = ["-O2", "-fvect-cost-model=dynamic", "-march=native", "-ffp-contract=off", "-fno-math-errno",
+          "-fPIC", "-shared", "-pthread"]
+
+_lock = threading.Lock()
+_loaded: Optional[ModuleType] = None
+_reason: Optional[str] = None
+_tried = False
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are kept."""
+    explicit = os.environ.get("INERTIA_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "inertia"
+
+
+def thread_count() -> int:
+    """Threads a kernel call uses: ``$INERTIA_NUM_THREADS``, else the CPUs this process may run on."""
+    explicit = os.environ.get("INERTIA_NUM_THREADS")
+    if explicit:
+        try:
+            return max(1, int(explicit))
+        except ValueError:
+            raise ValueError(f"INERTIA_NUM_THREADS must be an integer. Received: {explicit!r}") from None
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def unavailable_reason() -> Optional[str]:
+    """None when the kernels load; otherwise why they do not (after a :func:`load` attempt)."""
+    load()
+    return _reason
+
+
+def load() -> Optional[ModuleType]:
+    """The compiled kernel module, building it on first use; None where that is impossible."""
+    global _loaded, _reason, _tried
+    if _tried:
+        return _loaded
+    with _lock:
+        if not _tried:
+            try:
+                _loaded = _build_and_import()
+            except _Unavailable as error:
+                _reason = str(error)
+            _tried = True
+    return _loaded
+
+
+class _Unavailable(Exception):
+    pass
+
+
+def _cpu_fingerprint() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        lines = [line for line in text.splitlines() if line.startswith(("model name", "flags"))]
+        return "\n".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor()
+
+
+def _compiler() -> list[str]:
+    return shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")[:1]
+
+
+def _build_and_import() -> ModuleType:
+    if os.environ.get("INERTIA_KERNELS", "1") in ("0", "false", "off", "no"):
+        raise _Unavailable("disabled by INERTIA_KERNELS")
+    source = Path(__file__).with_name("_kernels.c")
+    try:
+        text = source.read_bytes()
+    except OSError as error:
+        raise _Unavailable(f"kernel source missing: {error}") from None
+    include = sysconfig.get_paths().get("include") or ""
+    if not (Path(include) / "Python.h").exists():
+        raise _Unavailable(f"Python headers not found in {include!r}")
+    compiler = _compiler()
+    try:
+        version = subprocess.run(compiler + ["--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as error:
+        raise _Unavailable(f"no C compiler ({compiler[0]}): {error}") from None
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    key = hashlib.sha256(
+        b"\0".join(
+            [text, version.encode(), " ".join(_FLAGS).encode(), sys.version.encode(), suffix.encode(),
+             platform.machine().encode(), _cpu_fingerprint().encode()]
+        )
+    ).hexdigest()[:20]
+    target = cache_dir() / key / (_MODULE_NAME + suffix)
+    if not target.exists():
+        _compile(compiler, source, include, target)
+    spec = importlib.util.spec_from_file_location(_MODULE_NAME, target)
+    if spec is None or spec.loader is None:
+        raise _Unavailable(f"cannot load {target}")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as error:
+        raise _Unavailable(f"cannot load {target}: {error}") from None
+    return module
+
+
+def _compile(compiler: list[str], source: Path, include: str, target: Path) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
+        os.close(handle)
+    except OSError as error:
+        raise _Unavailable(f"cache directory {target.parent} is not writable: {error}") from None
+    command = compiler + _FLAGS + [f"-I{include}", str(source), "-o", temporary]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            raise _Unavailable(f"compiling the kernels failed: {' '.join(command)}\n{done.stderr[-2000:]}")
+        os.replace(temporary, target)
+    except (OSError, subprocess.SubprocessError) as error:
+        raise _Unavailable(f"compiling the kernels failed: {error}") from None
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
