@@ -8,6 +8,7 @@ usage (argparse's convention), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Sequence
@@ -78,7 +79,50 @@ def build_parser() -> argparse.ArgumentParser:
         help="no header and no progress bar: print only the final results",
     )
     demo.set_defaults(handler=_demo)
+
+    bench = commands.add_parser(
+        "bench",
+        help="time inertia's SGD step beside torch.optim, optax, Keras and MLX",
+        description="Time one SGD step of inertia (NumPy, torch, JAX) and of the installed peers on "
+        "three workloads (W1: one 32M tensor; W2: ResNet-50's 161 tensors; W3: 2000 x 4096) for "
+        "plain momentum, Nesterov and everything on, interleaved in rounds beside a bandwidth "
+        "probe. Prints Markdown; --json writes every figure.",
+    )
+    bench.add_argument("--workloads", default="W1,W2,W3", help="comma-separated subset of W1,W2,W3")
+    bench.add_argument("--configs", default="plain,nesterov,everything", help="comma-separated configurations")
+    bench.add_argument("--contenders", default=None, help="comma-separated contenders (default: all installed but torch-compile)")
+    bench.add_argument("--rounds", type=_positive_int, default=7, metavar="N", help="timing rounds (default: 7)")
+    bench.add_argument("--scale", type=float, default=1.0, help="shrink every workload's first dimension (quick checks)")
+    bench.add_argument("--json", default=None, metavar="PATH", help="also write the full report as JSON")
+    bench.add_argument("--markdown", default=None, metavar="PATH", help="also write the Markdown tables")
+    bench.set_defaults(handler=_bench)
     return parser
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from inertia import bench as benchmark
+
+    split = lambda text: [item.strip() for item in text.split(",") if item.strip()]
+    unknown = [w for w in split(args.workloads) if w not in benchmark.WORKLOADS]
+    unknown += [c for c in split(args.configs) if c not in benchmark.CONFIGS]
+    unknown += [c for c in split(args.contenders or "") if c not in benchmark.ALL_CONTENDERS]
+    if unknown or not 0 < args.scale <= 1:
+        print(f"inertia bench: error: unknown names {unknown} or scale outside (0, 1]: {args.scale}", file=sys.stderr)
+        return 2
+    report = benchmark.run(
+        workloads=split(args.workloads), configs=split(args.configs),
+        contenders=split(args.contenders) if args.contenders else None, rounds=args.rounds, scale=args.scale,
+        log=lambda text: print(text, file=sys.stderr, flush=True),
+    )
+    text = benchmark.markdown(report)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(report, handle, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as handle:
+            handle.write(text + "\n")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -112,7 +112,7 @@ def _make_plan(optimizer: Any, targets: list) -> _Plan:
         return plan
     slot_lists = []
     for slots in (
-        optimizer.momentums if optimizer.momentum != 0 else None,
+        optimizer.momentums or None,  # the reference updates the slots it built, whatever `momentum` is now
         optimizer._model_variables_moving_average if optimizer.use_ema else None,
         optimizer._accumulated_gradients if optimizer.gradient_accumulation_steps else None,
     ):
@@ -183,11 +183,13 @@ def fused_apply(optimizer: Any, grads: list, trainable_variables: Optional[Seque
     Returns False, having changed nothing, when the step is not one the kernel covers; the
     caller then runs the reference path.
     """
-    if not optimizer.built or not _is_stock(type(optimizer)):
+    if not _is_stock(type(optimizer)):
         return False
     module = kernels.load()
     if module is None:
         return False
+    if not optimizer.built:
+        optimizer._prepare(grads, trainable_variables)  # checks everything, then builds
     targets = optimizer._trainable_variables if trainable_variables is None else trainable_variables
     if not isinstance(targets, list):
         targets = list(targets)
@@ -213,7 +215,7 @@ def fused_apply(optimizer: Any, grads: list, trainable_variables: Optional[Seque
         return True
 
     learning_rate = float(ops.to_numpy(ops.cast(optimizer._learning_rate_array(), dtype)))
-    mode = _MODE_NONE if optimizer.momentum == 0 else (_MODE_NESTEROV if optimizer.nesterov else _MODE_PLAIN)
+    mode = _MODE_NONE if plan.velocities is None else (_MODE_NESTEROV if optimizer.nesterov else _MODE_PLAIN)
     clip, clipnorm, clipvalue = _clip_setting(optimizer)
     steps_taken = int(optimizer._steps_taken())
     ema_momentum = 0.0 if steps_taken == 0 else float(optimizer.ema_momentum)

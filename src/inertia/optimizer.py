@@ -19,10 +19,11 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+import operator
 import re
 import warnings
 from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 from inertia import backend as backends
 from inertia import pipeline
@@ -213,6 +214,7 @@ class Optimizer:
         self._exclude_from_weight_decay_pattern: Optional[re.Pattern] = None
         self._compiled_steps: dict = {}
         self._fused_plan: Any = None
+        self._compiled_fast: Optional[_CompiledStep] = None
         self._iterations = self.add_variable((), initializer="zeros", dtype=self._iterations_dtype, name=self._iterations_name)
         self._learning_rate_given: Optional[float] = None
         self._learning_rate: Any = None
@@ -579,7 +581,9 @@ class Optimizer:
         grads = list(grads)
         if len(grads) == 0:
             return
-        if self.jit_compile and self._fused_apply(grads, trainable_variables):
+        if self.jit_compile and (
+            self._fused_apply(grads, trainable_variables) or self._apply_compiled_again(grads, trainable_variables)
+        ):
             return
         grads, variables = self._prepare(grads, trainable_variables)
         ops = self._backend
@@ -587,7 +591,8 @@ class Optimizer:
         # step would call it once, when tracing, and keep that value for good).
         plain_callable = callable(self._learning_rate) and not isinstance(self._learning_rate, LearningRateSchedule)
         if self.jit_compile and ops.compiles and not plain_callable and not ops.is_traced(self._iterations.value):
-            self._apply_compiled(*self._filter_empty_gradients(grads, variables))
+            kept_grads, kept = self._filter_empty_gradients(grads, variables)
+            self._apply_compiled(kept_grads, kept, trainable_variables if len(kept) == len(grads) else _NOT_REPEATABLE)
             return
         with ops.step_context():
             self._apply_prepared(grads, variables)
@@ -597,26 +602,67 @@ class Optimizer:
         reference path (nothing changed)."""
         return False
 
-    def _apply_compiled(self, grads: list, variables: list[Variable]) -> None:
+    def _apply_compiled(self, grads: list, variables: list[Variable], targets: Any = None) -> None:
         """One step as a compiled pure function of (state, weights, gradients), cached per
         set of variables. Python hyperparameters are compiled in; the learning rate is an
-        array of the state, so changing it never recompiles."""
+        array of the state, so changing it never recompiles. State and weights are donated:
+        the step updates them in place, and an array read from ``.value`` before a step is
+        invalid after it (as in Keras' JAX trainer)."""
         own, trainables = self._all_variables(), list(self._trainable_variables)
-        constants = tuple(getattr(self, name, None) for name in self._compiled_attributes)
-        key = (tuple(self._get_variable_index(v) for v in variables), tuple(map(id, own)), id(self._learning_rate), constants)
+        constants = self._compiled_constants()
+        indices = tuple(self._get_variable_index(v) for v in variables)
+        key = (indices, tuple(map(id, own)), id(self._learning_rate), constants)
         step = self._compiled_steps.get(key)
         if step is None:
-            chosen = [trainables[i] for i in key[0]]
+            chosen = [trainables[i] for i in indices]
 
             def pure(own_values: list, trainable_values: list, gradients: list) -> tuple[list, list]:
                 with _values_swapped(own + trainables, own_values + trainable_values, copy=False):
                     self._apply_prepared(list(gradients), chosen)
                     return [v.value for v in own], [v.value for v in trainables]
 
-            step = self._compiled_steps[key] = self._backend.compile(pure)
-        own_values, trainable_values = step([v.value for v in own], [v.value for v in trainables], grads)
-        for variable, value in zip(own + trainables, own_values + trainable_values):
+            step = self._compiled_steps[key] = self._backend.compile(pure, donate_argnums=(0, 1))
+            # Donation consumes the arrays passed in: give the step private copies first, so
+            # that no array the caller still holds (an initial value, say) is invalidated.
+            for variable in own + trainables:
+                variable._value = self._backend.copy(variable._value)
+        self._run_compiled(step, own, trainables, grads)
+        self._compiled_fast = None if targets is _NOT_REPEATABLE else _CompiledStep(
+            step, None if targets is None else list(targets), own, trainables, constants, self._learning_rate,
+            [v.shape for v in variables], [v.dtype for v in variables],
+        )
+
+    def _compiled_constants(self) -> tuple:
+        return tuple(getattr(self, name, None) for name in self._compiled_attributes)
+
+    def _run_compiled(self, step: Callable, own: list, trainables: list, grads: list) -> None:
+        own_values, trainable_values = step([v._value for v in own], [v._value for v in trainables], grads)
+        for variable, value in zip(own, own_values):
             variable._value = value
+        for variable, value in zip(trainables, trainable_values):
+            variable._value = value
+
+    def _apply_compiled_again(self, grads: list, trainable_variables: Optional[Sequence[Any]]) -> bool:
+        """Repeat the last compiled step with new gradients, skipping the per-variable Python
+        work, when nothing it depends on changed; False (nothing done) otherwise."""
+        last = self._compiled_fast
+        if last is None or any(g is None for g in grads):  # not `None in grads`: that calls ==
+            return False
+        if trainable_variables is None:
+            if last.targets is not None or len(grads) != len(last.shapes) or len(grads) != len(self._trainable_variables):
+                return False
+        elif last.targets is None or not _same_objects(last.targets, trainable_variables):
+            return False
+        if (
+            self._learning_rate is not last.learning_rate
+            or self._compiled_constants() != last.constants
+            or len(self._all_variables()) != len(last.own)
+            or self._backend.is_traced(self._iterations.value)
+            or not self._backend.matches(grads, last.shapes, last.dtypes)
+        ):
+            return False
+        self._run_compiled(last.step, last.own, last.trainables, grads)
+        return True
 
     def _prepare(self, grads: list, trainable_variables: Optional[Sequence[Any]]) -> tuple[list, list[Variable]]:
         """Validate everything (building if needed); returns checked gradients and wrappers.
@@ -1033,12 +1079,33 @@ class Optimizer:
         state = dict(self.__dict__)
         state["_compiled_steps"] = {}  # compiled functions are rebuilt on demand
         state["_fused_plan"] = None
+        state["_compiled_fast"] = None
         return state
 
 
 # ----------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------
+_NOT_REPEATABLE = object()  # a step with missing gradients: never repeated blindly
+
+
+class _CompiledStep(NamedTuple):
+    """The last compiled step and what it was compiled for (see ``_apply_compiled_again``)."""
+
+    step: Callable
+    targets: Optional[list]  # as given to apply(); None: the built list
+    own: list
+    trainables: list
+    constants: tuple
+    learning_rate: Any
+    shapes: list
+    dtypes: list
+
+
+def _same_objects(left: Sequence[Any], right: Sequence[Any]) -> bool:
+    return len(left) == len(right) and all(map(operator.is_, left, right))
+
+
 def _float32(value: float) -> float:
     import numpy as np
 

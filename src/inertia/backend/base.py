@@ -107,9 +107,15 @@ class ArrayBackend(ABC):
         """Whether every element is finite: a host bool, or a 0-d bool array when traced."""
         return self.all_finite(arrays)
 
-    def compile(self, function: Callable) -> Callable:
-        """``function`` compiled for this backend (``jax.jit``); identity where eager is best."""
+    def compile(self, function: Callable, donate_argnums: tuple = ()) -> Callable:
+        """``function`` compiled for this backend (``jax.jit``, the arguments at
+        ``donate_argnums`` donated); identity where eager is best."""
         return function
+
+    def matches(self, arrays: Sequence[Any], shapes: Sequence[tuple], dtypes: Sequence[str]) -> bool:
+        """Whether ``arrays`` are this backend's arrays of exactly these shapes and dtypes (the
+        cheap check that lets a compiled step run again without the full validation)."""
+        return False
 
     #: Whether a kernel address of a held array stays valid while the array object lives
     #: (NumPy: yes; torch: no, ``.data =`` or ``set_`` can move a tensor's storage).

@@ -18,6 +18,9 @@ from inertia.backend.base import Array, ArrayBackend
 _FLOATING = {"float16", "bfloat16", "float32", "float64"}
 
 
+_DTYPE_OBJECTS: dict = {}
+
+
 class JaxBackend(ArrayBackend):
     name = "jax"
     compiles = True
@@ -96,8 +99,18 @@ class JaxBackend(ArrayBackend):
         flag = jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
         return flag if self.is_traced(flag) else bool(flag)
 
-    def compile(self, function: Callable) -> Callable:
-        return jax.jit(function)
+    def compile(self, function: Callable, donate_argnums: tuple = ()) -> Callable:
+        return jax.jit(function, donate_argnums=donate_argnums)
+
+    def matches(self, arrays: Sequence[Any], shapes: Sequence[tuple], dtypes: Sequence[str]) -> bool:
+        array, known = jax.Array, _DTYPE_OBJECTS
+        for name in dtypes:
+            if name not in known:
+                known[name] = np.dtype(getattr(jnp, name))
+        return all(
+            isinstance(a, array) and a.shape == shape and a.dtype == known[dtype]
+            for a, shape, dtype in zip(arrays, shapes, dtypes)
+        )
 
     def value_and_grad(
         self, function: Callable[[list[Array]], Array], values: list[Array]

@@ -1,0 +1,572 @@
+"""``inertia bench``: inertia's SGD step beside its peers, on the same machine, in one run.
+
+Workloads (float32): W1 one tensor of 32M elements; W2 the 161 parameter tensors of
+ResNet-50 (25.6M); W3 2000 tensors of 4096. Configurations: ``plain`` (momentum 0.9),
+``nesterov``, and ``everything`` (momentum + weight decay + clipnorm + EMA of the weights;
+peers use their closest idiom). Every contender of a workload is set up once, then timed in
+rounds; in each round the contenders run in a shuffled order, each for a few steps, and a
+streaming kernel with SGD's own access pattern (read w, g, v; write w, v: 20 bytes per
+element) measures what the memory can do right then. A round whose bandwidth probe strays
+more than 10% from the run's median is noisy and dropped for every contender, not averaged
+in. Keras runs in worker processes (one per Keras backend), driven round by round.
+
+Reported per contender: median step time over clean rounds and its spread (min-max of the
+round medians, relative), effective GB/s (the minimal bytes of the configuration: 20 per
+parameter, +8 for the EMA, +4 for the clipnorm's extra read of g), the ratio to the probe's
+bandwidth, the ratio to each inertia backend, peak resident memory added by one step, and the
+first step's time (compilation included; inertia's cold/warm kernel-cache times are measured
+in fresh processes).
+
+Example (a small, quick run):
+    >>> from inertia import bench
+    >>> report = bench.run(workloads=["W3"], configs=["plain"], rounds=2, contenders=["inertia-numpy"],
+    ...                    scale=0.01, cold_start=False)
+    >>> report["results"][0]["contender"]
+    'inertia-numpy'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+__all__ = ["WORKLOADS", "CONFIGS", "run", "markdown", "resnet50_shapes"]
+
+LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, CLIPNORM, EMA_MOMENTUM = 0.01, 0.9, 1e-4, 1.0, 0.99
+CONFIGS = ("plain", "nesterov", "everything")
+ALL_CONTENDERS = (
+    "inertia-numpy", "inertia-torch", "inertia-jax", "torch-foreach", "torch-fused", "torch-compile",
+    "optax", "keras-torch", "keras-jax", "mlx",
+)
+DEFAULT_CONTENDERS = tuple(c for c in ALL_CONTENDERS if c != "torch-compile")
+
+
+def resnet50_shapes() -> list[tuple[int, ...]]:
+    """The 161 trainable tensors of torchvision's ResNet-50 (25,557,032 parameters)."""
+    shapes: list[tuple[int, ...]] = [(64, 3, 7, 7), (64,), (64,)]
+    channels = 64
+    for width, blocks in ((64, 3), (128, 4), (256, 6), (512, 3)):
+        for block in range(blocks):
+            shapes += [(width, channels, 1, 1), (width,), (width,), (width, width, 3, 3), (width,), (width,),
+                       (4 * width, width, 1, 1), (4 * width,), (4 * width,)]
+            if block == 0:
+                shapes += [(4 * width, channels, 1, 1), (4 * width,), (4 * width,)]
+            channels = 4 * width
+    return shapes + [(1000, 2048), (1000,)]
+
+
+WORKLOADS: dict[str, Callable[[], list[tuple[int, ...]]]] = {
+    "W1": lambda: [(32 * 2**20,)],
+    "W2": resnet50_shapes,
+    "W3": lambda: [(4096,)] * 2000,
+}
+
+
+def _scaled(shapes: list[tuple[int, ...]], scale: float) -> list[tuple[int, ...]]:
+    if scale == 1:
+        return shapes
+    return [tuple(max(1, int(round(d * scale))) if k == 0 else d for k, d in enumerate(s)) for s in shapes]
+
+
+def bytes_per_parameter(config: str) -> int:
+    return 20 + (12 if config == "everything" else 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# contenders: each returns (step, sync, first_step_seconds); step() runs one optimizer step
+# ---------------------------------------------------------------------------------------------
+def _data(shapes: list[tuple[int, ...]], seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    weights = [rng.standard_normal(s, dtype=np.float32) for s in shapes]
+    grads = [rng.standard_normal(s, dtype=np.float32) * np.float32(1e-3) for s in shapes]
+    return weights, grads
+
+
+def _inertia_options(config: str) -> dict:
+    options: dict[str, Any] = {"learning_rate": LEARNING_RATE, "momentum": MOMENTUM}
+    if config == "nesterov":
+        options["nesterov"] = True
+    if config == "everything":
+        options.update(weight_decay=WEIGHT_DECAY, clipnorm=CLIPNORM, use_ema=True, ema_momentum=EMA_MOMENTUM)
+    return options
+
+
+def _timed_first(step: Callable[[], None], sync: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    step()
+    sync()
+    return time.perf_counter() - start
+
+
+def _make_inertia(backend: str, shapes: list, config: str) -> tuple:
+    import inertia
+
+    weights, grads = _data(shapes)
+    sync: Callable[[], None] = lambda: None
+    if backend == "torch":
+        import torch
+
+        weights = [torch.from_numpy(w) for w in weights]
+        grads = [torch.from_numpy(g) for g in grads]
+    elif backend == "jax":
+        import jax.numpy as jnp
+
+        weights = [jnp.asarray(w) for w in weights]
+        grads = [jnp.asarray(g) for g in grads]
+    variables = [inertia.Variable(w, name=f"w{i}") for i, w in enumerate(weights)]
+    optimizer = inertia.SGD(**_inertia_options(config))
+    if backend == "jax":
+        sync = lambda: variables[0].value.block_until_ready()
+    step = lambda: optimizer.apply(grads, variables)
+    first = _timed_first(step, sync)
+    first += _timed_first(step, sync)  # the first step builds; the second is the first fused one
+    return step, sync, first
+
+
+def _make_torch(kind: str, shapes: list, config: str) -> tuple:
+    import torch
+
+    weights, grads = _data(shapes)
+    params = [torch.from_numpy(w).requires_grad_() for w in weights]
+    for p, g in zip(params, grads):
+        p.grad = torch.from_numpy(g)
+    everything = config == "everything"
+    options = dict(lr=LEARNING_RATE, momentum=MOMENTUM, nesterov=config == "nesterov",
+                   weight_decay=WEIGHT_DECAY if everything else 0.0)
+    averages = [p.detach().clone() for p in params] if everything else []
+    if kind == "compile":
+        optimizer = torch.optim.SGD(params, foreach=True, **options)
+
+        @torch.compile(fullgraph=False)
+        def compiled() -> None:
+            optimizer.step()
+
+        inner = compiled
+    else:
+        optimizer = torch.optim.SGD(params, **{kind: True}, **options)
+        inner = optimizer.step
+
+    def step() -> None:
+        if everything:
+            torch.nn.utils.clip_grad_norm_(params, CLIPNORM, foreach=True)
+        inner()
+        if everything:
+            with torch.no_grad():
+                torch._foreach_lerp_(averages, [p.detach() for p in params], 1 - EMA_MOMENTUM)
+
+    return step, lambda: None, _timed_first(step, lambda: None)
+
+
+def _make_optax(shapes: list, config: str) -> tuple:
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    weights, grads = _data(shapes)
+    params = [jnp.asarray(w) for w in weights]
+    grads_j = [jnp.asarray(g) for g in grads]
+    everything = config == "everything"
+    parts = []
+    if everything:
+        parts += [optax.clip_by_global_norm(CLIPNORM), optax.add_decayed_weights(WEIGHT_DECAY)]
+    parts.append(optax.sgd(LEARNING_RATE, momentum=MOMENTUM, nesterov=config == "nesterov"))
+    transform = optax.chain(*parts)
+    state = {"params": params, "opt": transform.init(params), "ema": [jnp.array(p) for p in params] if everything else []}
+
+    @jax.jit
+    def update(state: dict, grads: list) -> dict:
+        updates, opt_state = transform.update(grads, state["opt"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        ema = [EMA_MOMENTUM * e + (1 - EMA_MOMENTUM) * p for e, p in zip(state["ema"], params)]
+        return {"params": params, "opt": opt_state, "ema": ema}
+
+    update = jax.jit(update, donate_argnums=0)
+    box = [state]
+
+    def step() -> None:
+        box[0] = update(box[0], grads_j)
+
+    sync = lambda: jax.block_until_ready(box[0]["params"][0])
+    return step, sync, _timed_first(step, sync)
+
+
+def _make_mlx(shapes: list, config: str) -> tuple:
+    import mlx.core as mx
+    import mlx.optimizers as optim
+
+    weights, grads = _data(shapes)
+    params = {f"w{i}": mx.array(w) for i, w in enumerate(weights)}
+    grads_m = {f"w{i}": mx.array(g) for i, g in enumerate(grads)}
+    everything = config == "everything"
+    optimizer = optim.SGD(LEARNING_RATE, momentum=MOMENTUM, nesterov=config == "nesterov",
+                          weight_decay=WEIGHT_DECAY if everything else 0.0)
+    optimizer.init(params)
+    box = {"params": params, "ema": dict(params) if everything else {}}
+
+    def step() -> None:
+        g = optim.clip_grad_norm(grads_m, CLIPNORM)[0] if everything else grads_m
+        box["params"] = optimizer.apply_gradients(g, box["params"])
+        if everything:
+            box["ema"] = {k: EMA_MOMENTUM * e + (1 - EMA_MOMENTUM) * box["params"][k] for k, e in box["ema"].items()}
+        mx.eval(box["params"], box["ema"], optimizer.state)
+
+    return step, lambda: None, _timed_first(step, lambda: None)
+
+
+def _make_keras(backend: str, shapes: list, config: str) -> tuple:
+    """Keras as its own trainer runs the optimizer: eager ``apply`` on torch, a jitted
+    ``stateless_apply`` with donated state on JAX."""
+    os.environ["KERAS_BACKEND"] = backend
+    import keras
+
+    weights, grads = _data(shapes)
+    options = _inertia_options(config)
+    optimizer = keras.optimizers.SGD(**options)
+    variables = [keras.Variable(w) for w in weights]
+    optimizer.build(variables)
+    if backend == "torch":
+        import torch
+
+        grads_t = [torch.from_numpy(g) for g in grads]
+        step = lambda: optimizer.apply(grads_t, variables)
+        return step, lambda: None, _timed_first(step, lambda: None)
+    import jax
+    import jax.numpy as jnp
+
+    grads_j = [jnp.asarray(g) for g in grads]
+    apply = jax.jit(optimizer.stateless_apply, donate_argnums=(0, 2))
+    box = [[v.value for v in optimizer.variables], [v.value for v in variables]]
+
+    def step() -> None:
+        trainable, own = apply(box[0], grads_j, box[1])
+        box[0], box[1] = own, trainable
+
+    sync = lambda: jax.block_until_ready(box[1][0])
+    return step, sync, _timed_first(step, sync)
+
+
+FACTORIES: dict[str, Callable[[list, str], tuple]] = {
+    "inertia-numpy": lambda s, c: _make_inertia("numpy", s, c),
+    "inertia-torch": lambda s, c: _make_inertia("torch", s, c),
+    "inertia-jax": lambda s, c: _make_inertia("jax", s, c),
+    "torch-foreach": lambda s, c: _make_torch("foreach", s, c),
+    "torch-fused": lambda s, c: _make_torch("fused", s, c),
+    "torch-compile": lambda s, c: _make_torch("compile", s, c),
+    "optax": _make_optax,
+    "mlx": _make_mlx,
+    "keras-torch": lambda s, c: _make_keras("torch", s, c),
+    "keras-jax": lambda s, c: _make_keras("jax", s, c),
+}
+_WORKER_CONTENDERS = ("keras-torch", "keras-jax")  # Keras picks one backend per process
+
+
+# ---------------------------------------------------------------------------------------------
+# measuring
+# ---------------------------------------------------------------------------------------------
+def _rss_bytes(field_name: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field_name):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _peak_added(step: Callable[[], None], sync: Callable[[], None]) -> Optional[int]:
+    """Resident memory a step adds at its peak (Linux: resets the high-water mark first)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        before = _rss_bytes("VmRSS:")
+        step()
+        sync()
+        return max(0, _rss_bytes("VmHWM:") - before)
+    except OSError:
+        return None
+
+
+def _time_steps(step: Callable[[], None], sync: Callable[[], None], count: int) -> list[float]:
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+class _Local:
+    def __init__(self, name: str, shapes: list, config: str) -> None:
+        self.name = name
+        self.step, self.sync, self.first = FACTORIES[name](shapes, config)
+        for _ in range(2):
+            self.step()
+        self.sync()
+        self.peak = _peak_added(self.step, self.sync)
+
+    def run(self, count: int) -> list[float]:
+        return _time_steps(self.step, self.sync, count)
+
+    def close(self) -> None:
+        self.step = self.sync = None  # type: ignore[assignment]
+
+
+class _Worker:
+    """A contender in its own process, driven over a pipe (``python -m inertia.bench --worker``)."""
+
+    def __init__(self, name: str, workload: str, config: str, scale: float) -> None:
+        self.name = name
+        command = [sys.executable, "-m", "inertia.bench", "--worker", name, workload, config, str(scale)]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        reply = json.loads(self._read())
+        self.first, self.peak = reply["first"], reply["peak"]
+
+    def _read(self) -> str:
+        line = self.process.stdout.readline() if self.process.stdout else ""
+        if not line:
+            raise RuntimeError(f"benchmark worker {self.name} stopped")
+        return line
+
+    def run(self, count: int) -> list[float]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(f"{count}\n")
+        self.process.stdin.flush()
+        return json.loads(self._read())
+
+    def close(self) -> None:
+        if self.process.stdin:
+            self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+def _worker_main(name: str, workload: str, config: str, scale: float) -> None:
+    shapes = _scaled(WORKLOADS[workload](), scale)
+    local = _Local(name, shapes, config)
+    print(json.dumps({"first": local.first, "peak": local.peak}), flush=True)
+    for line in sys.stdin:
+        print(json.dumps(local.run(int(line))), flush=True)
+
+
+class _Probe:
+    """SGD's access pattern (read a, b, c; write a, c) over flat float32 buffers: the ceiling."""
+
+    def __init__(self, elements: int) -> None:
+        from inertia import kernels
+
+        self.module = kernels.load()
+        rng = np.random.default_rng(1)
+        # Real data everywhere: an untouched zero page would be read from cache, not memory.
+        self.buffers = [rng.standard_normal(elements, dtype=np.float32) * np.float32(1e-3) for _ in range(3)]
+        self.threads = kernels.thread_count()
+
+    def run(self, count: int) -> list[float]:
+        if self.module is None:
+            a, b, c = self.buffers
+            step = lambda: (np.multiply(c, np.float32(0.5), out=c), np.add(c, b, out=c), np.add(a, c, out=a))
+        else:
+            step = lambda: self.module.stream(*self.buffers, self.threads)
+        return _time_steps(step, lambda: None, count)
+
+
+def _measure(contenders: list, probe: _Probe, rounds: int, seconds_per_round: float) -> tuple[dict, list[float], list[bool]]:
+    # steps per round: about `seconds_per_round` for each contender, at least 3
+    counts = {}
+    for contender in contenders + [probe]:
+        one = statistics.median(contender.run(3))
+        counts[id(contender)] = max(3, min(200, int(seconds_per_round / max(one, 1e-6))))
+    per_round: dict[str, list[float]] = {c.name: [] for c in contenders}
+    bandwidth_times: list[float] = []
+    order = list(contenders)
+    for _ in range(rounds):
+        random.shuffle(order)
+        bandwidth_times.append(statistics.median(probe.run(counts[id(probe)])))
+        for contender in order:
+            per_round[contender.name].append(statistics.median(contender.run(counts[id(contender)])))
+    center = statistics.median(bandwidth_times)
+    clean = [abs(t - center) <= 0.10 * center for t in bandwidth_times]
+    return per_round, bandwidth_times, clean
+
+
+@dataclass
+class Result:
+    workload: str
+    config: str
+    contender: str
+    median_ms: float
+    spread: float
+    gbps: float
+    of_bandwidth: float
+    first_step_s: float
+    peak_added_mb: Optional[float]
+    ratios: dict = field(default_factory=dict)
+
+
+def run(
+    workloads: Optional[list[str]] = None,
+    configs: Optional[list[str]] = None,
+    contenders: Optional[list[str]] = None,
+    rounds: int = 7,
+    seconds_per_round: float = 0.15,
+    scale: float = 1.0,
+    cold_start: bool = True,
+    log: Callable[[str], None] = lambda text: None,
+) -> dict:
+    """Run the benchmark; returns the JSON-ready report (``markdown(report)`` renders it)."""
+    workloads = list(workloads or WORKLOADS)
+    configs = list(configs or CONFIGS)
+    names = [c for c in (contenders or DEFAULT_CONTENDERS) if _available(c)]
+    results: list[Result] = []
+    bandwidth: dict[str, float] = {}
+    for workload in workloads:
+        shapes = _scaled(WORKLOADS[workload](), scale)
+        elements = int(sum(np.prod(s) for s in shapes))
+        probe = _Probe(elements)
+        for config in configs:
+            log(f"{workload} {config}: setting up {', '.join(names)}")
+            active = []
+            for name in names:
+                try:
+                    active.append(_Worker(name, workload, config, scale) if name in _WORKER_CONTENDERS else _Local(name, shapes, config))
+                except Exception as error:  # a peer that cannot run this configuration is reported, not fatal
+                    log(f"  {name}: skipped ({type(error).__name__}: {error})")
+            per_round, probe_times, clean = _measure(active, probe, rounds, seconds_per_round)
+            kept = [i for i, ok in enumerate(clean) if ok] or list(range(rounds))
+            probe_s = statistics.median([probe_times[i] for i in kept])
+            bandwidth[workload] = elements * 20 / probe_s / 1e9
+            log(f"  probe {bandwidth[workload]:.1f} GB/s; {rounds - len(kept)} noisy round(s) dropped")
+            medians = {}
+            for contender in active:
+                times = [per_round[contender.name][i] for i in kept]
+                median = statistics.median(times)
+                medians[contender.name] = median
+                gbps = elements * bytes_per_parameter(config) / median / 1e9
+                results.append(Result(
+                    workload, config, contender.name, median * 1e3, (max(times) - min(times)) / median, gbps,
+                    gbps / bandwidth[workload], contender.first,
+                    None if contender.peak is None else contender.peak / 2**20,
+                ))
+                contender.close()
+            for result in results:
+                if result.workload == workload and result.config == config:
+                    result.ratios = {name: (result.median_ms / 1e3) / medians[name] for name in medians}
+    report = {
+        "machine": _machine(),
+        "settings": {"rounds": rounds, "seconds_per_round": seconds_per_round, "scale": scale},
+        "bandwidth_gbps": bandwidth,
+        "results": [r.__dict__ for r in results],
+    }
+    if cold_start:
+        report["inertia_first_step"] = _cold_start(log)
+    return report
+
+
+def _available(name: str) -> bool:
+    module = {"inertia-torch": "torch", "inertia-jax": "jax", "torch-foreach": "torch", "torch-fused": "torch",
+              "torch-compile": "torch", "optax": "optax", "keras-torch": "keras", "keras-jax": "keras",
+              "mlx": "mlx.optimizers"}.get(name)
+    if module is None:
+        return True
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _cold_start(log: Callable[[str], None]) -> dict:
+    """First fused step in fresh processes: with an empty kernel cache, then with it warm."""
+    import tempfile
+
+    code = (
+        "import time, numpy as np, inertia\n"
+        "v=[inertia.Variable(np.ones(1000,np.float32))]; g=[np.ones(1000,np.float32)]\n"
+        "o=inertia.SGD(0.01, momentum=0.9); t=time.perf_counter(); o.apply(g, v); o.apply(g, v)\n"
+        "print(time.perf_counter()-t)\n"
+    )
+    timings = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, INERTIA_CACHE_DIR=cache)
+        for label in ("cold_cache_s", "warm_cache_s"):
+            done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+            timings[label] = float(done.stdout.strip() or "nan")
+    log(f"inertia first fused step: cold cache {timings['cold_cache_s']:.2f} s, warm {timings['warm_cache_s']:.3f} s")
+    return timings
+
+
+def _machine() -> dict:
+    versions = {}
+    for module in ("numpy", "torch", "jax", "optax", "keras", "mlx"):
+        try:
+            versions[module] = __import__(module).__version__
+        except Exception:
+            pass
+    try:
+        import mlx.core
+
+        versions["mlx"] = mlx.core.__version__
+    except Exception:
+        pass
+    import inertia
+
+    cpu = platform.processor()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from inertia import kernels
+
+    return {
+        "date": time.strftime("%Y-%m-%d"), "cpu": cpu, "threads": kernels.thread_count(),
+        "python": platform.python_version(), "inertia": getattr(inertia, "__version__", "?"), "versions": versions,
+        "kernels": kernels.unavailable_reason() or "compiled",
+    }
+
+
+def markdown(report: dict) -> str:
+    """The report as Markdown tables, one per workload and configuration."""
+    machine = report["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items())
+    lines = [
+        f"Machine: {machine['cpu']}, {machine['threads']} threads; {machine['date']}; Python {machine['python']}; {versions}.",
+        "",
+    ]
+    results = report["results"]
+    for workload in dict.fromkeys(r["workload"] for r in results):
+        for config in dict.fromkeys(r["config"] for r in results if r["workload"] == workload):
+            rows = sorted((r for r in results if r["workload"] == workload and r["config"] == config), key=lambda r: r["median_ms"])
+            lines += [
+                f"**{workload} {config}** (probe {report['bandwidth_gbps'][workload]:.1f} GB/s)",
+                "",
+                "| contender | step ms | spread | GB/s | of probe | time / inertia-numpy | time / inertia-torch | first step s | peak MB |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            ]
+            for r in rows:
+                ratio = lambda name: f"{r['ratios'][name]:.2f}" if name in r["ratios"] else "-"
+                peak = "-" if r["peak_added_mb"] is None else f"{r['peak_added_mb']:.0f}"
+                lines.append(
+                    f"| {r['contender']} | {r['median_ms']:.2f} | {100 * r['spread']:.0f}% | {r['gbps']:.1f} | "
+                    f"{r['of_bandwidth']:.2f} | {ratio('inertia-numpy')} | {ratio('inertia-torch')} | {r['first_step_s']:.2f} | {peak} |"
+                )
+            lines.append("")
+    first = report.get("inertia_first_step")
+    if first:
+        lines.append(f"inertia's first fused step in a fresh process: {first['cold_cache_s']:.2f} s with an empty kernel cache, "
+                     f"{first['warm_cache_s']:.3f} s with a warm one.")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--worker":
+    _worker_main(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]))
