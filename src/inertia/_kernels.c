@@ -54,7 +54,7 @@ typedef struct {
     Task *tasks;
     Py_ssize_t ntasks;
     Py_ssize_t next;
-    int phase; /* 0: norm sums of chunked tensors; 1: the update */
+    int phase; /* 0: norm sums of chunked tensors; 1: the update; 2: an accumulation micro-step */
 } Job;
 
 /* ---- the per-element pipeline, instantiated per dtype and per constant flag set ---- */
@@ -186,6 +186,18 @@ DEFINE_KERNELS(double, f64, sqrt)
 static void run_task(Job *job, const Task *task)
 {
     Py_ssize_t t = task->tensor;
+    if (job->phase == 2) {
+        if (job->is_double) {
+            double *A = (double *)job->a[t];
+            const double *G = (const double *)job->g[t];
+            for (int64_t i = task->start; i < task->end; i++) A[i] = G[i] + A[i];
+        } else {
+            float *A = (float *)job->a[t];
+            const float *G = (const float *)job->g[t];
+            for (int64_t i = task->start; i < task->end; i++) A[i] = G[i] + A[i];
+        }
+        return;
+    }
     int chunked = !(task->start == 0 && task->end == job->sizes[t]);
     if (job->phase == 0) {
         if (chunked || job->clip == CLIP_GLOBAL)
@@ -223,6 +235,39 @@ static void run_phase(Job *job, int phase, int threads)
         if (pthread_create(&ids[started], NULL, worker, job) == 0) started++;
     worker(job);
     for (int k = 0; k < started; k++) pthread_join(ids[k], NULL);
+}
+
+/* Every tensor cut into chunks of at most CHUNK elements (a small tensor is one task). */
+static Task *make_tasks(const int64_t *sizes, Py_ssize_t count, Py_ssize_t *ntasks)
+{
+    Py_ssize_t n = 0;
+    for (Py_ssize_t t = 0; t < count; t++) n += sizes[t] > CHUNK ? (sizes[t] + CHUNK - 1) / CHUNK : 1;
+    Task *tasks = malloc((size_t)(n + 1) * sizeof(Task));
+    if (!tasks) return NULL;
+    n = 0;
+    for (Py_ssize_t t = 0; t < count; t++) {
+        int64_t start = 0;
+        do {
+            int64_t end = sizes[t] - start > CHUNK ? start + CHUNK : sizes[t];
+            tasks[n].tensor = t;
+            tasks[n].start = start;
+            tasks[n].end = end;
+            n++;
+            start = end;
+        } while (start < sizes[t]);
+    }
+    *ntasks = n;
+    return tasks;
+}
+
+/* The threads worth starting: at most one per task, and one for small steps. */
+static int useful_threads(int threads, const Job *job)
+{
+    int64_t total = 0;
+    for (Py_ssize_t t = 0; t < job->count; t++) total += job->sizes[t];
+    if (threads < 1 || total < 4 * CHUNK) return 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    return threads > job->ntasks ? (int)job->ntasks : threads;
 }
 
 /* ---- argument checks: everything is validated before anything is written ---- */
@@ -330,13 +375,12 @@ static PyObject *sgd_step(PyObject *self, PyObject *args)
 
     pointers = calloc((size_t)(5 * count + 1), sizeof(char *));
     held = calloc((size_t)(count + 1), sizeof(Held));
-    doubles = calloc((size_t)(3 * count + 1), sizeof(double));
+    doubles = calloc((size_t)(2 * count + 1), sizeof(double));
     if (!pointers || !held || !doubles) {
         PyErr_NoMemory();
         goto done;
     }
     int fits = 1;
-    Py_ssize_t ntasks = 0;
     for (Py_ssize_t t = 0; t < count && fits; t++) {
         for (int k = 0; k < 5 && fits; k++) {
             if (lists[k] == Py_None) continue;
@@ -345,29 +389,17 @@ static PyObject *sgd_step(PyObject *self, PyObject *args)
             fits = pointer_of(item, is_double, sizes[t], shape, k != 1, &pointers[k * count + t], &held[t].views[k],
                               &held[t].held[k]);
         }
-        ntasks += sizes[t] > CHUNK ? (sizes[t] + CHUNK - 1) / CHUNK : 1;
     }
     if (mode != MODE_NONE && lists[2] == Py_None) fits = 0;
     if (!fits) {
         result = Py_NewRef(Py_False);
         goto done;
     }
-    tasks = malloc((size_t)(ntasks + 1) * sizeof(Task));
+    Py_ssize_t n = 0;
+    tasks = make_tasks(sizes, count, &n);
     if (!tasks) {
         PyErr_NoMemory();
         goto done;
-    }
-    Py_ssize_t n = 0;
-    for (Py_ssize_t t = 0; t < count; t++) {
-        int64_t start = 0;
-        do {
-            int64_t end = sizes[t] - start > CHUNK ? start + CHUNK : sizes[t];
-            tasks[n].tensor = t;
-            tasks[n].start = start;
-            tasks[n].end = end;
-            n++;
-            start = end;
-        } while (start < sizes[t]);
     }
     Job job = {0};
     job.is_double = is_double;
@@ -400,12 +432,7 @@ static PyObject *sgd_step(PyObject *self, PyObject *args)
         job.clip_mul[t] = clip == CLIP_NORM ? clipnorm : 1.0;
         job.clip_div[t] = 1.0;
     }
-    if (threads < 1) threads = 1;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads > n) threads = (int)n;
-    int64_t total = 0;
-    for (Py_ssize_t t = 0; t < count; t++) total += sizes[t];
-    if (total < 4 * CHUNK) threads = 1;
+    threads = useful_threads(threads, &job);
 
     Py_BEGIN_ALLOW_THREADS
     int needs_sums = clip == CLIP_GLOBAL;
@@ -492,22 +519,28 @@ static PyObject *accumulate(PyObject *self, PyObject *args)
                           &held[t].views[1], &held[t].held[1]);
     }
     if (pointers && held) {
-        if (fits) {
-            Py_BEGIN_ALLOW_THREADS
-            for (Py_ssize_t t = 0; t < count; t++) {
-                if (is_double) {
-                    double *A = (double *)pointers[t];
-                    const double *G = (const double *)pointers[count + t];
-                    for (int64_t i = 0; i < sizes[t]; i++) A[i] = G[i] + A[i];
-                } else {
-                    float *A = (float *)pointers[t];
-                    const float *G = (const float *)pointers[count + t];
-                    for (int64_t i = 0; i < sizes[t]; i++) A[i] = G[i] + A[i];
-                }
+        Py_ssize_t n = 0;
+        Task *tasks = fits ? make_tasks(sizes, count, &n) : NULL;
+        if (fits && !tasks) {
+            PyErr_NoMemory();
+        } else {
+            if (fits) {
+                Job job = {0};
+                job.is_double = is_double;
+                job.count = count;
+                job.a = pointers;
+                job.g = pointers + count;
+                job.sizes = sizes;
+                job.tasks = tasks;
+                job.ntasks = n;
+                threads = useful_threads(threads, &job);
+                Py_BEGIN_ALLOW_THREADS
+                run_phase(&job, 2, threads);
+                Py_END_ALLOW_THREADS
             }
-            Py_END_ALLOW_THREADS
+            result = Py_NewRef(fits ? Py_True : Py_False);
         }
-        result = Py_NewRef(fits ? Py_True : Py_False);
+        free(tasks);
     }
     if (held)
         for (Py_ssize_t t = 0; t < count; t++)

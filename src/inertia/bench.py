@@ -183,7 +183,6 @@ def _make_optax(shapes: list, config: str) -> tuple:
     transform = optax.chain(*parts)
     state = {"params": params, "opt": transform.init(params), "ema": [jnp.array(p) for p in params] if everything else []}
 
-    @jax.jit
     def update(state: dict, grads: list) -> dict:
         updates, opt_state = transform.update(grads, state["opt"], state["params"])
         params = optax.apply_updates(state["params"], updates)
@@ -505,7 +504,7 @@ def _cold_start(log: Callable[[str], None]) -> dict:
 
 def _machine() -> dict:
     versions = {}
-    for module in ("numpy", "torch", "jax", "optax", "keras", "mlx"):
+    for module in ("numpy", "torch", "jax", "optax", "keras"):
         try:
             versions[module] = __import__(module).__version__
         except Exception:

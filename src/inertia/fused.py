@@ -26,6 +26,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from inertia import kernels
+from inertia.optimizer import _same_objects
 
 __all__ = ["fused_apply"]
 
@@ -72,7 +73,7 @@ class _Plan:
 
     __slots__ = (
         "targets", "exclusions", "eligible", "ops", "dtype", "is_double", "variables", "values",
-        "weights", "velocities", "averages", "accumulators", "sizes", "shapes", "offsets",
+        "addresses", "weights", "velocities", "averages", "accumulators", "sizes", "shapes", "offsets",
         "shape_tuples", "decay",
     )
 
@@ -84,10 +85,6 @@ class _Plan:
 
 def _exclusions(optimizer: Any) -> tuple:
     return (optimizer._exclude_from_weight_decay_ids, optimizer._exclude_from_weight_decay_pattern, optimizer.weight_decay)
-
-
-def _same_objects(left: Sequence[Any], right: Sequence[Any]) -> bool:
-    return len(left) == len(right) and all(map(operator.is_, left, right))
 
 
 def _make_plan(optimizer: Any, targets: list) -> _Plan:
@@ -134,7 +131,7 @@ def _make_plan(optimizer: Any, targets: list) -> _Plan:
         offsets.append(len(packed))
         packed.extend((len(shape), *shape))
     plan.ops, plan.dtype, plan.is_double = ops, dtype, _DTYPES[dtype] == 1
-    plan.variables, plan.values = variables, values
+    plan.variables, plan.values, plan.addresses = variables, values, addresses
     plan.sizes = np.array([int(np.prod(s, dtype=np.int64)) for s in shapes], dtype=np.int64)
     plan.shapes = np.array(packed or [0], dtype=np.int64)
     plan.offsets = np.array(offsets, dtype=np.int64)
@@ -156,15 +153,11 @@ def _current_plan(optimizer: Any, targets: list) -> Optional[_Plan]:
     if not plan.ops.kernel_addresses_stable:
         # torch: `.data =` or `set_` can move a tensor; the plan holds the old tensors, so an
         # unchanged address is still the live storage.
-        if plan.ops.kernel_addresses(plan.values) != _addresses(plan):
+        if plan.ops.kernel_addresses(plan.values) != plan.addresses:
             plan = optimizer._fused_plan = _make_plan(optimizer, targets)
             if not plan.eligible:
                 return None
     return plan
-
-
-def _addresses(plan: _Plan) -> list:
-    return [a for group in (plan.weights, plan.velocities, plan.averages, plan.accumulators) if group for a in group]
 
 
 def _clip_setting(optimizer: Any) -> tuple[int, float, float]:
