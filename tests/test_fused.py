@@ -378,6 +378,46 @@ def test_norms_do_not_depend_on_the_thread_count(spy, monkeypatch, dtype, clip):
     assert_bitwise(results[0], results[2], "1 vs 3 threads")
 
 
+# Small tensors are grouped into tasks of up to CHUNK elements; a task never mixes them with a
+# chunk of a large tensor. These shapes make several groups, a tensor of exactly CHUNK
+# elements (one task, unchunked), a group cut by a chunked tensor, and tiny tails.
+GROUPED_SHAPES = {
+    **{f"a{k}": (3000 + k,) for k in range(45)},
+    "exact": (CHUNK,),
+    "after_exact": (7, 11),
+    "big": (CHUNK * 2 + 5,),
+    **{f"b{k}": (50, 61) for k in range(30)},
+    "tail": (1,),
+}
+GROUPED_CASES = ("plain", "clipnorm", "global_clipnorm", "accumulation_global_ema", "everything")
+
+
+@pytest.mark.parametrize("case", GROUPED_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_grouped_small_tensors_equal_reference(spy, monkeypatch, dtype, case):
+    factory, exclude, _, _ = CASES[case]
+    monkeypatch.setenv("INERTIA_NUM_THREADS", "2")
+    exclude = ["b1", "a3", "exact"] if exclude else None
+    run_pair("numpy", dtype, factory, exclude, spy, shapes=GROUPED_SHAPES, steps=4)
+
+
+@pytest.mark.parametrize("clip", [dict(clipnorm=0.5), dict(global_clipnorm=2.0)])
+def test_grouped_norms_do_not_depend_on_the_thread_count(spy, monkeypatch, clip):
+    values = make_values(GROUPED_SHAPES, "float32", 7)
+    grads = gradient_stream(GROUPED_SHAPES, "float32", 8, 3)
+    results = []
+    for threads in ("1", "2", "5"):
+        monkeypatch.setenv("INERTIA_NUM_THREADS", threads)
+        optimizer = inertia.SGD(learning_rate=0.1, momentum=0.9, use_ema=True, **clip)
+        variables = make_variables(values, "numpy")
+        for step in grads:
+            optimizer.apply(step, variables)
+        results.append(state(optimizer, variables))
+    assert spy.done["sgd_step"] == 3 * warm_calls(3)
+    assert_bitwise(results[0], results[1], "1 vs 2 threads")
+    assert_bitwise(results[0], results[2], "1 vs 5 threads")
+
+
 # ----------------------------------------------------------------------------------------
 # 3. torch CPU == NumPy on the fast path
 # ----------------------------------------------------------------------------------------
@@ -865,7 +905,7 @@ def _raw_step(module, weights, grads, velocities=None, *, is_double=0, mode=0, l
     )
 
 
-@pytest.mark.parametrize("problem", ["dtype", "shape", "non_contiguous", "size", "no_velocity"])
+@pytest.mark.parametrize("problem", ["dtype", "shape", "non_contiguous", "size", "no_velocity", "byteswapped", "unaligned"])
 def test_raw_sgd_step_rejects_what_does_not_fit(problem):
     module = _kernel_module()
     rng = np.random.default_rng(8)
@@ -887,10 +927,29 @@ def test_raw_sgd_step_rejects_what_does_not_fit(problem):
         g[1] = np.asfortranarray(g[1])
     elif problem == "size":
         g[1] = g[1].ravel()[:5].copy().reshape(5)
+    elif problem == "byteswapped":
+        g[1] = g[1].astype(">f4")
+    elif problem == "unaligned":
+        raw = np.frombuffer(bytearray(4 * 6 + 1), dtype=np.uint8)[1:]
+        g[1] = raw.view(np.float32).reshape(2, 3)
+        assert not g[1].flags.aligned
     else:
         kwargs = dict(mode=1, momentum=0.9)
     assert _raw_step(module, w, g, **kwargs) is False
     assert_bitwise([("w", x) for x in before], [("w", x) for x in w], problem)  # not even the first tensor
+
+
+def test_raw_sgd_step_takes_arrays_and_buffers_and_releases_them():
+    """NumPy arrays are read through NumPy's C API and held only during the call; other
+    buffers (a memoryview here) through the buffer protocol."""
+    module = _kernel_module()
+    w = [np.zeros(3, np.float32), np.zeros((2, 2), np.float32)]
+    g = [np.ones(3, np.float32), np.full((2, 2), 2.0, np.float32)]
+    counts = [sys.getrefcount(x) for x in w + g]
+    assert _raw_step(module, w, [g[0], memoryview(g[1])], lr=0.5) is True
+    assert _raw_step(module, w, [g[0], g[1].reshape(4)], lr=0.5, shapes=[(3,), (2, 2)]) is False
+    assert [sys.getrefcount(x) for x in w + g] == counts
+    assert np.array_equal(w[0], np.full(3, -0.5, np.float32)) and np.array_equal(w[1], np.full((2, 2), -1.0, np.float32))
 
 
 def test_raw_sgd_step_float64_and_read_only_weights():

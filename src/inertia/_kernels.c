@@ -18,13 +18,15 @@
  *     w = w - g * lr                                   (no momentum)
  *     E = em * E + (1 - em) * w                        (EMA of the new weights)
  *
- * Large tensors are cut into chunks and the chunks of all tensors are shared between threads;
- * a small tensor is one chunk, so its norm and its update run back to back while it is in
- * cache. Norm sums are per chunk, in double, added in chunk order: the result does not depend
- * on the number of threads.
+ * Large tensors are cut into chunks, small neighbouring tensors are grouped, and the tasks are
+ * shared between threads. A small tensor's norm and its update run back to back while it is
+ * in cache. Norm sums are per chunk, in double, added in chunk order: the result does not
+ * depend on the number of threads.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <numpy/arrayobject.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -38,8 +40,11 @@
 enum { MODE_NONE = 0, MODE_PLAIN = 1, MODE_NESTEROV = 2 };
 enum { CLIP_NONE = 0, CLIP_NORM = 1, CLIP_GLOBAL = 2, CLIP_VALUE = 3 };
 
+/* A task is either a run of whole small tensors [first, last] (first < last or a tensor of at
+ * most CHUNK elements), or one chunk [start, end) of a large tensor (first == last). Grouping
+ * small tensors keeps each thread streaming through neighbouring arrays instead of hopping. */
 typedef struct {
-    Py_ssize_t tensor;
+    Py_ssize_t first, last;
     int64_t start, end;
 } Task;
 
@@ -49,12 +54,14 @@ typedef struct {
     char **w, **g, **v, **e, **a;
     const int64_t *sizes;
     const unsigned char *decay;
-    double *clip_mul, *clip_div, *sums;
+    double *clip_mul, *clip_div;
+    double *chunk_sums;  /* per task, for chunks of large tensors */
+    double *tensor_sums; /* per tensor, for small (unchunked) tensors */
     double unscale, lo, hi, lr, momentum, wd, ema_momentum, steps, clipnorm;
     Task *tasks;
     Py_ssize_t ntasks;
     Py_ssize_t next;
-    int phase; /* 0: norm sums of chunked tensors; 1: the update; 2: an accumulation micro-step */
+    int phase; /* 0: norm sums (chunks; every tensor for global_clipnorm); 1: the update; 2: an accumulation micro-step */
 } Job;
 
 /* ---- the per-element pipeline, instantiated per dtype and per constant flag set ---- */
@@ -183,36 +190,58 @@ DEFINE_KERNELS(double, f64, sqrt)
 
 /* ---- threads ---- */
 
+static void accumulate_range(Job *job, Py_ssize_t t, int64_t start, int64_t end)
+{
+    if (job->is_double) {
+        double *A = (double *)job->a[t];
+        const double *G = (const double *)job->g[t];
+        for (int64_t i = start; i < end; i++) A[i] = G[i] + A[i];
+    } else {
+        float *A = (float *)job->a[t];
+        const float *G = (const float *)job->g[t];
+        for (int64_t i = start; i < end; i++) A[i] = G[i] + A[i];
+    }
+}
+
+static double sum_squares(const Job *job, Py_ssize_t t, int64_t start, int64_t end)
+{
+    return job->is_double ? sum_squares_f64(job, t, start, end) : sum_squares_f32(job, t, start, end);
+}
+
+static void update_range(Job *job, Py_ssize_t t, int64_t start, int64_t end)
+{
+    if (job->is_double)
+        dispatch_f64(job, t, start, end);
+    else
+        dispatch_f32(job, t, start, end);
+}
+
 static void run_task(Job *job, const Task *task)
 {
-    Py_ssize_t t = task->tensor;
-    if (job->phase == 2) {
-        if (job->is_double) {
-            double *A = (double *)job->a[t];
-            const double *G = (const double *)job->g[t];
-            for (int64_t i = task->start; i < task->end; i++) A[i] = G[i] + A[i];
+    if (task->first == task->last && job->sizes[task->first] > CHUNK) { /* a chunk of a large tensor */
+        Py_ssize_t t = task->first;
+        if (job->phase == 0)
+            job->chunk_sums[task - job->tasks] = sum_squares(job, t, task->start, task->end);
+        else if (job->phase == 1)
+            update_range(job, t, task->start, task->end);
+        else
+            accumulate_range(job, t, task->start, task->end);
+        return;
+    }
+    for (Py_ssize_t t = task->first; t <= task->last; t++) {
+        int64_t size = job->sizes[t];
+        if (job->phase == 0) {
+            if (job->clip == CLIP_GLOBAL) job->tensor_sums[t] = sum_squares(job, t, 0, size);
+        } else if (job->phase == 1) {
+            if (job->clip == CLIP_NORM) {
+                double sum = sum_squares(job, t, 0, size);
+                job->clip_div[t] = job->is_double ? clip_divisor_f64(sum, job->clipnorm) : clip_divisor_f32(sum, job->clipnorm);
+            }
+            update_range(job, t, 0, size);
         } else {
-            float *A = (float *)job->a[t];
-            const float *G = (const float *)job->g[t];
-            for (int64_t i = task->start; i < task->end; i++) A[i] = G[i] + A[i];
+            accumulate_range(job, t, 0, size);
         }
-        return;
     }
-    int chunked = !(task->start == 0 && task->end == job->sizes[t]);
-    if (job->phase == 0) {
-        if (chunked || job->clip == CLIP_GLOBAL)
-            job->sums[task - job->tasks] = job->is_double ? sum_squares_f64(job, t, task->start, task->end)
-                                                          : sum_squares_f32(job, t, task->start, task->end);
-        return;
-    }
-    if (job->clip == CLIP_NORM && !chunked) {
-        double sum = job->is_double ? sum_squares_f64(job, t, 0, task->end) : sum_squares_f32(job, t, 0, task->end);
-        job->clip_div[t] = job->is_double ? clip_divisor_f64(sum, job->clipnorm) : clip_divisor_f32(sum, job->clipnorm);
-    }
-    if (job->is_double)
-        dispatch_f64(job, t, task->start, task->end);
-    else
-        dispatch_f32(job, t, task->start, task->end);
 }
 
 static void *worker(void *arg)
@@ -237,7 +266,8 @@ static void run_phase(Job *job, int phase, int threads)
     for (int k = 0; k < started; k++) pthread_join(ids[k], NULL);
 }
 
-/* Every tensor cut into chunks of at most CHUNK elements (a small tensor is one task). */
+/* Large tensors cut into chunks of CHUNK elements; runs of small tensors grouped up to CHUNK
+ * elements (a task never mixes the two). */
 static Task *make_tasks(const int64_t *sizes, Py_ssize_t count, Py_ssize_t *ntasks)
 {
     Py_ssize_t n = 0;
@@ -245,16 +275,26 @@ static Task *make_tasks(const int64_t *sizes, Py_ssize_t count, Py_ssize_t *ntas
     Task *tasks = malloc((size_t)(n + 1) * sizeof(Task));
     if (!tasks) return NULL;
     n = 0;
+    int64_t group = -1; /* elements in the open group of small tensors; -1: none open */
     for (Py_ssize_t t = 0; t < count; t++) {
-        int64_t start = 0;
-        do {
-            int64_t end = sizes[t] - start > CHUNK ? start + CHUNK : sizes[t];
-            tasks[n].tensor = t;
-            tasks[n].start = start;
-            tasks[n].end = end;
+        if (sizes[t] > CHUNK) {
+            group = -1;
+            for (int64_t start = 0; start < sizes[t]; start += CHUNK) {
+                tasks[n].first = tasks[n].last = t;
+                tasks[n].start = start;
+                tasks[n].end = sizes[t] - start > CHUNK ? start + CHUNK : sizes[t];
+                n++;
+            }
+        } else if (group >= 0 && group + sizes[t] <= CHUNK) {
+            tasks[n - 1].last = t;
+            group += sizes[t];
+        } else {
+            tasks[n].first = tasks[n].last = t;
+            tasks[n].start = 0;
+            tasks[n].end = sizes[t];
             n++;
-            start = end;
-        } while (start < sizes[t]);
+            group = sizes[t];
+        }
     }
     *ntasks = n;
     return tasks;
@@ -272,18 +312,30 @@ static int useful_threads(int threads, const Job *job)
 
 /* ---- argument checks: everything is validated before anything is written ---- */
 
+/* What a call holds while it runs: a buffer view, or a reference to a NumPy array. */
+enum { HELD_NONE = 0, HELD_VIEW = 1, HELD_ARRAY = 2 };
 typedef struct {
     Py_buffer views[5];
     int held[5];
 } Held;
 
-/* An address (int) or a writable/readable C-contiguous buffer of `size` elements of the
- * dtype; for buffers, the shape must equal `shape` (ndim, dims...). Returns 0 when not
+static void release(Held *held, int k)
+{
+    if (held->held[k] == HELD_VIEW) PyBuffer_Release(&held->views[k]);
+    if (held->held[k] == HELD_ARRAY) Py_DECREF((PyObject *)held->views[k].obj);
+    held->held[k] = HELD_NONE;
+}
+
+/* An address (int), a NumPy array, or a C-contiguous buffer of `size` elements of the dtype
+ * (writable when `writable`); for arrays and buffers, the shape must equal `shape` (ndim,
+ * dims...) when given. NumPy arrays are read through NumPy's C API (a few field reads instead
+ * of a buffer export: this runs for every gradient of every step). Returns 0 when not
  * applicable. */
 static int pointer_of(PyObject *item, int is_double, int64_t size, const int64_t *shape, int writable, char **out,
-                      Py_buffer *view, int *held)
+                      Held *held, int k)
 {
-    *held = 0;
+    Py_buffer *view = &held->views[k];
+    held->held[k] = HELD_NONE;
     if (PyLong_Check(item)) {
         void *address = PyLong_AsVoidPtr(item);
         if (address == NULL) {
@@ -293,12 +345,29 @@ static int pointer_of(PyObject *item, int is_double, int64_t size, const int64_t
         *out = (char *)address;
         return 1;
     }
+    if (PyArray_Check(item)) {
+        PyArrayObject *array = (PyArrayObject *)item;
+        int flags = NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | (writable ? NPY_ARRAY_WRITEABLE : 0);
+        if (PyArray_TYPE(array) != (is_double ? NPY_FLOAT64 : NPY_FLOAT32) || !PyArray_ISNOTSWAPPED(array) ||
+            !PyArray_CHKFLAGS(array, flags) || PyArray_SIZE(array) != size)
+            return 0;
+        if (shape != NULL) {
+            if (PyArray_NDIM(array) != shape[0]) return 0;
+            for (int d = 0; d < shape[0]; d++)
+                if (PyArray_DIM(array, d) != shape[d + 1]) return 0;
+        }
+        Py_INCREF(item); /* kept alive (and unresizable) while the threads run without the GIL */
+        view->obj = item;
+        held->held[k] = HELD_ARRAY;
+        *out = (char *)PyArray_DATA(array);
+        return 1;
+    }
     int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
     if (PyObject_GetBuffer(item, view, flags) != 0) {
         PyErr_Clear();
         return 0;
     }
-    *held = 1;
+    held->held[k] = HELD_VIEW;
     const char *format = view->format ? view->format : "B";
     if (format[0] == '=' || format[0] == '@' || format[0] == '<') format++;
     Py_ssize_t itemsize = is_double ? 8 : 4;
@@ -306,8 +375,8 @@ static int pointer_of(PyObject *item, int is_double, int64_t size, const int64_t
         return 0;
     if (shape != NULL) {
         if (view->ndim != shape[0]) return 0;
-        for (int k = 0; k < view->ndim; k++)
-            if (view->shape[k] != shape[k + 1]) return 0;
+        for (int d = 0; d < view->ndim; d++)
+            if (view->shape[d] != shape[d + 1]) return 0;
     }
     *out = (char *)view->buf;
     return 1;
@@ -386,8 +455,7 @@ static PyObject *sgd_step(PyObject *self, PyObject *args)
             if (lists[k] == Py_None) continue;
             PyObject *item = PyList_GET_ITEM(lists[k], t);
             const int64_t *shape = k == 1 ? shapes + offsets[t] : NULL;
-            fits = pointer_of(item, is_double, sizes[t], shape, k != 1, &pointers[k * count + t], &held[t].views[k],
-                              &held[t].held[k]);
+            fits = pointer_of(item, is_double, sizes[t], shape, k != 1, &pointers[k * count + t], &held[t], k);
         }
     }
     if (mode != MODE_NONE && lists[2] == Py_None) fits = 0;
@@ -433,40 +501,46 @@ static PyObject *sgd_step(PyObject *self, PyObject *args)
         job.clip_div[t] = 1.0;
     }
     threads = useful_threads(threads, &job);
+    int needs_sums = clip == CLIP_GLOBAL;
+    for (Py_ssize_t t = 0; t < count && !needs_sums; t++) needs_sums = clip == CLIP_NORM && sizes[t] > CHUNK;
+    if (needs_sums) {
+        job.chunk_sums = calloc((size_t)n + 1, sizeof(double));
+        job.tensor_sums = calloc((size_t)count + 1, sizeof(double));
+        if (!job.chunk_sums || !job.tensor_sums) {
+            free(job.chunk_sums);
+            free(job.tensor_sums);
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
 
     Py_BEGIN_ALLOW_THREADS
-    int needs_sums = clip == CLIP_GLOBAL;
-    for (Py_ssize_t k = 0; k < n && !needs_sums; k++)
-        needs_sums = clip == CLIP_NORM && !(tasks[k].start == 0 && tasks[k].end == sizes[tasks[k].tensor]);
     if (needs_sums) {
-        job.sums = calloc((size_t)n, sizeof(double));
-        double *per_tensor = calloc((size_t)count + 1, sizeof(double));
-        if (job.sums && per_tensor) {
-            run_phase(&job, 0, threads);
-            for (Py_ssize_t k = 0; k < n; k++) per_tensor[tasks[k].tensor] += job.sums[k];
-            if (clip == CLIP_GLOBAL) {
-                double scale = is_double ? global_scale_f64(per_tensor, count, clipnorm)
-                                         : global_scale_f32(per_tensor, count, clipnorm);
-                for (Py_ssize_t t = 0; t < count; t++) job.clip_mul[t] = scale;
-            } else {
-                for (Py_ssize_t t = 0; t < count; t++)
-                    if (sizes[t] > CHUNK)
-                        job.clip_div[t] = is_double ? clip_divisor_f64(per_tensor[t], clipnorm)
-                                                    : clip_divisor_f32(per_tensor[t], clipnorm);
-            }
+        run_phase(&job, 0, threads);
+        /* chunk sums added in chunk order: the same total for any number of threads */
+        for (Py_ssize_t k = 0; k < n; k++)
+            if (sizes[tasks[k].first] > CHUNK) job.tensor_sums[tasks[k].first] += job.chunk_sums[k];
+        if (clip == CLIP_GLOBAL) {
+            double scale = is_double ? global_scale_f64(job.tensor_sums, count, clipnorm)
+                                     : global_scale_f32(job.tensor_sums, count, clipnorm);
+            for (Py_ssize_t t = 0; t < count; t++) job.clip_mul[t] = scale;
+        } else {
+            for (Py_ssize_t t = 0; t < count; t++)
+                if (sizes[t] > CHUNK)
+                    job.clip_div[t] = is_double ? clip_divisor_f64(job.tensor_sums[t], clipnorm)
+                                                : clip_divisor_f32(job.tensor_sums[t], clipnorm);
         }
-        free(per_tensor);
     }
     run_phase(&job, 1, threads);
-    free(job.sums);
+    free(job.chunk_sums);
+    free(job.tensor_sums);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_True);
 
 done:
     if (held)
         for (Py_ssize_t t = 0; t < count; t++)
-            for (int k = 0; k < 5; k++)
-                if (held[t].held[k]) PyBuffer_Release(&held[t].views[k]);
+            for (int k = 0; k < 5; k++) release(&held[t], k);
     free(held);
     free(pointers);
     free(doubles);
@@ -513,10 +587,9 @@ static PyObject *accumulate(PyObject *self, PyObject *args)
     int fits = pointers && held;
     if (!fits) PyErr_NoMemory();
     for (Py_ssize_t t = 0; t < count && fits; t++) {
-        fits = pointer_of(PyList_GET_ITEM(accumulators, t), is_double, sizes[t], NULL, 1, &pointers[t],
-                          &held[t].views[0], &held[t].held[0]) &&
+        fits = pointer_of(PyList_GET_ITEM(accumulators, t), is_double, sizes[t], NULL, 1, &pointers[t], &held[t], 0) &&
                pointer_of(PyList_GET_ITEM(grads, t), is_double, sizes[t], shapes + offsets[t], 0, &pointers[count + t],
-                          &held[t].views[1], &held[t].held[1]);
+                          &held[t], 1);
     }
     if (pointers && held) {
         Py_ssize_t n = 0;
@@ -544,8 +617,7 @@ static PyObject *accumulate(PyObject *self, PyObject *args)
     }
     if (held)
         for (Py_ssize_t t = 0; t < count; t++)
-            for (int k = 0; k < 2; k++)
-                if (held[t].held[k]) PyBuffer_Release(&held[t].views[k]);
+            for (int k = 0; k < 2; k++) release(&held[t], k);
     free(held);
     free(pointers);
     PyBuffer_Release(&sizes_view);
@@ -623,4 +695,8 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_inertia_kernels", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__inertia_kernels(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__inertia_kernels(void)
+{
+    import_array();
+    return PyModule_Create(&module);
+}

@@ -3,8 +3,9 @@
 The kernels are compiled on first use with the machine's C compiler (``$CC``, else ``cc``)
 for this CPU, and cached on disk, so a second process loads them in milliseconds. The cache
 lives in ``$INERTIA_CACHE_DIR``, else ``$XDG_CACHE_HOME/inertia``, else ``~/.cache/inertia``;
-its key covers the source, the compiler and its flags, the Python ABI and the CPU, so a
-changed source or a different machine never loads a stale build. A build is written to a
+its key covers the source, the compiler and its flags, the Python ABI, NumPy's version (the
+kernels read arrays through NumPy's C API) and the CPU, so a changed source or a different
+machine never loads a stale build. A build is written to a
 temporary file and renamed into place, so concurrent processes never load half a file.
 
 Without a compiler (or with ``INERTIA_KERNELS=0``), :func:`load` returns None and every
@@ -118,6 +119,9 @@ def _build_and_import() -> ModuleType:
     include = sysconfig.get_paths().get("include") or ""
     if not (Path(include) / "Python.h").exists():
         raise _Unavailable(f"Python headers not found in {include!r}")
+    import numpy
+
+    numpy_include = numpy.get_include()
     compiler = _compiler()
     try:
         version = subprocess.run(compiler + ["--version"], capture_output=True, text=True, timeout=30).stdout
@@ -127,12 +131,12 @@ def _build_and_import() -> ModuleType:
     key = hashlib.sha256(
         b"\0".join(
             [text, version.encode(), " ".join(_FLAGS).encode(), sys.version.encode(), suffix.encode(),
-             platform.machine().encode(), _cpu_fingerprint().encode()]
+             numpy.__version__.encode(), platform.machine().encode(), _cpu_fingerprint().encode()]
         )
     ).hexdigest()[:20]
     target = cache_dir() / key / (_MODULE_NAME + suffix)
     if not target.exists():
-        _compile(compiler, source, include, target)
+        _compile(compiler, source, [include, numpy_include], target)
     spec = importlib.util.spec_from_file_location(_MODULE_NAME, target)
     if spec is None or spec.loader is None:
         raise _Unavailable(f"cannot load {target}")
@@ -144,14 +148,14 @@ def _build_and_import() -> ModuleType:
     return module
 
 
-def _compile(compiler: list[str], source: Path, include: str, target: Path) -> None:
+def _compile(compiler: list[str], source: Path, includes: list[str], target: Path) -> None:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
         os.close(handle)
     except OSError as error:
         raise _Unavailable(f"cache directory {target.parent} is not writable: {error}") from None
-    command = compiler + _FLAGS + [f"-I{include}", str(source), "-o", temporary]
+    command = compiler + _FLAGS + [f"-I{path}" for path in includes] + [str(source), "-o", temporary]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=300)
         if done.returncode != 0:

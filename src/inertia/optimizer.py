@@ -215,6 +215,7 @@ class Optimizer:
         self._compiled_steps: dict = {}
         self._fused_plan: Any = None
         self._compiled_fast: Optional[_CompiledStep] = None
+        self._retrace_allowed = False
         self._iterations = self.add_variable((), initializer="zeros", dtype=self._iterations_dtype, name=self._iterations_name)
         self._learning_rate_given: Optional[float] = None
         self._learning_rate: Any = None
@@ -617,6 +618,8 @@ class Optimizer:
             chosen = [trainables[i] for i in indices]
 
             def pure(own_values: list, trainable_values: list, gradients: list) -> tuple[list, list]:
+                if not self._retrace_allowed:
+                    raise _Retrace  # a repeat met gradients of another structure, shape or dtype
                 with _values_swapped(own + trainables, own_values + trainable_values, copy=False):
                     self._apply_prepared(list(gradients), chosen)
                     return [v.value for v in own], [v.value for v in trainables]
@@ -626,17 +629,21 @@ class Optimizer:
             # that no array the caller still holds (an initial value, say) is invalidated.
             for variable in own + trainables:
                 variable._value = self._backend.copy(variable._value)
-        self._run_compiled(step, own, trainables, grads)
+        self._retrace_allowed = True  # these gradients were validated
+        try:
+            self._run_compiled(step, own, trainables, grads)
+        finally:
+            self._retrace_allowed = False
         self._compiled_fast = None if targets is _NOT_REPEATABLE else _CompiledStep(
             step, None if targets is None else list(targets), own, trainables, constants, self._learning_rate,
-            [v.shape for v in variables], [v.dtype for v in variables],
+            len(variables),
         )
 
     def _compiled_constants(self) -> tuple:
         return tuple(getattr(self, name, None) for name in self._compiled_attributes)
 
     def _run_compiled(self, step: Callable, own: list, trainables: list, grads: list) -> None:
-        own_values, trainable_values = step([v._value for v in own], [v._value for v in trainables], grads)
+        own_values, trainable_values = step(list(map(_value_of, own)), list(map(_value_of, trainables)), grads)
         for variable, value in zip(own, own_values):
             variable._value = value
         for variable, value in zip(trainables, trainable_values):
@@ -644,12 +651,17 @@ class Optimizer:
 
     def _apply_compiled_again(self, grads: list, trainable_variables: Optional[Sequence[Any]]) -> bool:
         """Repeat the last compiled step with new gradients, skipping the per-variable Python
-        work, when nothing it depends on changed; False (nothing done) otherwise."""
+        work, when nothing it depends on changed; False (nothing done) otherwise.
+
+        Gradients of the backend's own type are all it checks here: the compiled step was
+        traced for gradients that passed the full validation, and gradients of any other
+        structure, shape or dtype would make it trace again, which it refuses (``_Retrace``)
+        before anything runs, so that the full path validates them."""
         last = self._compiled_fast
         if last is None or any(g is None for g in grads):  # not `None in grads`: that calls ==
             return False
         if trainable_variables is None:
-            if last.targets is not None or len(grads) != len(last.shapes) or len(grads) != len(self._trainable_variables):
+            if last.targets is not None or len(grads) != last.count or len(grads) != len(self._trainable_variables):
                 return False
         elif last.targets is None or not _same_objects(last.targets, trainable_variables):
             return False
@@ -658,10 +670,13 @@ class Optimizer:
             or self._compiled_constants() != last.constants
             or len(self._all_variables()) != len(last.own)
             or self._backend.is_traced(self._iterations.value)
-            or not self._backend.matches(grads, last.shapes, last.dtypes)
+            or not self._backend.are_native(grads)
         ):
             return False
-        self._run_compiled(last.step, last.own, last.trainables, grads)
+        try:
+            self._run_compiled(last.step, last.own, last.trainables, grads)
+        except _Retrace:
+            return False
         return True
 
     def _prepare(self, grads: list, trainable_variables: Optional[Sequence[Any]]) -> tuple[list, list[Variable]]:
@@ -1087,6 +1102,11 @@ class Optimizer:
 # helpers
 # ----------------------------------------------------------------------------------------
 _NOT_REPEATABLE = object()  # a step with missing gradients: never repeated blindly
+_value_of = operator.attrgetter("_value")
+
+
+class _Retrace(Exception):
+    """A repeated compiled step was called with gradients it was not traced for."""
 
 
 class _CompiledStep(NamedTuple):
@@ -1098,8 +1118,7 @@ class _CompiledStep(NamedTuple):
     trainables: list
     constants: tuple
     learning_rate: Any
-    shapes: list
-    dtypes: list
+    count: int  # gradients it takes
 
 
 def _same_objects(left: Sequence[Any], right: Sequence[Any]) -> bool:

@@ -76,6 +76,7 @@ def sgd_update(
     l2_weight_decay: Any = None,
     dampening: float = 0.0,
     add_scaled: Optional[Callable[[Any, Any, Any], Any]] = None,
+    add: Optional[Callable[[Any, Any], Any]] = None,
 ) -> Tuple[Any, Optional[Any]]:
     """One SGD step for one parameter: returns ``(new_weight, new_buffer)``.
 
@@ -84,7 +85,8 @@ def sgd_update(
     missing buffer counts as zeros. Hyperparameters are scalars the caller has typed: arrays
     of the weight's dtype (Keras, MLX's learning rate) or Python floats (torch's, which its
     kernels take as ``alpha``). ``dampening`` is a Python float; ``1 - dampening`` is formed
-    in double precision, as torch and MLX form it.
+    in double precision, as torch and MLX form it. ``add(y, x)``, when given, forms the Keras
+    form's ``w + v`` (a backend's bitwise-equal phrasing; see ``ArrayBackend.add``).
 
     Example (Keras form, lr 0.1, momentum 0.9, from w=1 with g=w):
         >>> import numpy as np
@@ -105,18 +107,18 @@ def sgd_update(
         velocity = buffer * momentum - gradient * learning_rate
         if rule.nesterov:
             return weight + (velocity * momentum - gradient * learning_rate), velocity
-        return weight + velocity, velocity
+        return (add(weight, velocity) if add is not None else weight + velocity), velocity
 
-    add = add_scaled or _add_scaled
+    axpy = add_scaled or _add_scaled
     if rule.maximize:
         gradient = -gradient
     if l2_weight_decay is not None:
-        gradient = add(gradient, weight, l2_weight_decay)
+        gradient = axpy(gradient, weight, l2_weight_decay)
     if momentum is None:
-        return add(weight, gradient, -learning_rate), None
+        return axpy(weight, gradient, -learning_rate), None
     if buffer is None:
         buffer = gradient if rule.buffer_starts_with_gradient else gradient * (1.0 - dampening)
     else:
-        buffer = add(buffer * momentum, gradient, 1.0 - dampening)
-    direction = add(gradient, buffer, momentum) if rule.nesterov else buffer
-    return add(weight, direction, -learning_rate), buffer
+        buffer = axpy(buffer * momentum, gradient, 1.0 - dampening)
+    direction = axpy(gradient, buffer, momentum) if rule.nesterov else buffer
+    return axpy(weight, direction, -learning_rate), buffer

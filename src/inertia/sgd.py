@@ -110,7 +110,8 @@ class SGD(Optimizer):
         slot = self.momentums[self._get_variable_index(variable)] if self.momentums else None
         momentum = self._momentum_scalar(variable) if slot is not None else None
         weight, velocity = sgd_update(
-            self._rule, variable.value, ops.cast(gradient, dtype), slot.value if slot is not None else None, lr, momentum
+            self._rule, variable.value, ops.cast(gradient, dtype), slot.value if slot is not None else None, lr, momentum,
+            add=ops.add,
         )
         if slot is not None:
             slot.assign(velocity)

@@ -203,6 +203,95 @@ def test_eager_apply_compiles_once_and_equals_the_uncompiled_path(jax, jnp):
     assert len(compiled._compiled_steps) == 2 and compiled.update_calls == 3
 
 
+def _snapshot(optimizer, variables):
+    return [np.array(v.numpy(), copy=True) for v in list(variables) + list(optimizer.variables)]
+
+
+def _float32_pair(jnp):
+    variables = [inertia.Variable(jnp.asarray([1.0, -2.0, 3.0], "float32"), name="w"),
+                 inertia.Variable(jnp.asarray([[0.5, 0.25]], "float32"), name="b")]
+    grads = [jnp.asarray([0.1, 0.2, -0.3], "float32"), jnp.asarray([[1.0, -1.0]], "float32")]
+    return variables, grads
+
+
+@pytest.mark.parametrize(
+    "bad_grads, error",
+    [
+        (lambda jnp, g: [jnp.ones(4, "float32"), g[1]], ValueError),  # another shape
+        (lambda jnp, g: [g[0]], ValueError),  # a gradient missing
+        (lambda jnp, g: [np.asarray(g[0]), g[1]], TypeError),  # a NumPy array for a JAX variable
+        (lambda jnp, g: [g[0].astype("float64"), g[1]], None),  # another dtype: whatever the full path does
+        (lambda jnp, g: [g[0].reshape(1, 3), g[1]], ValueError),  # same size, another shape
+    ],
+    ids=["shape", "count", "numpy", "dtype", "reshaped"],
+)
+def test_a_repeated_compiled_step_sends_other_gradients_through_the_full_path(jax, jnp, bad_grads, error):
+    """After the first step, a step repeats the compiled program checking only the gradients'
+    type; other shapes, dtypes or counts would make it trace again, which it refuses before
+    anything runs. Such a step then behaves exactly as with ``jit_compile=False``: the same
+    error with nothing changed, or the same numbers."""
+    outcomes = {}
+    for jit_compile in (True, False):
+        variables, grads = _float32_pair(jnp)
+        optimizer = inertia.SGD(learning_rate=0.1, momentum=0.9, jit_compile=jit_compile)
+        for _ in range(2):
+            optimizer.apply(grads, variables)
+        before = _snapshot(optimizer, variables)
+        try:
+            optimizer.apply(bad_grads(jnp, grads), variables)
+            outcomes[jit_compile] = ("done", _snapshot(optimizer, variables))
+        except (TypeError, ValueError) as caught:
+            for got, want in zip(_snapshot(optimizer, variables), before):
+                np.testing.assert_array_equal(got, want)  # nothing changed
+            outcomes[jit_compile] = (type(caught), str(caught))
+        if jit_compile:
+            (step,) = optimizer._compiled_steps.values()
+            traced = step._cache_size()
+            optimizer.apply(grads, variables)  # the usual gradients still repeat the step
+            assert step._cache_size() == traced and optimizer._compiled_fast is not None
+    if error is not None:
+        assert outcomes[True][0] is error
+        assert outcomes[True] == outcomes[False]
+    else:
+        assert outcomes[True][0] == outcomes[False][0]
+        if outcomes[True][0] == "done":
+            for got, want in zip(outcomes[True][1], outcomes[False][1]):
+                np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_a_repeated_compiled_step_runs_without_tracing_again(jax, jnp, monkeypatch):
+    variables, grads = _float32_pair(jnp)
+    optimizer = inertia.SGD(learning_rate=0.1, momentum=0.9)
+    optimizer.apply(grads, variables)
+    full_path = []
+    monkeypatch.setattr(optimizer, "_prepare", lambda *a: full_path.append(a) or inertia.SGD._prepare(optimizer, *a))
+    for _ in range(3):
+        optimizer.apply([g * 2 for g in grads], variables)
+    assert full_path == [] and int(optimizer.iterations.numpy()) == 4
+    (step,) = optimizer._compiled_steps.values()
+    assert step._cache_size() == 1
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_jax_backend_add_is_bitwise_plus(jax, jnp, dtype):
+    """``w + v`` is phrased ``w - v * -1`` for XLA:CPU's sake; the bits must not change
+    (compared with JAX's own ``+``, eager and jitted: XLA flushes subnormals either way)."""
+    from inertia.backend import jax as jax_backend
+
+    info = np.finfo(dtype)
+    special = [0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, np.nan, info.tiny, -info.tiny, info.smallest_subnormal,
+               info.max, -info.max, 1e-3, 3.0, 2.5e-3]
+    y = jnp.asarray([a for a in special for _ in special], dtype)
+    x = jnp.asarray([b for _ in special for b in special], dtype)
+    add, plus = jax_backend.BACKEND.add, lambda a, b: a + b
+    for got, want in ((add(y, x), plus(y, x)), (jax.jit(add)(y, x), jax.jit(plus)(y, x))):
+        got, want = np.asarray(got), np.asarray(want)
+        assert got.dtype == want.dtype
+        assert np.array_equal(np.isnan(got), np.isnan(want)) and np.isnan(want).sum() > 0
+        finite = ~np.isnan(want)
+        assert np.array_equal(got[finite].view(f"u{got.itemsize}"), want[finite].view(f"u{want.itemsize}"))
+
+
 def test_callable_learning_rate_is_called_every_eager_step(jax, jnp):
     """A plain callable may read Python state: it must not be frozen into a compiled step."""
     results = {}

@@ -95,6 +95,10 @@ class ArrayBackend(ABC):
     @abstractmethod
     def where(self, condition: Array, x: Any, y: Any) -> Array: ...
 
+    def add(self, y: Array, x: Array) -> Array:
+        """``y + x``, elementwise; a backend may phrase it differently for speed, with the same bits."""
+        return y + x
+
     @abstractmethod
     def all_finite(self, arrays: Sequence[Array]) -> bool:
         """Whether every element of every array is finite (a host bool)."""
@@ -112,9 +116,10 @@ class ArrayBackend(ABC):
         ``donate_argnums`` donated); identity where eager is best."""
         return function
 
-    def matches(self, arrays: Sequence[Any], shapes: Sequence[tuple], dtypes: Sequence[str]) -> bool:
-        """Whether ``arrays`` are this backend's arrays of exactly these shapes and dtypes (the
-        cheap check that lets a compiled step run again without the full validation)."""
+    def are_native(self, arrays: Sequence[Any]) -> bool:
+        """Whether every one of ``arrays`` is this backend's own array type (part of the cheap
+        check that lets a compiled step run again without the full validation; a compiled
+        step checks shapes and dtypes itself)."""
         return False
 
     #: Whether a kernel address of a held array stays valid while the array object lives
