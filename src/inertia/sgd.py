@@ -120,7 +120,13 @@ class SGD(Optimizer):
     def _fused_apply(self, grads: list, trainable_variables: Optional[Sequence[Any]]) -> bool:
         from inertia.fused import fused_apply
 
-        return fused_apply(self, grads, trainable_variables)
+        if fused_apply(self, grads, trainable_variables):
+            return True
+        if self._backend.name == "torch":  # CUDA tensors: torch's multi-tensor kernels
+            from inertia.multi_tensor import multi_tensor_apply
+
+            return multi_tensor_apply(self, grads, trainable_variables)
+        return False
 
     @property
     def _rule(self) -> SGDRule:

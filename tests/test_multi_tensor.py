@@ -1,0 +1,193 @@
+"""The multi-tensor torch path (``inertia.multi_tensor``), the fast path for CUDA tensors.
+
+It runs here on CPU tensors with the path forced (``_ON_CPU_TOO``) and the fused kernel
+switched off, so that every CI machine checks its numbers against the reference path: bitwise,
+except where a norm is involved (clipnorm, global_clipnorm), which torch sums in its own order.
+On a machine with CUDA, the last test runs it on the GPU against the CPU reference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import inertia
+from conftest import requires
+from inertia import kernels, multi_tensor, schedules
+
+SHAPES = [(5, 3), (7,), (), (1,), (130,)]
+STEPS = 6
+NORM_TOLERANCES = {"float64": {"rtol": 1e-12, "atol": 1e-15}, "float32": {"rtol": 1e-6, "atol": 1e-7}}
+CASES = {
+    "plain": dict(learning_rate=0.05),
+    "momentum": dict(momentum=0.9),
+    "nesterov": dict(momentum=0.9, nesterov=True),
+    "weight_decay_excluded": dict(momentum=0.9, weight_decay=0.1),
+    "clipnorm": dict(momentum=0.9, clipnorm=0.5),
+    "global_clipnorm": dict(momentum=0.5, global_clipnorm=1.0),
+    "clipvalue": dict(momentum=0.5, clipvalue=0.1),
+    "loss_scale": dict(momentum=0.9, loss_scale_factor=64.0),
+    "ema_overwrite": dict(momentum=0.9, use_ema=True, ema_momentum=0.8, ema_overwrite_frequency=3),
+    "schedule": dict(learning_rate=schedules.ExponentialDecay(0.1, 2, 0.5), momentum=0.9, nesterov=True),
+    "everything": dict(momentum=0.9, nesterov=True, weight_decay=0.05, clipnorm=1.0, use_ema=True,
+                       ema_momentum=0.7, ema_overwrite_frequency=4, loss_scale_factor=4.0, learning_rate=0.07),
+}
+
+
+@pytest.fixture
+def torch():
+    return requires("torch")
+
+
+@pytest.fixture
+def steps_taken(monkeypatch, torch):
+    """Forces the path on CPU tensors, keeps the fused kernel out, counts the path's steps."""
+    monkeypatch.setattr(multi_tensor, "_ON_CPU_TOO", True)
+    monkeypatch.setattr(kernels, "_tried", True)
+    monkeypatch.setattr(kernels, "_loaded", None)
+    count = [0]
+    original = multi_tensor._step
+
+    def counted(*args):
+        count[0] += 1
+        return original(*args)
+
+    monkeypatch.setattr(multi_tensor, "_step", counted)
+    return count
+
+
+def _data(dtype: str, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    weights = [np.asarray(rng.standard_normal(s), dtype) for s in SHAPES]
+    grads = [[np.asarray(rng.standard_normal(s), dtype) for s in SHAPES] for _ in range(STEPS)]
+    return weights, grads
+
+
+def _run(torch, settings: dict, jit_compile: bool, weights, grads, device="cpu", exclude=None):
+    variables = [inertia.Variable(torch.tensor(w, device=device), name=f"v{i}") for i, w in enumerate(weights)]
+    optimizer = inertia.SGD(jit_compile=jit_compile, **settings)
+    if exclude:
+        optimizer.exclude_from_weight_decay(var_names=exclude)
+    history = []
+    for step in grads:
+        optimizer.apply([torch.tensor(g, device=device) for g in step], variables)
+        history.append([np.array(v.numpy(), copy=True) for v in variables + optimizer.variables])
+    return history
+
+
+def _compare(got_history, want_history, tolerances):
+    for number, (got, want) in enumerate(zip(got_history, want_history), start=1):
+        assert len(got) == len(want)
+        for index, (a, b) in enumerate(zip(got, want)):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            if tolerances is None:
+                assert np.array_equal(a, b), f"step {number}, variable {index}: max diff {np.max(np.abs(a - b))}"
+            else:
+                np.testing.assert_allclose(a, b, err_msg=f"step {number}, variable {index}", **tolerances)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_multi_tensor_path_equals_reference(torch, steps_taken, case, dtype):
+    settings = CASES[case]
+    weights, grads = _data(dtype)
+    exclude = ["v1", "v3"] if settings.get("weight_decay") else None
+    fast = _run(torch, settings, True, weights, grads, exclude=exclude)
+    assert steps_taken[0] == STEPS - 1  # the first step builds through the reference path
+    reference = _run(torch, settings, False, weights, grads, exclude=exclude)
+    assert steps_taken[0] == STEPS - 1
+    norm = settings.get("clipnorm") or settings.get("global_clipnorm")
+    _compare(fast, reference, NORM_TOLERANCES[dtype] if norm else None)
+
+
+def test_the_settings_change_the_numbers(torch, steps_taken):
+    """Equality above means something: each feature moves the weights on this path."""
+    weights, grads = _data("float32")
+    plain = _run(torch, dict(momentum=0.9), True, weights, grads)[-1][:len(SHAPES)]
+    for settings in (dict(nesterov=True), dict(weight_decay=0.1), dict(clipnorm=0.5), dict(global_clipnorm=1.0),
+                     dict(clipvalue=0.1), dict(loss_scale_factor=4.0)):
+        other = _run(torch, dict(momentum=0.9, **settings), True, weights, grads)[-1][:len(SHAPES)]
+        assert not np.array_equal(other[-1], plain[-1]), settings
+
+
+def test_a_new_learning_rate_takes_effect(torch, steps_taken):
+    weights, grads = _data("float64")
+    histories = []
+    for jit_compile in (True, False):
+        variables = [inertia.Variable(torch.tensor(w)) for w in weights]
+        optimizer = inertia.SGD(learning_rate=0.1, momentum=0.9, jit_compile=jit_compile)
+        for number, step in enumerate(grads):
+            if number == 3:
+                optimizer.learning_rate = 0.01
+            optimizer.apply([torch.tensor(g) for g in step], variables)
+        histories.append([v.numpy() for v in variables])
+    assert steps_taken[0] == STEPS - 1
+    for a, b in zip(*histories):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "problem", ["accumulation", "constraint", "missing_gradient", "float16", "dtype_mismatch", "subset_with_ema"]
+)
+def test_what_the_path_does_not_cover_takes_the_reference_path(torch, steps_taken, problem):
+    dtype = "float16" if problem == "float16" else "float32"
+    weights, grads = _data(dtype)
+    settings = dict(momentum=0.9)
+    if problem == "accumulation":
+        settings["gradient_accumulation_steps"] = 2
+    if problem == "subset_with_ema":
+        settings["use_ema"] = True
+    results = []
+    for jit_compile in (True, False):
+        variables = [inertia.Variable(torch.tensor(w), name=f"v{i}") for i, w in enumerate(weights)]
+        if problem == "constraint":
+            variables[1].constraint = lambda v: v * 0.5
+        optimizer = inertia.SGD(jit_compile=jit_compile, **settings)
+        optimizer.build(variables)
+        for step in grads:
+            tensors = [torch.tensor(g) for g in step]
+            targets = variables
+            if problem == "missing_gradient":
+                tensors[2] = None
+            if problem == "dtype_mismatch":
+                tensors[0] = tensors[0].double()
+            if problem == "subset_with_ema":
+                tensors, targets = tensors[:2], variables[:2]
+            with pytest.warns(UserWarning) if problem == "missing_gradient" else _no_warning():
+                optimizer.apply(tensors, targets)
+        results.append([v.numpy() for v in variables + optimizer.variables])
+    assert steps_taken[0] == 0
+    for a, b in zip(*results):
+        assert np.array_equal(a, b)
+
+
+class _no_warning:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_on_cuda_it_equals_the_cpu_reference(torch):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    count = [0]
+    original = multi_tensor._step
+
+    def counted(*args):
+        count[0] += 1
+        return original(*args)
+
+    multi_tensor._step = counted
+    try:
+        for case in ("nesterov", "everything", "global_clipnorm"):
+            for dtype in ("float32", "float64"):
+                weights, grads = _data(dtype, seed=3)
+                before = count[0]
+                fast = _run(torch, CASES[case], True, weights, grads, device="cuda")
+                assert count[0] - before >= STEPS - 1, case
+                reference = _run(torch, CASES[case], False, weights, grads, device="cpu")
+                _compare(fast, reference, NORM_TOLERANCES[dtype])
+    finally:
+        multi_tensor._step = original
