@@ -8,6 +8,8 @@ On a machine with CUDA, the last test runs it on the GPU against the CPU referen
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import numpy as np
 import pytest
 
@@ -39,12 +41,8 @@ def torch():
     return requires("torch")
 
 
-@pytest.fixture
-def steps_taken(monkeypatch, torch):
-    """Forces the path on CPU tensors, keeps the fused kernel out, counts the path's steps."""
-    monkeypatch.setattr(multi_tensor, "_ON_CPU_TOO", True)
-    monkeypatch.setattr(kernels, "_tried", True)
-    monkeypatch.setattr(kernels, "_loaded", None)
+def _count_steps(monkeypatch) -> list:
+    """A one-item list that counts the steps the path takes from now on."""
     count = [0]
     original = multi_tensor._step
 
@@ -54,6 +52,15 @@ def steps_taken(monkeypatch, torch):
 
     monkeypatch.setattr(multi_tensor, "_step", counted)
     return count
+
+
+@pytest.fixture
+def steps_taken(monkeypatch, torch):
+    """Forces the path on CPU tensors, keeps the fused kernel out, counts the path's steps."""
+    monkeypatch.setattr(multi_tensor, "_ON_CPU_TOO", True)
+    monkeypatch.setattr(kernels, "_tried", True)
+    monkeypatch.setattr(kernels, "_loaded", None)
+    return _count_steps(monkeypatch)
 
 
 def _data(dtype: str, seed: int = 0):
@@ -153,7 +160,7 @@ def test_what_the_path_does_not_cover_takes_the_reference_path(torch, steps_take
                 tensors[0] = tensors[0].double()
             if problem == "subset_with_ema":
                 tensors, targets = tensors[:2], variables[:2]
-            with pytest.warns(UserWarning) if problem == "missing_gradient" else _no_warning():
+            with pytest.warns(UserWarning) if problem == "missing_gradient" else nullcontext():
                 optimizer.apply(tensors, targets)
         results.append([v.numpy() for v in variables + optimizer.variables])
     assert steps_taken[0] == 0
@@ -161,33 +168,26 @@ def test_what_the_path_does_not_cover_takes_the_reference_path(torch, steps_take
         assert np.array_equal(a, b)
 
 
-class _no_warning:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def test_on_cuda_it_equals_the_cpu_reference(torch):
+def test_on_cuda_it_equals_the_cpu_reference(torch, monkeypatch):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    count = [0]
-    original = multi_tensor._step
+    count = _count_steps(monkeypatch)
+    for case in ("nesterov", "everything", "global_clipnorm"):
+        for dtype in ("float32", "float64"):
+            weights, grads = _data(dtype, seed=3)
+            before = count[0]
+            fast = _run(torch, CASES[case], True, weights, grads, device="cuda")
+            assert count[0] - before >= STEPS - 1, case
+            reference = _run(torch, CASES[case], False, weights, grads, device="cpu")
+            _compare(fast, reference, NORM_TOLERANCES[dtype])
 
-    def counted(*args):
-        count[0] += 1
-        return original(*args)
 
-    multi_tensor._step = counted
-    try:
-        for case in ("nesterov", "everything", "global_clipnorm"):
-            for dtype in ("float32", "float64"):
-                weights, grads = _data(dtype, seed=3)
-                before = count[0]
-                fast = _run(torch, CASES[case], True, weights, grads, device="cuda")
-                assert count[0] - before >= STEPS - 1, case
-                reference = _run(torch, CASES[case], False, weights, grads, device="cpu")
-                _compare(fast, reference, NORM_TOLERANCES[dtype])
-    finally:
-        multi_tensor._step = original
+def test_cpu_tensors_stay_off_the_path_unless_forced(torch, monkeypatch):
+    """On the CPU the fused kernel is the fast path; steps it declines (here: no kernel)
+    take the reference path, not this one."""
+    monkeypatch.setattr(kernels, "_tried", True)
+    monkeypatch.setattr(kernels, "_loaded", None)
+    count = _count_steps(monkeypatch)
+    weights, grads = _data("float32")
+    _run(torch, CASES["everything"], True, weights, grads)
+    assert count[0] == 0

@@ -312,17 +312,18 @@ static int useful_threads(int threads, const Job *job)
 
 /* ---- argument checks: everything is validated before anything is written ---- */
 
-/* What a call holds while it runs: a buffer view, or a reference to a NumPy array. */
+/* What a call holds while it runs, per tensor and list: a buffer view, or a NumPy array. */
 enum { HELD_NONE = 0, HELD_VIEW = 1, HELD_ARRAY = 2 };
 typedef struct {
     Py_buffer views[5];
+    PyObject *arrays[5];
     int held[5];
 } Held;
 
 static void release(Held *held, int k)
 {
     if (held->held[k] == HELD_VIEW) PyBuffer_Release(&held->views[k]);
-    if (held->held[k] == HELD_ARRAY) Py_DECREF((PyObject *)held->views[k].obj);
+    if (held->held[k] == HELD_ARRAY) Py_DECREF(held->arrays[k]);
     held->held[k] = HELD_NONE;
 }
 
@@ -357,7 +358,7 @@ static int pointer_of(PyObject *item, int is_double, int64_t size, const int64_t
                 if (PyArray_DIM(array, d) != shape[d + 1]) return 0;
         }
         Py_INCREF(item); /* kept alive (and unresizable) while the threads run without the GIL */
-        view->obj = item;
+        held->arrays[k] = item;
         held->held[k] = HELD_ARRAY;
         *out = (char *)PyArray_DATA(array);
         return 1;

@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from inertia import kernels
-from inertia.optimizer import _same_objects
+from inertia.optimizer import _same_objects, _value_of
 
 __all__ = ["fused_apply"]
 
@@ -54,7 +54,6 @@ _STAGES = (
     "_rule",
 )
 _stock_classes: dict[type, bool] = {}
-_value_of = operator.attrgetter("_value")
 
 
 def _is_stock(cls: type) -> bool:
@@ -87,26 +86,38 @@ def _exclusions(optimizer: Any) -> tuple:
     return (optimizer._exclude_from_weight_decay_ids, optimizer._exclude_from_weight_decay_pattern, optimizer.weight_decay)
 
 
-def _make_plan(optimizer: Any, targets: list) -> _Plan:
-    plan = _Plan(targets, _exclusions(optimizer))
+def _stock_targets(optimizer: Any, targets: list) -> Optional[tuple[list, list]]:
+    """(wrappers, slot indices) of ``targets`` when a fast path can run the stock step for
+    them: known variables of one dtype (float32 or float64), without constraints or
+    overwrite-with-gradient, and all of the trainable variables when the EMA or accumulation
+    is on (both cover every trainable variable, not only this list). None otherwise: the
+    reference path runs, and raises what it must."""
     try:
-        optimizer._check_targets(targets)
+        optimizer._check_targets(targets)  # also: one backend
         wrappers = [optimizer._wrapper_of(t) for t in targets]
     except (TypeError, ValueError):
-        return plan  # the reference path raises the proper error
-    if not wrappers:
+        return None
+    if not wrappers or wrappers[0].dtype not in _DTYPES:
+        return None
+    dtype = wrappers[0].dtype
+    if any(w.dtype != dtype or w.constraint is not None or w.overwrite_with_gradient for w in wrappers):
+        return None
+    indices = [optimizer._get_variable_index(w) for w in wrappers]
+    if (optimizer.use_ema or optimizer.gradient_accumulation_steps) and indices != list(
+        range(len(optimizer._trainable_variables))
+    ):
+        return None
+    return wrappers, indices
+
+
+def _make_plan(optimizer: Any, targets: list) -> _Plan:
+    plan = _Plan(targets, _exclusions(optimizer))
+    found = _stock_targets(optimizer, targets)
+    if found is None:
         return plan
+    wrappers, indices = found
     ops = wrappers[0].backend
     dtype = wrappers[0].dtype
-    if dtype not in _DTYPES or any(w.backend is not ops or w.dtype != dtype for w in wrappers):
-        return plan
-    if any(w.constraint is not None or w.overwrite_with_gradient for w in wrappers):
-        return plan
-    indices = [optimizer._get_variable_index(w) for w in wrappers]
-    everything = indices == list(range(len(optimizer._trainable_variables)))
-    # The EMA and the accumulators' reset cover every trainable variable, not only this list.
-    if (optimizer.use_ema or optimizer.gradient_accumulation_steps) and not everything:
-        return plan
     slot_lists = []
     for slots in (
         optimizer.momentums or None,  # the reference updates the slots it built, whatever `momentum` is now

@@ -34,11 +34,10 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from inertia.fused import _is_stock
+from inertia.fused import _is_stock, _stock_targets
 
 __all__ = ["multi_tensor_apply"]
 
-_DTYPES = ("float32", "float64")
 # Tests set this to run the path on CPU tensors (where the fused kernel is the fast path).
 _ON_CPU_TOO = False
 
@@ -47,34 +46,24 @@ def _eligible(optimizer: Any, grads: list, targets: list) -> Optional[tuple]:
     """(torch, wrappers, indices) when this path covers the step; None otherwise."""
     import torch
 
-    try:
-        optimizer._check_targets(targets)
-        wrappers = [optimizer._wrapper_of(t) for t in targets]
-    except (TypeError, ValueError):
-        return None  # the reference path raises the proper error
-    first = wrappers[0]
-    if first.backend.name != "torch" or first.dtype not in _DTYPES:
+    found = _stock_targets(optimizer, targets)
+    if found is None:
         return None
-    device, dtype = first.value.device, first.value.dtype
-    if device.type == "cpu" and not _ON_CPU_TOO:
+    wrappers, indices = found
+    first = wrappers[0].value
+    if wrappers[0].backend.name != "torch":
         return None
+    device, dtype = first.device, first.dtype
     for wrapper, gradient in zip(wrappers, grads):
         value = wrapper.value
         if (
-            wrapper.backend is not first.backend
-            or wrapper.constraint is not None
-            or wrapper.overwrite_with_gradient
-            or value.dtype != dtype
-            or value.device != device
+            value.device != device
             or not isinstance(gradient, torch.Tensor)
             or gradient.dtype != dtype
             or gradient.device != device
             or gradient.shape != value.shape
         ):
             return None
-    indices = [optimizer._get_variable_index(w) for w in wrappers]
-    if optimizer.use_ema and indices != list(range(len(optimizer._trainable_variables))):
-        return None  # the EMA covers every trainable variable, not only this list
     return torch, wrappers, indices
 
 
@@ -86,6 +75,11 @@ def multi_tensor_apply(optimizer: Any, grads: list, trainable_variables: Optiona
     targets = optimizer._trainable_variables if trainable_variables is None else list(trainable_variables)
     # An unbuilt optimizer's first step takes the reference path, which checks and builds.
     if not optimizer.built or not targets or len(grads) != len(targets) or any(g is None for g in grads):
+        return False
+    # Every gradient must sit on the weights' device: a CPU one means a step the CPU kernel
+    # declined (float16, say), which this path leaves to the reference path too.
+    device = getattr(grads[0], "device", None)
+    if getattr(device, "type", "cpu") == "cpu" and not _ON_CPU_TOO:
         return False
     found = _eligible(optimizer, grads, list(targets))
     if found is None:
@@ -157,9 +151,8 @@ def _clip(optimizer: Any, torch: Any, grads: list, own: bool, rounded: Any) -> t
         torch._foreach_div_(grads, denominators)
         return grads, True
     if optimizer.global_clipnorm and optimizer.global_clipnorm > 0:  # g * (c * min(1/|G|, 1/c) + (|G| - |G|))
-        squares = torch._foreach_norm(grads)
-        total = torch.stack(squares).square().sum()
-        norm = torch.sqrt(total)
+        norms = torch._foreach_norm(grads)
+        norm = torch.sqrt(torch.stack(norms).square().sum())
         c, inverse_c = float(rounded(optimizer.global_clipnorm)), float(rounded(1.0 / optimizer.global_clipnorm))
         scale = torch.clamp_max(1 / norm, inverse_c) * c + (norm - norm)
         return torch._foreach_mul(grads, scale), True

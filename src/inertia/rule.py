@@ -66,6 +66,10 @@ def _add_scaled(y: Any, x: Any, alpha: Any) -> Any:
     return y + alpha * x
 
 
+def _add(y: Any, x: Any) -> Any:
+    return y + x
+
+
 def sgd_update(
     rule: SGDRule,
     weight: Any,
@@ -107,7 +111,7 @@ def sgd_update(
         velocity = buffer * momentum - gradient * learning_rate
         if rule.nesterov:
             return weight + (velocity * momentum - gradient * learning_rate), velocity
-        return (add(weight, velocity) if add is not None else weight + velocity), velocity
+        return (add or _add)(weight, velocity), velocity
 
     axpy = add_scaled or _add_scaled
     if rule.maximize:
