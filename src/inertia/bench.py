@@ -531,6 +531,7 @@ def _machine() -> dict:
         "date": time.strftime("%Y-%m-%d"), "cpu": cpu, "threads": kernels.thread_count(),
         "python": platform.python_version(), "inertia": getattr(inertia, "__version__", "?"), "versions": versions,
         "kernels": kernels.unavailable_reason() or "compiled",
+        "xla_kernel": (kernels.xla_unavailable_reason() or "compiled") if "jax" in versions else "no jax",
     }
 
 

@@ -122,6 +122,8 @@ class Optimizer:
     _iterations_name = "iteration"
     _iterations_dtype = "int32"
     # Python attributes a compiled step bakes in: changing one compiles a new step.
+    # True only while inertia's own compiled step is traced (see `_fused_update`).
+    _in_own_step = False
     _compiled_attributes: tuple[str, ...] = (
         "weight_decay", "clipnorm", "clipvalue", "global_clipnorm", "use_ema", "ema_momentum",
         "ema_overwrite_frequency", "loss_scale_factor", "gradient_accumulation_steps",
@@ -621,7 +623,11 @@ class Optimizer:
                 if not self._retrace_allowed:
                     raise _Retrace  # a repeat met gradients of another structure, shape or dtype
                 with _values_swapped(own + trainables, own_values + trainable_values, copy=False):
-                    self._apply_prepared(list(gradients), chosen)
+                    self._in_own_step = True  # fused operations may replace reference ones
+                    try:
+                        self._apply_prepared(list(gradients), chosen)
+                    finally:
+                        self._in_own_step = False
                     return [v.value for v in own], [v.value for v in trainables]
 
             step = self._compiled_steps[key] = self._backend.compile(pure, donate_argnums=(0, 1))
@@ -828,18 +834,25 @@ class Optimizer:
     def _update(self, grads: list, variables: list[Variable]) -> None:
         """A real update step: clip, decay, update_step, then the EMA."""
         learning_rate = self._learning_rate_array()
-        grads = self._clip_gradients(grads, variables)
-        self._apply_weight_decay(variables, learning_rate)
-        self._backend_update_step(grads, variables, learning_rate)
+        if not self._fused_update(grads, variables, learning_rate):
+            grads = self._clip_gradients(grads, variables)
+            self._apply_weight_decay(variables, learning_rate)
+            self._backend_update_step(grads, variables, learning_rate)
+            if self.use_ema:
+                self._update_model_variables_moving_average(self._trainable_variables, self._flag(self._steps_taken() == 0))
         if self.use_ema:
             steps_taken = self._steps_taken()
-            self._update_model_variables_moving_average(self._trainable_variables, self._flag(steps_taken == 0))
             frequency = self.ema_overwrite_frequency
             if frequency:
                 self._branch(
                     self._flag((steps_taken + 1) % frequency == 0),
                     lambda: self._overwrite_model_variables_with_average_value(self._trainable_variables),
                 )
+
+    def _fused_update(self, grads: list, variables: list[Variable], learning_rate: Any) -> bool:
+        """Trace clip, decay, update_step and the EMA as one fused operation where a subclass
+        has one for this step (SGD: a custom call on JAX's CPU); False to run them one by one."""
+        return False
 
     def _clip_gradients(self, grads: list, variables: Sequence[Variable]) -> list:
         if not grads:

@@ -128,6 +128,13 @@ class SGD(Optimizer):
             return multi_tensor_apply(self, grads, trainable_variables)
         return False
 
+    def _fused_update(self, grads: list, variables: list[Variable], learning_rate: Any) -> bool:
+        if self._backend.name != "jax" or not self._in_own_step:
+            return False
+        from inertia.xla_fused import fused_update
+
+        return fused_update(self, grads, variables, learning_rate)
+
     @property
     def _rule(self) -> SGDRule:
         # Read at every step, so that setting `nesterov` takes effect like `momentum` does.

@@ -1,0 +1,134 @@
+"""The fused fast path of ``inertia.SGD`` for JAX on the CPU.
+
+Inside inertia's own jitted step (``Optimizer._apply_compiled``), a real update step of stock
+SGD becomes one XLA custom call per group of tensors, running the NumPy backend's kernel
+(``_sgd_core.h``, through the FFI handler in ``_xla_kernels.c``): clipnorm / clipvalue /
+global_clipnorm, decoupled weight decay, momentum or Nesterov and the EMA in one read and one
+write of each array. Its results alias its operands, so with the step's donated buffers it
+updates them in place. XLA:CPU otherwise runs each tensor's update as separate fused loops.
+
+Numbers: the kernel follows the reference path's order of operations in the variables' dtype
+without fusing multiply-adds, so it equals the NumPy backend (the norms aside, whose sums are
+kept in double); XLA's own lowering of the reference contracts ``v*m - g*lr`` into a fused
+multiply-add, so the two JAX paths agree within rounding, not bit for bit.
+
+The path is taken only where it is safe: stock SGD, every array on the CPU, float32 or
+float64 variables and gradients of their shapes, and only in inertia's own compiled step (a
+user's ``jax.jit`` / ``jax.grad`` / ``jax.vmap`` of ``stateless_apply`` keeps traceable
+reference operations). Anything else takes the reference path, unchanged.
+
+Example:
+    >>> import jax.numpy as jnp, inertia
+    >>> w = inertia.Variable(jnp.ones(3))
+    >>> opt = inertia.SGD(learning_rate=0.1, momentum=0.9)
+    >>> opt.apply([jnp.ones(3)], [w])            # compiled; the custom call where available
+    >>> [round(float(x), 6) for x in w.value]
+    [0.9, 0.9, 0.9]
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Optional
+
+import numpy as np
+
+from inertia import kernels
+from inertia.fused import _CLIP_GLOBAL, _MODE_NESTEROV, _MODE_NONE, _MODE_PLAIN, _clip_setting, _is_stock, _stock_targets
+
+__all__ = ["fused_update"]
+
+_TARGET = "inertia_sgd_step"
+# Tensors per custom call: XLA's compile time grows faster than linearly with one call's
+# operand count (2000 tensors in one call: minutes), and splitting costs nothing at run time.
+GROUP = 64
+
+_lock = threading.Lock()
+_registered: Optional[bool] = None
+
+
+def _register() -> bool:
+    """Register the handler with XLA once per process; False where it cannot be built."""
+    global _registered
+    if _registered is None:
+        with _lock:
+            if _registered is None:
+                library = kernels.load_xla()
+                if library is None:
+                    _registered = False
+                else:
+                    import jax
+
+                    try:
+                        jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(library.inertia_sgd_step), platform="cpu")
+                        _registered = True
+                    except Exception:  # a jax whose FFI differs: the reference path serves
+                        _registered = False
+    return _registered
+
+
+def fused_update(optimizer: Any, grads: list, variables: list, learning_rate: Any) -> bool:
+    """Trace one real update step (clip, decay, update, EMA) of ``variables`` as custom calls.
+
+    Called by ``Optimizer._update`` while inertia's own compiled step is being traced; returns
+    False, having traced nothing that changes a variable, when the step is not one it covers.
+    """
+    if not _is_stock(type(optimizer)):
+        return False
+    import jax
+    import jax.numpy as jnp
+
+    if jax.default_backend() != "cpu":
+        return False
+    found = _stock_targets(optimizer, variables)
+    if found is None:
+        return False
+    wrappers, indices = found
+    dtype = wrappers[0].dtype
+    for gradient, wrapper in zip(grads, wrappers):
+        if str(getattr(gradient, "dtype", "")) != dtype or tuple(gradient.shape) != tuple(wrapper.shape):
+            return False
+    clip, clipnorm, clipvalue = _clip_setting(optimizer)
+    if clip == _CLIP_GLOBAL and len(wrappers) > GROUP:
+        return False  # one norm over every tensor: the reference path
+    if not _register():
+        return False
+
+    velocities = [optimizer.momentums[i] for i in indices] if optimizer.momentums else None
+    averages = [optimizer._model_variables_moving_average[i] for i in indices] if optimizer.use_ema else None
+    mode = _MODE_NONE if velocities is None else (_MODE_NESTEROV if optimizer.nesterov else _MODE_PLAIN)
+    ops = wrappers[0].backend
+    lr = ops.cast(learning_rate, dtype)
+    if averages is None:
+        ema_momentum = jnp.zeros((), dtype)
+    else:  # 0 on the first step, so the average starts at the weights
+        first = optimizer._steps_taken() == 0
+        ema_momentum = jnp.where(first, jnp.zeros((), dtype), jnp.asarray(optimizer.ema_momentum, dtype))
+    scalars = jnp.stack([jnp.reshape(lr, ()), ema_momentum])
+    decays = optimizer.weight_decay is not None
+    decay = np.array([1 if decays and optimizer._use_weight_decay(w) else 0 for w in wrappers], dtype=np.uint8)
+    settings = dict(
+        mode=np.int64(mode), clip=np.int64(clip), ema=np.int64(averages is not None),
+        threads=np.int64(kernels.thread_count()), momentum=np.float64(optimizer.momentum),
+        wd=np.float64(optimizer.weight_decay or 0.0), clipnorm=np.float64(clipnorm),
+        clipvalue=np.float64(clipvalue), unscale=np.float64(1.0),  # gradients arrive unscaled
+    )
+    for start in range(0, len(wrappers), GROUP):
+        group = slice(start, start + GROUP)
+        updated = [wrappers[group]] + [slots[group] for slots in (velocities, averages) if slots is not None]
+        count = len(updated[0])
+        operands = [w.value for w in wrappers[group]] + list(grads[group])
+        operands += [v.value for slots in updated[1:] for v in slots]
+        # results: weights, slots, EMAs; each aliases its operand (gradients come in between)
+        aliases = {1 + k: k for k in range(count)}
+        aliases.update({1 + count + k: k for k in range(count, len(updated) * count)})
+        call = jax.ffi.ffi_call(
+            _TARGET,
+            [jax.ShapeDtypeStruct(v.value.shape, v.value.dtype) for slots in updated for v in slots],
+            input_output_aliases=aliases,
+        )
+        results = call(scalars, *operands, count=np.int64(count), decay=decay[group], **settings)
+        for variable, value in zip((v for slots in updated for v in slots), results):
+            variable.assign(value)
+    return True
+
