@@ -100,6 +100,17 @@ static int as_int64_array(PyObject *object, Py_buffer *view, Py_ssize_t count)
     return 1;
 }
 
+/* run_job without the GIL; -1 with MemoryError set when it fails. */
+static int run_released(Job *job, int threads)
+{
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = run_job(job, threads);
+    Py_END_ALLOW_THREADS
+    if (status != 0) PyErr_NoMemory();
+    return status;
+}
+
 /* sgd_step(weights, grads, velocities, emas, accumulators, sizes, shapes, shape_offsets, decay,
  *          is_double, mode, clip, threads,
  *          lr, momentum, wd, ema_momentum, unscale, steps, clipnorm, clipvalue) -> bool
@@ -165,38 +176,10 @@ static PyObject *sgd_step(PyObject *self, PyObject *args)
         result = Py_NewRef(Py_False);
         goto done;
     }
-    Job job = {0};
-    job.is_double = is_double;
-    job.mode = mode;
-    job.ema = lists[3] != Py_None;
-    job.acc = lists[4] != Py_None;
-    job.clip = clip;
-    job.count = count;
-    job.w = pointers;
-    job.g = pointers + count;
-    job.v = pointers + 2 * count;
-    job.e = pointers + 3 * count;
-    job.a = pointers + 4 * count;
-    job.sizes = sizes;
-    job.decay = (const unsigned char *)decay_view.buf;
-    job.unscale = unscale;
-    job.lo = clip == CLIP_VALUE ? -clipvalue : -INFINITY;
-    job.hi = clip == CLIP_VALUE ? clipvalue : INFINITY;
-    job.lr = lr;
-    job.momentum = momentum;
-    job.wd = wd;
-    job.ema_momentum = ema_momentum;
-    job.steps = steps;
-    job.clipnorm = clipnorm;
-    job.phase_after_sums = 1;
-    int status;
-    Py_BEGIN_ALLOW_THREADS
-    status = run_job(&job, threads);
-    Py_END_ALLOW_THREADS
-    if (status != 0) {
-        PyErr_NoMemory();
-        goto done;
-    }
+    Hyper hyper = {lr, momentum, wd, ema_momentum, unscale, steps, clipnorm, clipvalue};
+    Job job = update_job(pointers, count, sizes, (const unsigned char *)decay_view.buf, is_double, mode, clip,
+                         lists[3] != Py_None, lists[4] != Py_None, hyper);
+    if (run_released(&job, threads) != 0) goto done;
     result = Py_NewRef(Py_True);
 
 done:
@@ -259,14 +242,7 @@ static PyObject *accumulate(PyObject *self, PyObject *args)
         job.g = pointers + count;
         job.sizes = sizes;
         job.phase_after_sums = 2;
-        int status;
-        Py_BEGIN_ALLOW_THREADS
-        status = run_job(&job, threads);
-        Py_END_ALLOW_THREADS
-        if (status != 0)
-            PyErr_NoMemory();
-        else
-            result = Py_NewRef(Py_True);
+        if (run_released(&job, threads) == 0) result = Py_NewRef(Py_True);
     } else if (pointers && held) {
         result = Py_NewRef(Py_False);
     }

@@ -28,6 +28,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define CHUNK 65536
 #define LANES 16
@@ -305,6 +306,44 @@ static int useful_threads(int threads, const Job *job)
     if (threads < 1 || total < 4 * CHUNK) return 1;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     return threads > job->ntasks ? (int)job->ntasks : threads;
+}
+
+/* A step's hyperparameters, as both front ends receive them. */
+typedef struct {
+    double lr, momentum, wd, ema_momentum, unscale, steps, clipnorm, clipvalue;
+} Hyper;
+
+/* The update job over `count` tensors whose arrays are `pointers`: weights, gradients,
+ * velocities, EMAs and accumulators, `count` of each (unused lists may hold anything). */
+static Job update_job(char **pointers, ptrdiff_t count, const int64_t *sizes, const unsigned char *decay, int is_double,
+                      int mode, int clip, int ema, int acc, Hyper hyper)
+{
+    Job job;
+    memset(&job, 0, sizeof job);
+    job.is_double = is_double;
+    job.mode = mode;
+    job.ema = ema;
+    job.acc = acc;
+    job.clip = clip;
+    job.count = count;
+    job.w = pointers;
+    job.g = pointers + count;
+    job.v = pointers + 2 * count;
+    job.e = pointers + 3 * count;
+    job.a = pointers + 4 * count;
+    job.sizes = sizes;
+    job.decay = decay;
+    job.unscale = hyper.unscale;
+    job.lo = clip == CLIP_VALUE ? -hyper.clipvalue : -INFINITY;
+    job.hi = clip == CLIP_VALUE ? hyper.clipvalue : INFINITY;
+    job.lr = hyper.lr;
+    job.momentum = hyper.momentum;
+    job.wd = hyper.wd;
+    job.ema_momentum = hyper.ema_momentum;
+    job.steps = hyper.steps;
+    job.clipnorm = hyper.clipnorm;
+    job.phase_after_sums = 1;
+    return job;
 }
 
 /* Fills the job's per-run fields and runs it: norm sums where a clip needs them, then the

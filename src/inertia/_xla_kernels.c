@@ -155,31 +155,9 @@ XLA_FFI_Error *inertia_sgd_step(XLA_FFI_CallFrame *frame)
         lr = ((const float *)args[0]->data)[0];
         ema_momentum = ((const float *)args[0]->data)[1];
     }
-    Job job;
-    memset(&job, 0, sizeof job);
-    job.is_double = dtype == XLA_FFI_DataType_F64;
-    job.mode = (int)mode;
-    job.ema = ema != 0;
-    job.acc = 0;
-    job.clip = (int)clip;
-    job.count = count;
-    job.w = pointers;
-    job.g = pointers + count;
-    job.v = pointers + 2 * count;
-    job.e = pointers + 3 * count;
-    job.a = pointers + 4 * count;
-    job.sizes = sizes;
-    job.decay = (const unsigned char *)decay->data;
-    job.unscale = unscale;
-    job.lo = clip == CLIP_VALUE ? -clipvalue : -INFINITY;
-    job.hi = clip == CLIP_VALUE ? clipvalue : INFINITY;
-    job.lr = lr;
-    job.momentum = momentum;
-    job.wd = wd;
-    job.ema_momentum = ema_momentum;
-    job.steps = 1.0;
-    job.clipnorm = clipnorm;
-    job.phase_after_sums = 1;
+    Hyper hyper = {lr, momentum, wd, ema_momentum, unscale, 1.0, clipnorm, clipvalue};
+    Job job = update_job(pointers, count, sizes, (const unsigned char *)decay->data, dtype == XLA_FFI_DataType_F64,
+                         (int)mode, (int)clip, ema != 0, 0, hyper);
     int status = run_job(&job, (int)threads);
     free(sizes);
     free(pointers);
