@@ -18,6 +18,7 @@ NumPy backend's kernel. These tests check that:
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ import inertia
 from conftest import load_backend, requires
 from inertia import backend as backends
 from inertia import kernels
-from test_fused import CASES, DTYPES, NORM_TOLERANCES, SHAPES, STEPS, _HeldRate, gradient_stream, make_values, state
+from test_fused import CASES, DTYPES, NORM_TOLERANCES, SHAPES, STEPS, _HeldRate, _python, gradient_stream, make_values, state
 
 load_backend("jax")  # float64 enabled, as in the other JAX tests
 jax = requires("jax")
@@ -210,3 +211,37 @@ def test_user_traces_of_stateless_apply_stay_differentiable(traced):
     assert float(value) == pytest.approx(-1.0 - 0.1 * 1.5)
     assert float(derivative) == pytest.approx(-0.1 * 0.75)
     assert True not in traced
+
+
+# ----------------------------------------------------------------------------------------
+# 3. the handler's build
+# ----------------------------------------------------------------------------------------
+def test_the_handler_is_built_into_the_cache_once(tmp_path):
+    cache = tmp_path / "cache"
+    code = """
+        from inertia import kernels
+        library = kernels.load_xla()
+        print(library._name if library is not None else kernels.xla_unavailable_reason())
+        """
+    first = _python(code, INERTIA_CACHE_DIR=str(cache), INERTIA_KERNELS="1")
+    built = [p for p in cache.rglob("*") if p.is_file()]
+    assert [p.name for p in built] == ["_xla_kernels.so"] and Path(first) == built[0], (first, built)
+    stat = built[0].stat()
+    assert _python(code, INERTIA_CACHE_DIR=str(cache), INERTIA_KERNELS="1") == first
+    again = built[0].stat()
+    assert (again.st_mtime_ns, again.st_ino) == (stat.st_mtime_ns, stat.st_ino)
+
+
+def test_inertia_kernels_0_keeps_jax_on_the_reference_path():
+    out = _python(
+        """
+        import jax.numpy as jnp, inertia
+        import inertia.xla_fused as xla_fused
+        from inertia import kernels
+        w = inertia.Variable(jnp.ones(3))
+        inertia.SGD(learning_rate=0.5, momentum=0.9).apply([jnp.ones(3)], [w])
+        print(kernels.load_xla() is None, kernels.xla_unavailable_reason(), xla_fused._registered, w.numpy().tolist())
+        """,
+        INERTIA_KERNELS="0",
+    )
+    assert out == "True disabled by INERTIA_KERNELS False [0.5, 0.5, 0.5]"
