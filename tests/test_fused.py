@@ -833,18 +833,26 @@ def test_inertia_kernels_0_disables_the_kernels(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_kernels_are_compiled_into_the_cache_once(tmp_path):
+# the Python extension, and the XLA FFI handler (JAX's fast path): how each is loaded, and its file
+BUILDS = {
+    "extension": ("module = kernels.load()\nprint(module.__file__ if module else kernels.unavailable_reason())",
+                  lambda name: name.endswith(importlib.machinery.EXTENSION_SUFFIXES[0])),
+    "xla": ("library = kernels.load_xla()\nprint(library._name if library else kernels.xla_unavailable_reason())",
+            lambda name: name == "_xla_kernels.so"),
+}
+
+
+@pytest.mark.parametrize("build", list(BUILDS))
+def test_kernels_are_compiled_into_the_cache_once(tmp_path, build):
     _kernel_module()  # skip / fail as for the other kernel tests
-    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    if build == "xla":
+        requires("jax")
+    load, expected_name = BUILDS[build]
     cache = tmp_path / "cache"
-    code = """
-        from inertia import kernels
-        module = kernels.load()
-        print(module.__file__ if module is not None else kernels.unavailable_reason())
-        """
+    code = "from inertia import kernels\n" + load
     first = _python(code, INERTIA_CACHE_DIR=str(cache), INERTIA_KERNELS="1")
     built = [p for p in cache.rglob("*") if p.is_file()]
-    assert [p.name.endswith(suffix) for p in built] == [True], built
+    assert [expected_name(p.name) for p in built] == [True], (first, built)
     assert Path(first) == built[0]
     stat = built[0].stat()
     second = _python(code, INERTIA_CACHE_DIR=str(cache), INERTIA_KERNELS="1")

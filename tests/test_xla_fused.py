@@ -18,7 +18,6 @@ NumPy backend's kernel. These tests check that:
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,24 +213,8 @@ def test_user_traces_of_stateless_apply_stay_differentiable(traced):
 
 
 # ----------------------------------------------------------------------------------------
-# 3. the handler's build
+# 3. the handler's build (its disk cache: test_fused.py)
 # ----------------------------------------------------------------------------------------
-def test_the_handler_is_built_into_the_cache_once(tmp_path):
-    cache = tmp_path / "cache"
-    code = """
-        from inertia import kernels
-        library = kernels.load_xla()
-        print(library._name if library is not None else kernels.xla_unavailable_reason())
-        """
-    first = _python(code, INERTIA_CACHE_DIR=str(cache), INERTIA_KERNELS="1")
-    built = [p for p in cache.rglob("*") if p.is_file()]
-    assert [p.name for p in built] == ["_xla_kernels.so"] and Path(first) == built[0], (first, built)
-    stat = built[0].stat()
-    assert _python(code, INERTIA_CACHE_DIR=str(cache), INERTIA_KERNELS="1") == first
-    again = built[0].stat()
-    assert (again.st_mtime_ns, again.st_ino) == (stat.st_mtime_ns, stat.st_ino)
-
-
 def test_inertia_kernels_0_keeps_jax_on_the_reference_path():
     out = _python(
         """
