@@ -151,7 +151,7 @@ def test_the_compiled_step_calls_the_handler_and_updates_in_place(traced):
 # ----------------------------------------------------------------------------------------
 # 2. what it does not cover keeps the reference path
 # ----------------------------------------------------------------------------------------
-class ConstrainedOnly:
+class IdentityConstraint:
     def __call__(self, value):
         return value
 
@@ -168,7 +168,7 @@ def test_legacy_sgd_keeps_the_reference_path(traced):
 
 
 def test_a_constraint_keeps_the_reference_path(traced):
-    variables = [inertia.Variable(jnp.ones((3, 4)), constraint=ConstrainedOnly())]
+    variables = [inertia.Variable(jnp.ones((3, 4)), constraint=IdentityConstraint())]
     _two_steps(inertia.SGD(learning_rate=0.1, momentum=0.9), variables)
     assert traced == [False]
 

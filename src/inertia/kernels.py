@@ -118,6 +118,8 @@ def _compiler() -> list[str]:
 
 def _build(source_name: str, includes: list[str], key_parts: list[bytes], suffix: str) -> Path:
     """Compile ``source_name`` (with the shared core header) into the cache, unless there."""
+    if os.environ.get("INERTIA_KERNELS", "1") in ("0", "false", "off", "no"):
+        raise _Unavailable("disabled by INERTIA_KERNELS")
     here = Path(__file__).parent
     try:
         texts = [(here / name).read_bytes() for name in (source_name, _CORE_HEADER)]
@@ -141,8 +143,6 @@ def _build(source_name: str, includes: list[str], key_parts: list[bytes], suffix
 
 
 def _build_and_import() -> ModuleType:
-    if os.environ.get("INERTIA_KERNELS", "1") in ("0", "false", "off", "no"):
-        raise _Unavailable("disabled by INERTIA_KERNELS")
     include = sysconfig.get_paths().get("include") or ""
     if not (Path(include) / "Python.h").exists():
         raise _Unavailable(f"Python headers not found in {include!r}")
@@ -189,8 +189,6 @@ def xla_unavailable_reason() -> Optional[str]:
 def _build_xla() -> Any:
     import ctypes
 
-    if os.environ.get("INERTIA_KERNELS", "1") in ("0", "false", "off", "no"):
-        raise _Unavailable("disabled by INERTIA_KERNELS")
     try:
         import jax.ffi
         import jaxlib

@@ -121,9 +121,9 @@ class Optimizer:
     # The step counter's name and dtype (tf.keras' legacy optimizers count in int64 "iter").
     _iterations_name = "iteration"
     _iterations_dtype = "int32"
-    # Python attributes a compiled step bakes in: changing one compiles a new step.
     # True only while inertia's own compiled step is traced (see `_fused_update`).
     _in_own_step = False
+    # Python attributes a compiled step bakes in: changing one compiles a new step.
     _compiled_attributes: tuple[str, ...] = (
         "weight_decay", "clipnorm", "clipvalue", "global_clipnorm", "use_ema", "ema_momentum",
         "ema_overwrite_frequency", "loss_scale_factor", "gradient_accumulation_steps",

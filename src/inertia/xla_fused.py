@@ -8,8 +8,9 @@ write of each array. Its results alias its operands, so with the step's donated 
 updates them in place. XLA:CPU otherwise runs each tensor's update as separate fused loops.
 
 Numbers: the kernel follows the reference path's order of operations in the variables' dtype
-without fusing multiply-adds, so it equals the NumPy backend (the norms aside, whose sums are
-kept in double); XLA's own lowering of the reference contracts ``v*m - g*lr`` into a fused
+without fusing multiply-adds, so from the same gradients it gives the NumPy backend's numbers
+(the norms aside, whose sums are kept in double; a loss scale or an accumulation mean is
+applied by XLA before the call, as a multiply by the rounded reciprocal); XLA's own lowering of the reference contracts ``v*m - g*lr`` into a fused
 multiply-add, so the two JAX paths agree within rounding, not bit for bit.
 
 The path is taken only where it is safe: stock SGD, every array on the CPU, float32 or
