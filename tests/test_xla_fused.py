@@ -44,6 +44,12 @@ def _handler():
         pytest.skip("the XLA kernel is unavailable")
 
 
+@pytest.fixture(autouse=True)
+def _every_size(monkeypatch):
+    """The test tensors are small: every one takes the custom call, unless a test says otherwise."""
+    monkeypatch.setattr(xla_fused, "SMALLEST_BYTES", 0)
+
+
 @pytest.fixture
 def traced(monkeypatch):
     """Counts traced steps that took the custom call (True) or declined it (False)."""
@@ -115,6 +121,52 @@ def test_jax_fused_equals_numpy_fused_and_jax_reference(traced, monkeypatch, dty
                 assert np.array_equal(got, want), f"step {number}: {name} differs by {np.max(np.abs(got - want))}"
         for (name, want), (_, got) in zip(jax_reference, jax_fused):
             np.testing.assert_allclose(got, want, err_msg=f"step {number}: {name} vs reference", **ROUNDING[dtype])
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_small_tensors_keep_xla_fusions_beside_the_call(traced, monkeypatch, case):
+    """Above SMALLEST_BYTES the custom call, under it the reference stages in the same step."""
+    monkeypatch.setattr(xla_fused, "SMALLEST_BYTES", 4096)  # "big" alone is over it
+    called_for: list = []
+    original = xla_fused._custom_calls
+
+    def spy(optimizer, grads, wrappers, *rest):
+        called_for.append([tuple(w.shape) for w in wrappers])
+        return original(optimizer, grads, wrappers, *rest)
+
+    monkeypatch.setattr(xla_fused, "_custom_calls", spy)
+    runs, history = run_three(case, "float32", SHAPES, monkeypatch)
+    settings = runs[1][2]
+    norm = bool(settings.get("clipnorm") or settings.get("global_clipnorm"))
+    divided = bool(settings.get("loss_scale_factor") or settings.get("gradient_accumulation_steps"))
+    compiled = not isinstance(settings.get("learning_rate"), _HeldRate)
+    taken = compiled and not settings.get("global_clipnorm")  # a global norm spans both sizes
+    assert traced.count(True) == (1 if taken else 0), traced
+    assert called_for == ([[SHAPES["big"]]] if taken else [])
+    if taken:
+        optimizer, variables = runs[1][0], runs[1][1]
+        grads = [jnp.asarray(g) for g in gradient_stream(SHAPES, "float32", 1, 1)[0]]
+        lowered = optimizer._compiled_fast.step.lower(
+            [v.value for v in optimizer._compiled_fast.own], [v.value for v in variables], grads)
+        assert lowered.as_text().count("inertia_sgd_step") == 1
+    for number, (numpy_fused, jax_split, jax_reference) in enumerate(history, start=1):
+        for (name, want), (_, got) in zip(jax_reference, jax_split):
+            np.testing.assert_allclose(got, want, err_msg=f"step {number}: {name} vs reference", **ROUNDING["float32"])
+        for (name, want), (_, got) in zip(numpy_fused, jax_split):
+            if want.shape == SHAPES["big"] and taken and not (norm or divided):
+                assert np.array_equal(got, want), f"step {number}: {name} (the call's) differs from NumPy's kernel"
+            else:
+                np.testing.assert_allclose(got, want, err_msg=f"step {number}: {name}", **NORM_TOLERANCES["float32"])
+
+
+def test_only_small_tensors_keep_the_reference_path(traced, monkeypatch):
+    monkeypatch.setattr(xla_fused, "SMALLEST_BYTES", 4 * 12 + 1)  # one more than the larger holds
+    variables = [inertia.Variable(jnp.ones((3, 4), jnp.float32)), inertia.Variable(jnp.ones((5,), jnp.float32))]
+    _two_steps(inertia.SGD(learning_rate=0.1, momentum=0.9), variables)
+    assert traced == [False]
+    monkeypatch.setattr(xla_fused, "SMALLEST_BYTES", 4 * 12)
+    _two_steps(inertia.SGD(learning_rate=0.1, momentum=0.9), variables)
+    assert traced == [False, True]
 
 
 def test_many_tensors_take_several_calls(traced, monkeypatch):
@@ -221,10 +273,25 @@ def test_inertia_kernels_0_keeps_jax_on_the_reference_path():
         import jax.numpy as jnp, inertia
         import inertia.xla_fused as xla_fused
         from inertia import kernels
-        w = inertia.Variable(jnp.ones(3))
-        inertia.SGD(learning_rate=0.5, momentum=0.9).apply([jnp.ones(3)], [w])
-        print(kernels.load_xla() is None, kernels.xla_unavailable_reason(), xla_fused._registered, w.numpy().tolist())
+        n = xla_fused.SMALLEST_BYTES // 4  # float32 elements: large enough for the call
+        w = inertia.Variable(jnp.ones(n, jnp.float32))
+        inertia.SGD(learning_rate=0.5, momentum=0.9).apply([jnp.ones(n, jnp.float32)], [w])
+        print(kernels.load_xla() is None, kernels.xla_unavailable_reason(), xla_fused._registered, w.numpy()[:3].tolist())
         """,
         INERTIA_KERNELS="0",
     )
     assert out == "True disabled by INERTIA_KERNELS False [0.5, 0.5, 0.5]"
+
+
+def test_by_default_the_call_starts_at_64_kib():
+    out = _python(
+        """
+        import jax.numpy as jnp, inertia
+        import inertia.xla_fused as xla_fused
+        for n in (16383, 16384):  # float32 elements: one short of 64 KiB, then 64 KiB
+            w = inertia.Variable(jnp.ones(n, jnp.float32))
+            inertia.SGD(learning_rate=0.5, momentum=0.9).apply([jnp.ones(n, jnp.float32)], [w])
+            print(n, xla_fused._registered, float(w.numpy()[0]))
+        """,
+    )
+    assert out.splitlines() == ["16383 None 0.5", "16384 True 0.5"]

@@ -871,8 +871,12 @@ class Optimizer:
     # ------------------------------------------------------------------------------------
     # EMA
     # ------------------------------------------------------------------------------------
-    def _update_model_variables_moving_average(self, variables: Sequence[Variable], first: Any) -> None:
-        for variable, average in zip(variables, self._model_variables_moving_average):
+    def _update_model_variables_moving_average(
+        self, variables: Sequence[Variable], first: Any, averages: Optional[Sequence[Optional[Variable]]] = None
+    ) -> None:
+        """Advance the averages (each trainable variable's, or ``averages``, paired with
+        ``variables``); ``first``: the first step, where an average starts at its variable."""
+        for variable, average in zip(variables, self._model_variables_moving_average if averages is None else averages):
             if average is not None:
                 average.assign(pipeline.ema_update(variable.backend, average.value, variable.value, self.ema_momentum, first))
 
