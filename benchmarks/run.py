@@ -1,8 +1,9 @@
 """Reproduce the README's benchmark table: ``python benchmarks/run.py`` (same as ``inertia bench``).
 
 Writes ``benchmarks/results/<date>.json`` (every figure) and ``.md`` (the tables), and prints
-the tables. Extra arguments go to ``inertia bench`` (``--help`` lists them; add
-``--contenders ...,torch-compile`` to include torch.compile, which compiles for minutes).
+the tables. Extra arguments go to ``inertia bench`` (``--help`` lists them). torch.compile
+runs on W1 and W2 (about 25 s of compiling each configuration); on W3 it is reported as not
+run (``inertia.bench.NOT_RUN``).
 """
 
 import sys

@@ -63,6 +63,24 @@ def test_small_run_reports_every_field_and_renders(tmp_path):
     json.dumps(report)  # JSON-ready
 
 
+def test_pairs_not_run_are_reported_with_their_reason(monkeypatch):
+    def fails(name, shapes, config):
+        raise RuntimeError("no such peer here")
+
+    real = bench._Local
+    monkeypatch.setattr(bench, "_Local", lambda name, shapes, config: fails(name, shapes, config) if name == "optax" else real(name, shapes, config))
+    report = bench.run(workloads=["W3"], configs=["plain"], rounds=2,
+                       contenders=["inertia-numpy", "torch-compile", "optax"], scale=0.002, cold_start=False)
+    assert [r["contender"] for r in report["results"]] == ["inertia-numpy"]
+    assert report["not_run"] == [
+        {"workload": "W3", "config": "plain", "contender": "torch-compile", "reason": bench.NOT_RUN[("torch-compile", "W3")]},
+        {"workload": "W3", "config": "plain", "contender": "optax", "reason": "RuntimeError: no such peer here"},
+    ]
+    text = bench.markdown(report)
+    assert "Not run: torch-compile (compiling the step over 2000 tensors" in text
+    assert "Not run: optax (RuntimeError: no such peer here)." in text
+
+
 def test_cli_rejects_unknown_names(capsys):
     assert cli.main(["bench", "--workloads", "W9"]) == 2
     assert "W9" in capsys.readouterr().err

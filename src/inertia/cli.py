@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--workloads", default="W1,W2,W3", help="comma-separated subset of W1,W2,W3")
     bench.add_argument("--configs", default="plain,nesterov,everything", help="comma-separated configurations")
-    bench.add_argument("--contenders", default=None, help="comma-separated contenders (default: all installed but torch-compile)")
+    bench.add_argument("--contenders", default=None, help="comma-separated contenders (default: all installed; torch-compile compiles for about 25 s a configuration)")
     bench.add_argument("--rounds", type=_positive_int, default=7, metavar="N", help="timing rounds (default: 7)")
     bench.add_argument("--scale", type=float, default=1.0, help="shrink every workload's first dimension (quick checks)")
     bench.add_argument("--json", default=None, metavar="PATH", help="also write the full report as JSON")
