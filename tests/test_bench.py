@@ -68,17 +68,17 @@ def test_pairs_not_run_are_reported_with_their_reason(monkeypatch):
         raise RuntimeError("no such peer here")
 
     real = bench._Local
-    monkeypatch.setattr(bench, "_Local", lambda name, shapes, config: fails(name, shapes, config) if name == "optax" else real(name, shapes, config))
+    monkeypatch.setattr(bench, "_Local", lambda name, shapes, config: fails(name, shapes, config) if name == "torch-fused" else real(name, shapes, config))
     report = bench.run(workloads=["W3"], configs=["plain"], rounds=2,
-                       contenders=["inertia-numpy", "torch-compile", "optax"], scale=0.002, cold_start=False)
+                       contenders=["inertia-numpy", "torch-compile", "torch-fused"], scale=0.002, cold_start=False)
     assert [r["contender"] for r in report["results"]] == ["inertia-numpy"]
     assert report["not_run"] == [
         {"workload": "W3", "config": "plain", "contender": "torch-compile", "reason": bench.NOT_RUN[("torch-compile", "W3")]},
-        {"workload": "W3", "config": "plain", "contender": "optax", "reason": "RuntimeError: no such peer here"},
+        {"workload": "W3", "config": "plain", "contender": "torch-fused", "reason": "RuntimeError: no such peer here"},
     ]
     text = bench.markdown(report)
     assert "Not run: torch-compile (compiling the step over 2000 tensors" in text
-    assert "Not run: optax (RuntimeError: no such peer here)." in text
+    assert "Not run: torch-fused (RuntimeError: no such peer here)." in text
 
 
 def test_cli_rejects_unknown_names(capsys):
