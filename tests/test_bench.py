@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from inertia import backend as backends
 from inertia import bench, cli
 
 
@@ -85,3 +86,82 @@ def test_cli_rejects_unknown_names(capsys):
     assert cli.main(["bench", "--workloads", "W9"]) == 2
     assert "W9" in capsys.readouterr().err
     assert cli.main(["bench", "--scale", "2"]) == 2
+
+
+# Every contender does the work it is timed for: after the same steps, its weights match
+# inertia's reference path. Small tensors, and one of 80 KiB (inertia-jax's custom call).
+AGREEMENT_SHAPES = [(128, 160), (7,), (3, 5)]
+
+
+def _reference_weights(config: str, steps: int) -> list:
+    import inertia
+
+    weights, grads = bench._data(AGREEMENT_SHAPES)
+    variables = [inertia.Variable(w.copy()) for w in weights]
+    optimizer = inertia.SGD(jit_compile=False, **bench._inertia_options(config))
+    for _ in range(steps):
+        optimizer.apply(grads, variables)
+    return [v.numpy() for v in variables]
+
+
+# torch's foreach Nesterov (also under torch.compile) adds momentum * buffer into p.grad in
+# place, so a gradient tensor that is not recomputed (the benchmark's) grows from step to step.
+GRADIENT_WRITERS = ("torch-foreach", "torch-compile")
+
+
+def _torch_nesterov_writing_gradients(steps: int) -> list:
+    """torch.optim.SGD(foreach=True, nesterov=True)'s steps on gradients it keeps rewriting, in float64."""
+    weights, grads = bench._data(AGREEMENT_SHAPES)
+    out = []
+    for w, g in zip(weights, grads):
+        w, g, buffer = w.astype(np.float64), g.astype(np.float64), None
+        for _ in range(steps):
+            buffer = g.copy() if buffer is None else bench.MOMENTUM * buffer + g
+            g = g + bench.MOMENTUM * buffer  # written back into p.grad
+            w = w - bench.LEARNING_RATE * g
+        out.append(w)
+    return out
+
+
+def _assert_same_displacement(name: str, config: str, got: list, steps: int) -> None:
+    start, _ = bench._data(AGREEMENT_SHAPES)
+    if config == "nesterov" and name in GRADIENT_WRITERS:
+        want = _torch_nesterov_writing_gradients(steps)
+    else:
+        want = _reference_weights(config, steps)
+    for shape, w0, w, r in zip(AGREEMENT_SHAPES, start, got, want):
+        assert w.shape == shape and w.dtype == np.float32, name
+        moved, expected = w.astype(np.float64) - w0, np.asarray(r, np.float64) - w0
+        # about 1e-4 of movement on weights up to 5: float32 keeps 2-3 digits of it, and each
+        # implementation rounds its own way (8 float32 spacings at the largest weight)
+        atol = 8 * float(np.spacing(np.abs(w0).max()))
+        np.testing.assert_allclose(moved, expected, rtol=2e-3, atol=atol, err_msg=f"{name} {config} after {steps} steps")
+
+
+@pytest.mark.parametrize("config", ["plain", "nesterov"])
+def test_every_contender_takes_the_step_it_is_timed_for(config):
+    """Same rule, same numbers: the peers' forms of momentum and Nesterov are the Keras
+    rule's, up to rounding, under a constant learning rate (torch's foreach Nesterov aside,
+    which rewrites its gradients: checked against a model of that)."""
+    names = [n for n in bench.ALL_CONTENDERS if bench._available(n)]
+    if backends.required():  # CI installs every peer
+        assert names == list(bench.ALL_CONTENDERS)
+    for name in names:
+        contender = (bench._Worker if name in bench._WORKER_CONTENDERS else bench._Local)(name, AGREEMENT_SHAPES, config)
+        try:
+            contender.run(2)
+            _assert_same_displacement(name, config, contender.weights(), contender.steps)
+        finally:
+            contender.close()
+
+
+def test_inertia_contenders_take_every_stage_with_everything_on():
+    """With everything on, peers take their own idioms (global clipping, coupled decay);
+    inertia's backends take exactly the reference's stages."""
+    for name in ("inertia-numpy", "inertia-torch", "inertia-jax"):
+        if not bench._available(name):
+            continue
+        contender = bench._Local(name, AGREEMENT_SHAPES, "everything")
+        contender.run(1)
+        _assert_same_displacement(name, "everything", contender.weights(), contender.steps)
+        contender.close()

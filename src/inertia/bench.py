@@ -15,7 +15,8 @@ round medians, relative), effective GB/s (the minimal bytes of the configuration
 parameter, +8 for the EMA, +4 for the clipnorm's extra read of g), the ratio to the probe's
 bandwidth, the ratio to each inertia backend, peak resident memory added by one step, and the
 first step's time (compilation included; inertia's cold/warm kernel-cache times are measured
-in fresh processes).
+in fresh processes). Each contender can also report its current weights and the steps it has
+taken, so that tests check it does the work it is timed for.
 
 Example (a small, quick run):
     >>> from inertia import bench
@@ -87,7 +88,8 @@ def bytes_per_parameter(config: str) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# contenders: each returns (step, sync, first_step_seconds); step() runs one optimizer step
+# contenders: each returns (step, sync, weights): step() runs one optimizer step, sync()
+# waits for it, weights() reads the current weights as NumPy arrays (to check the work done)
 # ---------------------------------------------------------------------------------------------
 def _data(shapes: list[tuple[int, ...]], seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
     rng = np.random.default_rng(seed)
@@ -132,9 +134,7 @@ def _make_inertia(backend: str, shapes: list, config: str) -> tuple:
     if backend == "jax":
         sync = lambda: variables[0].value.block_until_ready()
     step = lambda: optimizer.apply(grads, variables)
-    first = _timed_first(step, sync)
-    first += _timed_first(step, sync)  # the first step builds; the second is the first fused one
-    return step, sync, first
+    return step, sync, lambda: [np.array(v.numpy()) for v in variables]
 
 
 def _make_torch(kind: str, shapes: list, config: str) -> tuple:
@@ -169,7 +169,7 @@ def _make_torch(kind: str, shapes: list, config: str) -> tuple:
             with torch.no_grad():
                 torch._foreach_lerp_(averages, [p.detach() for p in params], 1 - EMA_MOMENTUM)
 
-    return step, lambda: None, _timed_first(step, lambda: None)
+    return step, lambda: None, lambda: [p.detach().numpy().copy() for p in params]
 
 
 def _make_optax(shapes: list, config: str) -> tuple:
@@ -201,7 +201,7 @@ def _make_optax(shapes: list, config: str) -> tuple:
         box[0] = update(box[0], grads_j)
 
     sync = lambda: jax.block_until_ready(box[0]["params"][0])
-    return step, sync, _timed_first(step, sync)
+    return step, sync, lambda: [np.array(p) for p in box[0]["params"]]
 
 
 def _make_mlx(shapes: list, config: str) -> tuple:
@@ -224,7 +224,7 @@ def _make_mlx(shapes: list, config: str) -> tuple:
             box["ema"] = {k: EMA_MOMENTUM * e + (1 - EMA_MOMENTUM) * box["params"][k] for k, e in box["ema"].items()}
         mx.eval(box["params"], box["ema"], optimizer.state)
 
-    return step, lambda: None, _timed_first(step, lambda: None)
+    return step, lambda: None, lambda: [np.array(box["params"][f"w{i}"]) for i in range(len(weights))]
 
 
 def _make_keras(backend: str, shapes: list, config: str) -> tuple:
@@ -243,7 +243,7 @@ def _make_keras(backend: str, shapes: list, config: str) -> tuple:
 
         grads_t = [torch.from_numpy(g) for g in grads]
         step = lambda: optimizer.apply(grads_t, variables)
-        return step, lambda: None, _timed_first(step, lambda: None)
+        return step, lambda: None, lambda: [np.array(keras.ops.convert_to_numpy(v.value)) for v in variables]
     import jax
     import jax.numpy as jnp
 
@@ -256,7 +256,7 @@ def _make_keras(backend: str, shapes: list, config: str) -> tuple:
         box[0], box[1] = own, trainable
 
     sync = lambda: jax.block_until_ready(box[1][0])
-    return step, sync, _timed_first(step, sync)
+    return step, sync, lambda: [np.array(v) for v in box[1]]
 
 
 FACTORIES: dict[str, Callable[[list, str], tuple]] = {
@@ -309,15 +309,22 @@ def _time_steps(step: Callable[[], None], sync: Callable[[], None], count: int) 
 
 
 class _Local:
+    """A contender in this process; ``steps`` counts the optimizer steps it has taken."""
+
     def __init__(self, name: str, shapes: list, config: str) -> None:
         self.name = name
-        self.step, self.sync, self.first = FACTORIES[name](shapes, config)
+        self.step, self.sync, self.weights = FACTORIES[name](shapes, config)
+        self.first = _timed_first(self.step, self.sync)
+        if name.startswith("inertia-"):  # the first step builds; the second is the first fused one
+            self.first += _timed_first(self.step, self.sync)
         for _ in range(2):
             self.step()
         self.sync()
         self.peak = _peak_added(self.step, self.sync)
+        self.steps = (2 if name.startswith("inertia-") else 1) + 3
 
     def run(self, count: int) -> list[float]:
+        self.steps += count
         return _time_steps(self.step, self.sync, count)
 
     def close(self) -> None:
@@ -327,12 +334,12 @@ class _Local:
 class _Worker:
     """A contender in its own process, driven over a pipe (``python -m inertia.bench --worker``)."""
 
-    def __init__(self, name: str, workload: str, config: str, scale: float) -> None:
+    def __init__(self, name: str, shapes: list, config: str) -> None:
         self.name = name
-        command = [sys.executable, "-m", "inertia.bench", "--worker", name, workload, config, str(scale)]
+        command = [sys.executable, "-m", "inertia.bench", "--worker", name, config, json.dumps(shapes)]
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         reply = json.loads(self._read())
-        self.first, self.peak = reply["first"], reply["peak"]
+        self.first, self.peak, self.steps = reply["first"], reply["peak"], reply["steps"]
 
     def _read(self) -> str:
         line = self.process.stdout.readline() if self.process.stdout else ""
@@ -340,11 +347,18 @@ class _Worker:
             raise RuntimeError(f"benchmark worker {self.name} stopped")
         return line
 
-    def run(self, count: int) -> list[float]:
+    def _ask(self, line: str) -> Any:
         assert self.process.stdin is not None
-        self.process.stdin.write(f"{count}\n")
+        self.process.stdin.write(f"{line}\n")
         self.process.stdin.flush()
         return json.loads(self._read())
+
+    def run(self, count: int) -> list[float]:
+        self.steps += count
+        return self._ask(str(count))
+
+    def weights(self) -> list[np.ndarray]:
+        return [np.array(w, dtype=np.float32) for w in self._ask("weights")]
 
     def close(self) -> None:
         if self.process.stdin:
@@ -352,12 +366,14 @@ class _Worker:
         self.process.wait(timeout=60)
 
 
-def _worker_main(name: str, workload: str, config: str, scale: float) -> None:
-    shapes = _scaled(WORKLOADS[workload](), scale)
-    local = _Local(name, shapes, config)
-    print(json.dumps({"first": local.first, "peak": local.peak}), flush=True)
+def _worker_main(name: str, config: str, shapes_json: str) -> None:
+    local = _Local(name, [tuple(s) for s in json.loads(shapes_json)], config)
+    print(json.dumps({"first": local.first, "peak": local.peak, "steps": local.steps}), flush=True)
     for line in sys.stdin:
-        print(json.dumps(local.run(int(line))), flush=True)
+        if line.strip() == "weights":  # exact: a float32 widened to a float64 round-trips through JSON
+            print(json.dumps([w.astype(np.float64).tolist() for w in local.weights()]), flush=True)
+        else:
+            print(json.dumps(local.run(int(line))), flush=True)
 
 
 class _Probe:
@@ -442,7 +458,7 @@ def run(
                 reason = NOT_RUN.get((name, workload))
                 if reason is None:
                     try:
-                        active.append(_Worker(name, workload, config, scale) if name in _WORKER_CONTENDERS else _Local(name, shapes, config))
+                        active.append(_Worker(name, shapes, config) if name in _WORKER_CONTENDERS else _Local(name, shapes, config))
                         continue
                     except Exception as error:  # a peer that cannot run this configuration is reported, not fatal
                         reason = f"{type(error).__name__}: {error}"
@@ -584,4 +600,4 @@ def markdown(report: dict) -> str:
 
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--worker":
-    _worker_main(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]))
+    _worker_main(sys.argv[2], sys.argv[3], sys.argv[4])
