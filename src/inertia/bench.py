@@ -314,14 +314,15 @@ class _Local:
     def __init__(self, name: str, shapes: list, config: str) -> None:
         self.name = name
         self.step, self.sync, self.weights = FACTORIES[name](shapes, config)
-        self.first = _timed_first(self.step, self.sync)
-        if name.startswith("inertia-"):  # the first step builds; the second is the first fused one
-            self.first += _timed_first(self.step, self.sync)
-        for _ in range(2):
+        # inertia: the first step builds, the second is the first fused one; both count
+        first_steps = 2 if name.startswith("inertia-") else 1
+        self.first = sum(_timed_first(self.step, self.sync) for _ in range(first_steps))
+        warmup_steps = 2
+        for _ in range(warmup_steps):
             self.step()
         self.sync()
-        self.peak = _peak_added(self.step, self.sync)
-        self.steps = (2 if name.startswith("inertia-") else 1) + 3
+        self.peak = _peak_added(self.step, self.sync)  # one more step
+        self.steps = first_steps + warmup_steps + 1
 
     def run(self, count: int) -> list[float]:
         self.steps += count

@@ -114,7 +114,8 @@ def fused_update(optimizer: Any, grads: list, variables: list, learning_rate: An
         None if averages is None else [averages[k] for k in large],
         learning_rate, clip, clipnorm, clipvalue,
     )
-    small = sorted(set(range(len(wrappers))) - set(large))
+    chosen = set(large)
+    small = [k for k in range(len(wrappers)) if k not in chosen]
     if small:  # the reference stages, per tensor as in Optimizer._update
         small_wrappers = [wrappers[k] for k in small]
         small_grads = optimizer._clip_gradients([grads[k] for k in small], small_wrappers)
