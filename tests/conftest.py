@@ -4,7 +4,8 @@
   is fixed before anything imports it.
 * ``INERTIA_REQUIRE_BACKENDS`` (set by CI) turns a missing backend or reference system into
   a failure instead of a skip: ``requires("torch")`` fails the test when torch is required
-  but missing.
+  but missing. Under it, any other skip (a test's or a whole module's) is reported as a
+  failure too, unless it is for hardware CI does not have (``SKIPS_ALLOWED_IN_CI``).
 """
 
 import importlib
@@ -26,6 +27,9 @@ _REFERENCES_REQUIRED_WITH = {
     "mlx.core": "numpy",  # MLX (mlx[cpu]) is the reference of the MLX face
     "mlx.optimizers": "numpy",
     "mlx.nn": "numpy",
+    "optax": "numpy",  # a peer of the benchmark, whose step its tests check
+    "tensorflow": "numpy",  # tf_keras runs on it
+    "tf_keras": "numpy",  # the reference of the legacy face (tf.keras.optimizers.legacy.SGD)
 }
 
 
@@ -35,10 +39,40 @@ def requires(module_name: str):
         return importlib.import_module(module_name)
     except ImportError as error:
         required = backends.required()
-        needed = module_name in required or _REFERENCES_REQUIRED_WITH.get(module_name) in required
+        # A submodule (jax.numpy) is required wherever its package is.
+        names = {module_name, module_name.split(".")[0]}
+        needed = any(n in required or _REFERENCES_REQUIRED_WITH.get(n) in required for n in names)
         if needed:
             pytest.fail(f"{module_name} is required (INERTIA_REQUIRE_BACKENDS) but missing: {error}")
         pytest.skip(f"{module_name} is not installed")
+
+
+# Skips that CI accepts: hardware its machine does not have.
+SKIPS_ALLOWED_IN_CI = ("no CUDA device",)
+
+
+def _skip_reason(report) -> str:
+    return report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+
+
+def _fail_skips_where_everything_is_required(report) -> None:
+    if report.skipped and backends.required() and not getattr(report, "wasxfail", None):
+        reason = _skip_reason(report)
+        if not any(allowed in reason for allowed in SKIPS_ALLOWED_IN_CI):
+            report.outcome = "failed"
+            report.longrepr = f"skipped where INERTIA_REQUIRE_BACKENDS requires everything: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_skips_where_everything_is_required(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    _fail_skips_where_everything_is_required(outcome.get_result())
 
 
 BACKENDS = ("numpy", "torch", "jax")

@@ -2,8 +2,9 @@
 
 SPEC section 7: every bad argument or input raises ``ValueError`` or ``TypeError`` naming
 the argument and the value it got, before any variable or state is touched. Keras' own
-texts (research/keras_semantics.md sections 1.1, 2.1, 5.2, 6, 7.7 and 8) are kept where
-they exist; inertia only adds the received value where Keras leaves it out.
+texts (as Keras 3.15.1 raises them for the same arguments; the section numbers in comments
+below are those of the project's research notes, shared/research/keras_semantics.md,
+outside this repository) are kept where they exist; inertia only adds the received value where Keras leaves it out.
 
 Three parts:
 

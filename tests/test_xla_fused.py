@@ -31,7 +31,7 @@ from test_fused import CASES, DTYPES, NORM_TOLERANCES, SHAPES, STEPS, _HeldRate,
 load_backend("jax")  # float64 enabled, as in the other JAX tests
 jax = requires("jax")
 jnp = jax.numpy
-xla_fused = pytest.importorskip("inertia.xla_fused")
+from inertia import xla_fused  # noqa: E402  (after jax: it imports jax)
 
 ROUNDING = {"float64": {"rtol": 1e-12, "atol": 1e-14}, "float32": {"rtol": 2e-6, "atol": 2e-7}}
 
