@@ -339,8 +339,16 @@ class _Worker:
         self.name = name
         command = [sys.executable, "-m", "inertia.bench", "--worker", name, config, json.dumps(shapes)]
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        reply = json.loads(self._read())
+        self._set_up(json.loads(self._read()))
+
+    def _set_up(self, reply: dict) -> None:
         self.first, self.peak, self.steps = reply["first"], reply["peak"], reply["steps"]
+
+    def reconfigure(self, config: str) -> None:
+        """Set the contender up afresh for ``config`` in the same process. The benchmark starts
+        a process per configuration; the tests reuse one, as each start-up imports Keras and its
+        backend (seconds)."""
+        self._set_up(self._ask(f"config {config}"))
 
     def _read(self) -> str:
         line = self.process.stdout.readline() if self.process.stdout else ""
@@ -368,13 +376,26 @@ class _Worker:
 
 
 def _worker_main(name: str, config: str, shapes_json: str) -> None:
-    local = _Local(name, [tuple(s) for s in json.loads(shapes_json)], config)
-    print(json.dumps({"first": local.first, "peak": local.peak, "steps": local.steps}), flush=True)
+    shapes = [tuple(s) for s in json.loads(shapes_json)]
+
+    def reply_set_up(local: _Local) -> None:
+        print(json.dumps({"first": local.first, "peak": local.peak, "steps": local.steps}), flush=True)
+
+    local = _Local(name, shapes, config)
+    reply_set_up(local)
     for line in sys.stdin:
-        if line.strip() == "weights":  # exact: a float32 widened to a float64 round-trips through JSON
+        command = line.split()
+        if command == ["weights"]:  # exact: a float32 widened to a float64 round-trips through JSON
             print(json.dumps([w.astype(np.float64).tolist() for w in local.weights()]), flush=True)
+        elif command[0] == "config":
+            local.close()
+            local = _Local(name, shapes, command[1])
+            reply_set_up(local)
         else:
-            print(json.dumps(local.run(int(line))), flush=True)
+            print(json.dumps(local.run(int(command[0]))), flush=True)
+    # Every reply is flushed: skip the interpreter's teardown, which takes about a second once
+    # torch is loaded and has nothing left to save.
+    os._exit(0)
 
 
 class _Probe:
