@@ -32,7 +32,7 @@ MUTANTS: list[Mutant] = [
         'state["momentum_buffer"] = new_buffer.detach()',
         "the first momentum buffer is the .grad tensor itself: zero_grad(set_to_none=False) or "
         "accumulating backward calls rewrites it",
-        ("tests/test_torch_face.py",),
+        ("tests/test_torch_face_driving.py",),
     ),
     Mutant(
         "exclude-by-name-anchored",
