@@ -1,9 +1,10 @@
-"""``inertia.legacy.SGD`` against tf.keras' legacy (OptimizerV2) SGD.
+"""``inertia.legacy.SGD`` against tf.keras' legacy (OptimizerV2) SGD: worked examples.
 
-TensorFlow is not installed here, so the expected numbers are the verified ones of
-research/keras_semantics.md section 9.1 and the [legacy] rows of section 10 (37's third
-step, 45, 46), the two doctests of reference/tf-keras-legacy-SGD.md, and values derived by
-hand from OptimizerV2's rules (stated next to each test):
+The cases here are small, readable worked examples of OptimizerV2's rules, with the numbers
+derived by hand next to each test; the ones named after a row or a doctest were checked once
+against tf_keras itself (tf_keras 2.21.0 on TensorFlow 2.21.0: the command and its result
+are in the test's comment). tests/test_legacy_parity.py checks inertia against the real
+``tf_keras.optimizers.legacy.SGD`` live, step by step, in randomized scenarios. The rules:
 
 * hyperparameters (learning_rate, decay, momentum) are float32 values cast to each
   variable's dtype; ``lr_t = lr / (1 + decay*iterations)`` (iterations before the
@@ -89,6 +90,10 @@ class RecordingSchedule(schedules.LearningRateSchedule):
 # ----------------------------------------------------------------------------------------
 # the legacy worked cases
 # ----------------------------------------------------------------------------------------
+# tf_keras 2.21.0: tf_keras.optimizers.legacy.SGD(learning_rate=3.0, decay=0.5), and the same
+# with learning_rate=tf_keras.optimizers.schedules.InverseTimeDecay(3.0, 1, 0.5), applied to a
+# float32 tf.Variable([1, 2]) with gradient [0.1, 0.1] three times, give [0.7, 1.7],
+# [0.5, 1.5], [0.35, 1.35] (as float32: 0.699999988, 1.70000005, ...).
 ROW_37 = [[0.7, 1.7], [0.5, 1.5], [0.35, 1.35]]
 
 
@@ -136,6 +141,8 @@ def test_decay_divides_the_scheduled_rate(backend):
     rates = [3.0, 4.0 / 3.0, 0.75]
     expected = np.array([1.0, 2.0]) - 0.1 * np.cumsum(rates)[:, None]
     close(values, expected)
+    # tf_keras 2.21.0 with learning_rate=InverseTimeDecay(3.0, 1, 0.5) and decay=0.5 gives
+    # [0.56666666, 1.5666667] after the second step and [0.49166667, 1.4916667] after the third.
     close(values[1], [0.56666666, 1.56666666])  # not row 37's 0.5: the two decays compound
 
 
@@ -151,6 +158,13 @@ def test_schedule_sees_iterations_as_a_float_of_the_variable_dtype(backend, dtyp
 
 
 def test_row_45_config_and_weight_paths_after_one_step(backend):
+    # tf_keras 2.21.0: SGD(0.1, momentum=0.9, nesterov=True, clipnorm=1.0) on tf.Variable([[1, 2]],
+    # name="kernel") and tf.Variable([0.5], name="bias") with gradients [[3, 4]] and [1]:
+    # apply_gradients returns 1; weights ['SGD/iter:0', 'SGD/kernel/momentum:0',
+    # 'SGD/bias/momentum:0'] (inertia's paths without ':0'); slots [[-0.06, -0.08]] and [-0.1];
+    # kernel [[0.886, 1.848]], bias [0.31]. Its config has these keys and values, except that,
+    # built, it reads learning_rate and momentum back as np.float32(0.1) and np.float32(0.9)
+    # where inertia keeps the Python floats (see tests/test_legacy_parity.py).
     optimizer = LegacySGD(0.1, momentum=0.9, nesterov=True, clipnorm=1.0)
     kernel = variable([[1.0, 2.0]], name="kernel")
     bias = variable([0.5], name="bias")
@@ -171,7 +185,9 @@ def test_row_45_config_and_weight_paths_after_one_step(backend):
 
 
 def test_row_46_dense_rows_hit_in_turn(backend):
-    # Row 46's dense numbers: rows 0 then 1 get gradient 1, m=0.5, lr=1, from zeros.
+    # Row 46's dense numbers: rows 0 then 1 get gradient 1, m=0.5, lr=1, from zeros. tf_keras
+    # 2.21.0 (SGD(learning_rate=1.0, momentum=0.5), dense tf.constant gradients) gives table
+    # [[-1.5], [-1.0]] and slot [[-0.5], [-1.0]].
     # step 1: m=[-1,0], v=[-1,0]; step 2: m=0.5*[-1,0]-[0,1]=[-0.5,-1], v=[-1.5,-1].
     # (TF's lazy sparse kernel would give v=[-1,-1]; inertia has no sparse gradients.)
     optimizer = LegacySGD(learning_rate=1.0, momentum=0.5)
@@ -183,6 +199,8 @@ def test_row_46_dense_rows_hit_in_turn(backend):
 
 
 def test_doctest_first_step_is_0_9(backend):
+    # tf_keras 2.21.0: SGD(learning_rate=0.1).minimize(lambda: (var**2) / 2.0, [var]) on
+    # tf.Variable(1.0) returns step 1 and leaves var = 0.8999999761581421.
     optimizer = LegacySGD(learning_rate=0.1)
     var = inertia.Variable(1.0)
     step_count = optimizer.minimize(lambda: (var**2) / 2.0, [var]).numpy()
@@ -193,6 +211,8 @@ def test_doctest_first_step_is_0_9(backend):
 
 
 def test_doctest_momentum_steps_are_0_1_then_0_18(backend):
+    # tf_keras 2.21.0: SGD(learning_rate=0.1, momentum=0.9), the same loss twice from 1.0:
+    # the steps are 0.10000002384185791 and 0.18000000715255737.
     optimizer = LegacySGD(learning_rate=0.1, momentum=0.9)
     var = inertia.Variable(1.0)
     val0 = float(var.numpy())
@@ -257,7 +277,9 @@ def test_float32_and_float64_variables_in_one_step(backend):
 
 def test_float16_variable_row_42(backend):
     # fp16 [1,2], lr 0.1, m 0.9, g=1, 2 steps (row 42: the same on the legacy face, whose
-    # float32 hypers round to the same float16 values).
+    # float32 hypers round to the same float16 values). tf_keras 2.21.0: SGD(learning_rate=0.1,
+    # momentum=0.9) on a float16 tf.Variable([1, 2]) with float16 gradients [1, 1] twice gives
+    # [0.70996094, 1.7109375] and slot [-0.18994141, -0.18994141], all float16.
     optimizer = LegacySGD(learning_rate=0.1, momentum=0.9)
     w = variable([1.0, 2.0], "float16")
     apply(optimizer, [([1.0, 1.0], w)], "float16")
@@ -307,24 +329,39 @@ def test_weights_exclude_the_learning_rate_variable():
     "learning_rate, momentum, nesterov",
     [(0.01, 0.0, False), (0.05, 0.9, False), (0.3, 0.5, True)],
 )
-def test_bit_identical_to_keras3_with_constant_rate_and_no_clipping(backend, learning_rate, momentum, nesterov):
+@pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+def test_bit_identical_to_keras3_with_constant_rate_and_no_clipping(backend, keras, learning_rate, momentum, nesterov):
+    # On the reference systems themselves: tf_keras' legacy SGD (TensorFlow's
+    # ResourceApplyKerasMomentum / ResourceApplyGradientDescent kernels) and Keras 3's SGD (on
+    # its NumPy backend) compute the same float32 numbers when the rate is constant and
+    # nothing is clipped; inertia's legacy face gives them too, on every backend.
+    tf, tf_keras = requires("tensorflow"), requires("tf_keras")
     rng = np.random.default_rng(1234)
-    init = [rng.normal(size=(3, 4)), rng.normal(size=(5,))]
-    grads = [[rng.normal(size=a.shape) for a in init] for _ in range(6)]
-    runs = []
-    for make in (inertia.SGD, LegacySGD):
-        optimizer = make(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov)
-        if backend.name == "jax":
-            # Compiled, the two differ in rounding only: XLA's lowering of legacy's step fuses
-            # multiply-adds, inertia.SGD's compiled step (the fused kernel) does not. The
-            # eager reference paths compare the rules themselves.
-            optimizer.jit_compile = False
-        params = [variable(a) for a in init]
-        for step in grads:
-            optimizer.apply_gradients([(tensor(g), p) for g, p in zip(step, params)])
-        runs.append([p.numpy() for p in params])
-    assert_same_arrays(runs[0], runs[1])
-    assert not np.array_equal(runs[1][0], np.asarray(init[0], np.float32))  # it did train
+    init = [rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=(5,)).astype(np.float32)]
+    grads = [[rng.normal(size=a.shape).astype(np.float32) for a in init] for _ in range(6)]
+    config = dict(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov)
+    legacy_vars = [tf.Variable(a.copy(), name=f"w{i}") for i, a in enumerate(init)]
+    keras3_vars = [keras.Variable(a.copy(), name=f"w{i}") for i, a in enumerate(init)]
+    inertia_vars = [variable(a, name=f"w{i}") for i, a in enumerate(init)]
+    legacy, keras3, ours = tf_keras.optimizers.legacy.SGD(**config), keras.optimizers.SGD(**config), LegacySGD(**config)
+    if backend.name == "jax":
+        # Compiled, XLA contracts `v*m - g*lr` into a fused multiply-add (one rounding
+        # fewer), which TensorFlow's kernels do not; the eager path compares the rule.
+        ours.jit_compile = False
+    for step in grads:
+        legacy.apply_gradients([(tf.constant(g), v) for g, v in zip(step, legacy_vars)])
+        keras3.apply([g.copy() for g in step], keras3_vars)
+        ours.apply_gradients([(tensor(g), v) for g, v in zip(step, inertia_vars)])
+    legacy_values = [v.numpy() for v in legacy_vars]
+    assert_same_arrays([np.asarray(v.numpy()) for v in keras3_vars], legacy_values)
+    assert_same_arrays([v.numpy() for v in inertia_vars], legacy_values)
+    if momentum:
+        legacy_slots = [legacy.get_slot(v, "momentum").numpy() for v in legacy_vars]
+        keras3_slots = [np.asarray(v.numpy()) for v in keras3.variables if v.name.endswith("_momentum")]
+        assert_same_arrays(keras3_slots, legacy_slots)
+        assert_same_arrays([ours.get_slot(v, "momentum").numpy() for v in inertia_vars], legacy_slots)
+    assert all(a.dtype == np.float32 for a in legacy_values)
+    assert not np.array_equal(legacy_values[0], init[0])  # it did train
 
 
 # ----------------------------------------------------------------------------------------
