@@ -60,7 +60,6 @@ class SGD(_KerasSGD):
 
     _iterations_name = "iter"
     _iterations_dtype = "int64"
-    _compiled_attributes = _KerasSGD._compiled_attributes + ("decay",)
 
     def __init__(
         self,
@@ -147,8 +146,8 @@ class SGD(_KerasSGD):
 
     def _decayed_lr(self, variable: Variable) -> Any:
         """``lr_t`` for one dtype: the schedule sees ``iterations`` as a float of that dtype;
-        then ``lr_t / (1 + decay*iterations)`` (the current ``decay``) when the constructor's
-        decay is > 0."""
+        then ``lr_t / (1 + decay*iterations)`` with the constructor's decay, when it is > 0
+        (OptimizerV2 reads ``_initial_decay``: a ``decay`` assigned later changes no update)."""
         ops, dtype = variable.backend, variable.dtype
         lr = self._learning_rate
         if isinstance(lr, LearningRateSchedule):
@@ -160,9 +159,9 @@ class SGD(_KerasSGD):
             value = lr()
             value = value.value if isinstance(value, Variable) else value
             lr_t = ops.cast(ops.asarray(value, dtype="float32", like=variable.value), dtype)
-        if self._initial_decay > 0:  # OptimizerV2's gate: a decay set later on a decay-free optimizer does nothing
+        if self._initial_decay > 0:
             step = ops.cast(self._iterations.value, dtype)
-            lr_t = lr_t / (1 + self._hyper(self.decay, variable) * step)
+            lr_t = lr_t / (1 + self._hyper(self._initial_decay, variable) * step)
         return lr_t
 
     def _backend_update_step(self, grads: list, variables: list[Variable], learning_rate: Any) -> None:
@@ -181,7 +180,7 @@ class SGD(_KerasSGD):
         if self.clipnorm is not None:
             grads = [pipeline.clip_by_norm(ops, g, self.clipnorm) for g in grads]
         if self.global_clipnorm is not None:
-            grads = pipeline.clip_by_global_norm(ops, grads, self.global_clipnorm)
+            grads = pipeline.clip_by_global_norm(ops, grads, self.global_clipnorm, reciprocal_in_dtype=True)
         return grads
 
     # --- slots and weights -------------------------------------------------------------------

@@ -57,11 +57,16 @@ def clip_by_norm(ops: ArrayBackend, gradient: Any, clipnorm: float) -> Any:
     return (gradient * c) / ops.maximum(norm, c)
 
 
-def clip_by_global_norm(ops: ArrayBackend, gradients: Sequence[Any], clipnorm: float) -> list:
+def clip_by_global_norm(
+    ops: ArrayBackend, gradients: Sequence[Any], clipnorm: float, reciprocal_in_dtype: bool = False
+) -> list:
     """Scale all gradients together so that their joint norm is at most ``clipnorm``.
 
     ``scale = c * min(1/norm, 1/c) + (norm - norm)``: 1 for a zero norm, and NaN for an
     infinite or NaN norm, so non-finite gradients stay visibly non-finite (as in Keras).
+    Keras 3 rounds ``1/c`` once from the Python float; ``reciprocal_in_dtype`` forms it as
+    ``tf.clip_by_global_norm`` does (tf.keras legacy), ``1 / c`` with ``c`` already in the
+    norm's dtype: the two differ in the last bit for thresholds such as 1.7 in float32.
     """
     squared_norms = [ops.sum(ops.square(g)) for g in gradients]
     dtype = _widest(ops, squared_norms)
@@ -70,7 +75,10 @@ def clip_by_global_norm(ops: ArrayBackend, gradients: Sequence[Any], clipnorm: f
         total = total + ops.cast(value, dtype)
     norm = ops.sqrt(total)
     c = ops.scalar(clipnorm, dtype, like=norm)
-    inverse_c = ops.scalar(1.0 / clipnorm, dtype, like=norm)  # rounded once, as in Keras
+    if reciprocal_in_dtype:
+        inverse_c = ops.scalar(1.0, dtype, like=norm) / c
+    else:
+        inverse_c = ops.scalar(1.0 / clipnorm, dtype, like=norm)  # rounded once, as in Keras
     scale = c * ops.minimum(1 / norm, inverse_c) + (norm - norm)
     return [g * ops.cast(scale, ops.dtype_name(g)) for g in gradients]
 

@@ -88,7 +88,8 @@ class NumpyBackend(ArrayBackend):
         return np.minimum(x, y)
 
     def clip(self, x: Array, low: Any, high: Any) -> Array:
-        return np.clip(x, low, high)
+        # np.clip promotes an ml_dtypes bfloat16 array to float32; the result keeps x's dtype.
+        return np.clip(x, low, high).astype(x.dtype, copy=False)
 
     def where(self, condition: Array, x: Any, y: Any) -> Array:
         return np.where(condition, x, y)
