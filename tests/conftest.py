@@ -115,3 +115,55 @@ def keras():
 def sklearn():
     """scikit-learn (the demo's data): skipped locally when missing, a failure in CI."""
     return requires("sklearn")
+
+
+def draw_variables_and_momentum(r, name_stems: tuple, seed: int) -> tuple[list, list, dict]:
+    """The start of a randomized parity scenario, shared by the Keras and legacy ones: 1-4
+    variable shapes (0-d included) and names, and the optimizer's name, momentum and Nesterov
+    flag, drawn from ``r`` (a ``random.Random``) in a fixed order so that seeds stay stable."""
+    n_vars = r.randint(1, 4)
+    shapes = []
+    for _ in range(n_vars):
+        rank = r.choice([0, 0, 1, 2, 3])
+        shapes.append(tuple(r.randint(1, 4) for _ in range(rank)))
+    names = [f"{r.choice(name_stems)}_{i}" for i in range(n_vars)]
+    kwargs: dict = {"name": f"opt_{seed}"}
+    kwargs["momentum"] = 0.0 if r.random() < 0.3 else r.choice([1.0, r.uniform(1e-3, 1.0)])
+    kwargs["nesterov"] = r.random() < 0.5
+    return shapes, names, kwargs
+
+
+def draw_schedule_arguments(r, kind: str, lr0: float) -> dict:
+    """Keyword arguments of a learning-rate schedule class ``kind`` starting at ``lr0``, sized
+    for scenarios of at most 8 steps (shared by the Keras and legacy parity tests)."""
+    if kind == "ExponentialDecay":
+        return dict(initial_learning_rate=lr0, decay_steps=r.randint(1, 5), decay_rate=r.uniform(0.3, 0.99), staircase=r.random() < 0.5)
+    if kind == "PiecewiseConstantDecay":
+        n = r.randint(1, 3)
+        return dict(boundaries=sorted(r.sample(range(0, 8), n)), values=[r.uniform(0.001, 0.5) for _ in range(n + 1)])
+    if kind == "CosineDecay":
+        kwargs = dict(initial_learning_rate=lr0, decay_steps=r.randint(1, 10), alpha=r.choice([0.0, r.uniform(0.0, 0.5)]))
+        if r.random() < 0.4:
+            kwargs.update(warmup_target=lr0 * r.uniform(1.0, 3.0), warmup_steps=r.randint(1, 4))
+        return kwargs
+    if kind == "InverseTimeDecay":
+        return dict(initial_learning_rate=lr0, decay_steps=r.randint(1, 5), decay_rate=r.uniform(0.1, 2.0), staircase=r.random() < 0.5)
+    if kind == "PolynomialDecay":
+        return dict(
+            initial_learning_rate=lr0,
+            decay_steps=r.randint(1, 6),
+            end_learning_rate=lr0 * r.uniform(0.0, 0.5),
+            power=r.choice([1.0, 0.5, 2.0, r.uniform(0.2, 3.0)]),
+            cycle=r.random() < 0.5,
+        )
+    if kind == "CosineDecayRestarts":
+        return dict(
+            initial_learning_rate=lr0,
+            first_decay_steps=r.randint(1, 4),
+            # Not a t_mul whose restart boundaries a last-bit difference of `log` can move:
+            # floor(log(...) / log(t_mul)) would then jump a whole period on one side only.
+            t_mul=r.choice([1.0, 2.0]),
+            m_mul=r.choice([1.0, r.uniform(0.3, 1.0)]),
+            alpha=r.choice([0.0, r.uniform(0.0, 0.5)]),
+        )
+    raise ValueError(f"no such schedule: {kind!r}")

@@ -968,3 +968,23 @@ def test_raw_accumulate_rejects_what_does_not_fit():
     for bad in (grad.astype(np.float64), grad.reshape(3, 2).copy(), np.asfortranarray(grad)):
         assert module.accumulate([acc], [bad], sizes, shapes, offsets, 0, 1) is False
         assert np.array_equal(acc, np.arange(6, dtype=np.float32))
+
+
+@pytest.mark.parametrize("size", [2, 70_000], ids=["small", "chunked"])
+def test_a_nan_norm_makes_the_clipped_tensor_nan_as_keras_does(spy, size):
+    # clipnorm divides by max(norm, c); Keras' max of a NaN norm is NaN, so every element of
+    # that tensor becomes NaN, finite ones included. Tensors over 64K elements take the
+    # kernel's chunked route (norm sums first), smaller ones its grouped route.
+    results = {}
+    for jit_compile in (True, False):
+        weight = np.ones(size, np.float32)
+        gradient = np.full(size, 2.0, np.float32)
+        gradient[0] = np.nan
+        optimizer = inertia.SGD(learning_rate=0.1, clipnorm=1.0, jit_compile=jit_compile)
+        optimizer.apply([np.zeros(size, np.float32)], [weight])  # builds; later steps are fused
+        calls = spy.total
+        optimizer.apply([gradient], [weight])
+        assert spy.total == calls + int(jit_compile)
+        results[jit_compile] = weight
+    assert np.isnan(results[False]).all()
+    assert np.isnan(results[True]).all()

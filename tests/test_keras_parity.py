@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 
 import inertia
+from conftest import draw_schedule_arguments, draw_variables_and_momentum
 
 # float32 against Keras: bit for bit (rtol 0) on both of inertia's paths, the reference
 # (jit_compile=False) and the fused C kernel (the default), with one documented exception:
@@ -68,41 +69,13 @@ def _draw_learning_rate(r: random.Random) -> tuple:
     if kind == "callable":
         # A zero-argument callable whose value changes between steps (the test changes it).
         return kind, {"value": lr0, "factor": r.uniform(0.5, 1.5)}
-    if kind == "ExponentialDecay":
-        kwargs = dict(initial_learning_rate=lr0, decay_steps=r.randint(1, 5), decay_rate=r.uniform(0.3, 0.99), staircase=r.random() < 0.5)
-    elif kind == "PiecewiseConstantDecay":
-        n = r.randint(1, 3)
-        boundaries = sorted(r.sample(range(0, 8), n))
-        kwargs = dict(boundaries=boundaries, values=[r.uniform(0.001, 0.5) for _ in range(n + 1)])
-    elif kind == "CosineDecay":
-        kwargs = dict(initial_learning_rate=lr0, decay_steps=r.randint(1, 10), alpha=r.choice([0.0, r.uniform(0.0, 0.5)]))
-        if r.random() < 0.4:
-            kwargs.update(warmup_target=lr0 * r.uniform(1.0, 3.0), warmup_steps=r.randint(1, 4))
-    elif kind == "InverseTimeDecay":
-        kwargs = dict(initial_learning_rate=lr0, decay_steps=r.randint(1, 5), decay_rate=r.uniform(0.1, 2.0), staircase=r.random() < 0.5)
-    else:  # PolynomialDecay
-        kwargs = dict(
-            initial_learning_rate=lr0,
-            decay_steps=r.randint(1, 6),
-            end_learning_rate=lr0 * r.uniform(0.0, 0.5),
-            power=r.choice([1.0, 0.5, 2.0, r.uniform(0.2, 3.0)]),
-            cycle=r.random() < 0.5,
-        )
-    return kind, kwargs
+    return kind, draw_schedule_arguments(r, kind, lr0)
 
 
 def draw_scenario(seed: int, dtype: str = "float32") -> dict:
     r = random.Random(seed)
-    n_vars = r.randint(1, 4)
-    shapes = []
-    for _ in range(n_vars):
-        rank = r.choice([0, 0, 1, 2, 3])
-        shapes.append(tuple(r.randint(1, 4) for _ in range(rank)))
-    names = [f"{r.choice(NAME_STEMS)}_{i}" for i in range(n_vars)]
-
-    kwargs: dict = {"name": f"opt_{seed}"}
-    kwargs["momentum"] = 0.0 if r.random() < 0.3 else r.choice([1.0, r.uniform(1e-3, 1.0)])
-    kwargs["nesterov"] = r.random() < 0.5
+    shapes, names, kwargs = draw_variables_and_momentum(r, NAME_STEMS, seed)
+    n_vars = len(shapes)
     exclude = None
     if r.random() < 0.5:
         kwargs["weight_decay"] = r.uniform(1e-3, 0.5)
@@ -581,3 +554,20 @@ def test_global_clipnorm_over_float32_and_float64_takes_the_norm_in_float64(path
     # A float32 norm and scale would move the float64 weight by another amount:
     scale32 = np.float64(np.float32(c) * min(np.float32(1) / np.sqrt(np.float32(253.0)), np.float32(1.0 / c)))
     assert not np.array_equal(w64.numpy(), -((g64 * scale32) * lr32))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_loss_scaling_leaves_overwrite_with_gradient_values_unscaled(keras, path):
+    # LossScaleOptimizer divides the trained variables' gradients by the scale (8 / 4 = 2, so
+    # w = 1 - 0.1*2 = 0.8), but an overwrite_with_gradient variable takes its "gradient" as
+    # it is: s = 3, not 3 / 4.
+    k_w, k_s = keras.Variable(np.ones(1, np.float32), name="w"), keras.Variable(np.zeros(1, np.float32), name="s")
+    k_s.overwrite_with_gradient = True
+    i_w = inertia.Variable(np.ones(1, np.float32), name="w")
+    i_s = inertia.Variable(np.zeros(1, np.float32), name="s", overwrite_with_gradient=True)
+    k_opt = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(learning_rate=0.1), initial_scale=4.0)
+    i_opt = inertia.LossScaleOptimizer(inertia.SGD(learning_rate=0.1, jit_compile=PATHS[path]), initial_scale=4.0)
+    k_opt.apply([np.array([8.0], np.float32), np.array([3.0], np.float32)], [k_w, k_s])
+    i_opt.apply([np.array([8.0], np.float32), np.array([3.0], np.float32)], [i_w, i_s])
+    assert np.asarray(k_w.numpy()).tolist() == i_w.numpy().tolist() == [np.float32(1.0) - np.float32(0.1) * 2]
+    assert np.asarray(k_s.numpy()).tolist() == i_s.numpy().tolist() == [3.0]

@@ -65,7 +65,7 @@ import pytest  # noqa: E402
 
 import inertia  # noqa: E402
 import inertia.legacy  # noqa: E402
-from conftest import requires, tensor  # noqa: E402
+from conftest import draw_schedule_arguments, draw_variables_and_momentum, requires, tensor  # noqa: E402
 
 N_SCENARIOS = 64
 DTYPES = ("float32", "float64", "float16", "bfloat16")
@@ -122,36 +122,7 @@ def _draw_learning_rate(r: random.Random) -> tuple:
         return kind, {"value": lr0, "factor": r.uniform(0.5, 1.5)}
     if kind == CUSTOM_SCHEDULE:
         return kind, {"initial_learning_rate": lr0, "rate": r.uniform(0.01, 0.12)}  # > 0 for 8 steps
-    if kind == "ExponentialDecay":
-        kwargs = dict(initial_learning_rate=lr0, decay_steps=r.randint(1, 5), decay_rate=r.uniform(0.3, 0.99), staircase=r.random() < 0.5)
-    elif kind == "PiecewiseConstantDecay":
-        n = r.randint(1, 3)
-        kwargs = dict(boundaries=sorted(r.sample(range(0, 8), n)), values=[r.uniform(0.001, 0.5) for _ in range(n + 1)])
-    elif kind == "CosineDecay":
-        kwargs = dict(initial_learning_rate=lr0, decay_steps=r.randint(1, 10), alpha=r.choice([0.0, r.uniform(0.0, 0.5)]))
-        if r.random() < 0.4:
-            kwargs.update(warmup_target=lr0 * r.uniform(1.0, 3.0), warmup_steps=r.randint(1, 4))
-    elif kind == "InverseTimeDecay":
-        kwargs = dict(initial_learning_rate=lr0, decay_steps=r.randint(1, 5), decay_rate=r.uniform(0.1, 2.0), staircase=r.random() < 0.5)
-    elif kind == "PolynomialDecay":
-        kwargs = dict(
-            initial_learning_rate=lr0,
-            decay_steps=r.randint(1, 6),
-            end_learning_rate=lr0 * r.uniform(0.0, 0.5),
-            power=r.choice([1.0, 0.5, 2.0, r.uniform(0.2, 3.0)]),
-            cycle=r.random() < 0.5,
-        )
-    else:  # CosineDecayRestarts
-        kwargs = dict(
-            initial_learning_rate=lr0,
-            first_decay_steps=r.randint(1, 4),
-            # Not a t_mul whose restart boundaries a last-bit difference of `log` can move:
-            # floor(log(...) / log(t_mul)) would then jump a whole period on one side only.
-            t_mul=r.choice([1.0, 2.0]),
-            m_mul=r.choice([1.0, r.uniform(0.3, 1.0)]),
-            alpha=r.choice([0.0, r.uniform(0.0, 0.5)]),
-        )
-    return kind, kwargs
+    return kind, draw_schedule_arguments(r, kind, lr0)
 
 
 def _reciprocal_rounds_alike(clipnorm: float, dtype: str) -> bool:
@@ -169,16 +140,8 @@ def _draw_threshold(r: random.Random) -> float:
 def draw_scenario(seed: int) -> dict:
     r = random.Random(seed)
     dtype = DTYPES[seed % len(DTYPES)]
-    n_vars = r.randint(1, 4)
-    shapes = []
-    for _ in range(n_vars):
-        rank = r.choice([0, 0, 1, 2, 3])
-        shapes.append(tuple(r.randint(1, 4) for _ in range(rank)))
-    names = [f"{r.choice(NAME_STEMS)}_{i}" for i in range(n_vars)]
-
-    kwargs: dict = {"name": f"opt_{seed}"}
-    kwargs["momentum"] = 0.0 if r.random() < 0.3 else r.choice([1.0, r.uniform(1e-3, 1.0)])
-    kwargs["nesterov"] = r.random() < 0.5
+    shapes, names, kwargs = draw_variables_and_momentum(r, NAME_STEMS, seed)
+    n_vars = len(shapes)
     if r.random() < 0.4:
         kwargs["decay"] = r.choice([r.uniform(0.01, 2.0), 0.5])
     clip = r.choice(CLIPS)

@@ -191,3 +191,30 @@ def test_cpu_tensors_stay_off_the_path_unless_forced(torch, monkeypatch):
     weights, grads = _data("float32")
     _run(torch, CASES["everything"], True, weights, grads)
     assert count[0] == 0
+
+
+def test_ema_on_the_first_step_copies_the_weights_when_built_beforehand(torch, steps_taken):
+    # After build(), the very first apply already takes the path: its EMA must copy the new
+    # weights (momentum 0 on the first step), as the reference does. From w = 1, g = 1, lr 0.1:
+    # w = 0.9 and the average 0.9 (an EMA with 0.8 from the zero slot would give 0.18).
+    results = {}
+    for jit_compile in (True, False):
+        w = inertia.Variable(torch.tensor([1.0]), name="w")
+        optimizer = inertia.SGD(learning_rate=0.1, use_ema=True, ema_momentum=0.8, jit_compile=jit_compile)
+        optimizer.build([w])
+        optimizer.apply([torch.tensor([1.0])], [w])
+        average = next(s for s in optimizer.variables if s.name == "w_average")
+        results[jit_compile] = (w.numpy().tolist(), average.numpy().tolist())
+    assert steps_taken[0] == 1  # only the compiled run took the path
+    assert results[True] == results[False] == ([np.float32(0.9)], [np.float32(0.9)])
+
+
+def test_the_callers_gradients_are_left_as_they_were(torch, steps_taken):
+    # The path may scale its own temporaries in place, never the tensors the caller passed.
+    w = inertia.Variable(torch.tensor([1.0, 2.0]), name="w")
+    optimizer = inertia.SGD(learning_rate=0.1, momentum=0.9)
+    for _ in range(3):
+        gradient = torch.tensor([1.0, 2.0])
+        optimizer.apply([gradient], [w])
+        assert torch.equal(gradient, torch.tensor([1.0, 2.0]))
+    assert steps_taken[0] >= 2  # the later steps took the path

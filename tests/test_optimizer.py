@@ -319,6 +319,34 @@ def test_load_accepts_keras_index_keys(backend):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+def test_load_index_keys_in_numeric_order_past_ten(backend):
+    # Keras' index keys are "0", "1", ..., "11": "10" is the 11th variable, not the 3rd.
+    variables = [inertia.Variable(g32([0.0, 0.0]), name=f"w{i}") for i in range(10)]
+    opt = inertia.SGD(momentum=0.9)
+    opt.build(variables)
+    assert len(opt.variables) == 12  # iteration, learning_rate, 10 momentum slots
+    store = {str(i): np.full(np.shape(slot.numpy()), i, dtype=slot.numpy().dtype) for i, slot in enumerate(opt.variables)}
+    opt.load_own_variables(store)
+    for i, slot in enumerate(opt.variables):
+        np.testing.assert_array_equal(as_np(slot.value), store[str(i)], err_msg=slot.name)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["reference", "fused"])
+def test_each_exclusion_call_replaces_the_previous_one(jit_compile):
+    # Zero gradients, no momentum: only the decay moves a weight, w - w*0.5*0.1 in float32.
+    def decayed(w):
+        return np.float32(w) - np.float32(w) * np.float32(0.5) * np.float32(0.1)
+
+    first, second = np.ones(2, np.float32), np.ones(2, np.float32)
+    opt = inertia.SGD(learning_rate=0.1, weight_decay=0.5, jit_compile=jit_compile)
+    opt.exclude_from_weight_decay(var_list=[first])
+    opt.apply([np.zeros(2, np.float32)] * 2, [first, second])
+    assert first.tolist() == [1.0, 1.0] and second.tolist() == [decayed(1.0)] * 2
+    opt.exclude_from_weight_decay(var_list=[second])  # now only the second is exempt
+    opt.apply([np.zeros(2, np.float32)] * 2, [first, second])
+    assert first.tolist() == [decayed(1.0)] * 2 and second.tolist() == [decayed(1.0)] * 2
+
+
 def test_load_mismatch_is_an_error_not_a_warning():
     opt, variables, _ = stepped(lambda: inertia.SGD(momentum=0.9))
     store = {}

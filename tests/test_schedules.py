@@ -241,6 +241,7 @@ KERAS_CASES = [
     ("InverseTimeDecay", (0.1, 10, 0.96, True), {}, (10,)),
     ("CosineDecay", (1.0, 1000), {}, (250,)),
     ("CosineDecay", (0.3, 777, 0.1), {}, (777,)),
+    ("CosineDecay", (1.0, 10, 0.256), {}, (10,)),  # (1 - alpha) rounds: 0.98179305 at step 1
     ("CosineDecay", (0.0, 1000), {"warmup_target": 10.0, "warmup_steps": 2000}, (250,)),
     ("CosineDecay", (0.1, 10, 0.1), {"warmup_target": 1.0, "warmup_steps": 5}, (5,)),
     ("CosineDecay", (0.1, 100, 0.1), {"warmup_target": 1.0, "warmup_steps": 0}, (100,)),

@@ -77,4 +77,624 @@ MUTANTS: list[Mutant] = [
         "CosineDecay at step == warmup_steps gives the ramp's 0.09999999 instead of the target 0.1",
         ("tests/test_schedules.py",),
     ),
+    # --- the rule (rule.py): Keras form and heavy-ball form ----------------------------------
+    Mutant(
+        "rule-keras-nesterov-old-velocity",
+        "src/inertia/rule.py",
+        "return weight + (velocity * momentum - gradient * learning_rate), velocity",
+        "return weight + (buffer * momentum - gradient * learning_rate), velocity",
+        "Keras Nesterov looks ahead with the previous velocity instead of the new one: from the "
+        "second step on the weights differ from keras.optimizers.SGD(nesterov=True)",
+        ("tests/test_rule.py", "tests/test_keras_cases.py"),
+    ),
+    Mutant(
+        "rule-torch-first-buffer-dampened",
+        "src/inertia/rule.py",
+        "buffer = gradient if rule.buffer_starts_with_gradient else gradient * (1.0 - dampening)",
+        "buffer = gradient * (1.0 - dampening)",
+        "torch's first momentum buffer is dampened (torch.optim.SGD sets it to the raw gradient), "
+        "so dampening > 0 gives a smaller first step than torch",
+        ("tests/test_rule.py", "tests/test_torch_face.py"),
+    ),
+    Mutant(
+        "rule-dampening-dropped-after-first-step",
+        "src/inertia/rule.py",
+        "buffer = axpy(buffer * momentum, gradient, 1.0 - dampening)",
+        "buffer = axpy(buffer * momentum, gradient, 1.0)",
+        "dampening is ignored once the buffer exists: torch and MLX faces take too-large steps from "
+        "step 2 with dampening > 0",
+        ("tests/test_rule.py", "tests/test_mlx.py", "tests/test_torch_face.py"),
+    ),
+    Mutant(
+        "rule-maximize-after-l2",
+        "src/inertia/rule.py",
+        "    if rule.maximize:\n"
+        "        gradient = -gradient\n"
+        "    if l2_weight_decay is not None:\n"
+        "        gradient = axpy(gradient, weight, l2_weight_decay)\n",
+        "    if l2_weight_decay is not None:\n"
+        "        gradient = axpy(gradient, weight, l2_weight_decay)\n"
+        "    if rule.maximize:\n"
+        "        gradient = -gradient\n",
+        "maximize=True with weight_decay flips the decay term too, so the weights grow instead of "
+        "decaying (torch negates the gradient before adding wd*w)",
+        ("tests/test_rule.py", "tests/test_torch_face.py"),
+    ),
+    Mutant(
+        "rule-l2-axpy-arguments-swapped",
+        "src/inertia/rule.py",
+        "gradient = axpy(gradient, weight, l2_weight_decay)",
+        "gradient = axpy(weight, gradient, l2_weight_decay)",
+        "coupled L2 decay forms w + wd*g instead of g + wd*w: any weight_decay on the torch or MLX "
+        "face gives wrong weights",
+        ("tests/test_rule.py", "tests/test_mlx.py", "tests/test_torch_face.py"),
+    ),
+    Mutant(
+        "rule-heavy-ball-nesterov-arguments-swapped",
+        "src/inertia/rule.py",
+        "direction = axpy(gradient, buffer, momentum) if rule.nesterov else buffer",
+        "direction = axpy(buffer, gradient, momentum) if rule.nesterov else buffer",
+        "heavy-ball Nesterov steps along b + m*g instead of g + m*b: torch/MLX nesterov=True "
+        "trajectories differ from step 2",
+        ("tests/test_rule.py", "tests/test_mlx.py", "tests/test_torch_face.py"),
+    ),
+    # --- the pipeline stages (pipeline.py) -----------------------------------------------------
+    Mutant(
+        "pipeline-unscale-by-reciprocal",
+        "src/inertia/pipeline.py",
+        "return gradient / _scalar(ops, factor, gradient)",
+        "return gradient * _scalar(ops, 1.0 / factor, gradient)",
+        "loss_scale_factor that is not a power of two unscales 1 ulp off Keras (multiplying by "
+        "the rounded reciprocal instead of dividing)",
+        ("tests/test_pipeline.py", "tests/test_keras_parity.py"),
+    ),
+    Mutant(
+        "pipeline-accumulated-mean-drops-last-micro-step",
+        "src/inertia/pipeline.py",
+        "return (gradient + accumulator) / _scalar(ops, steps, gradient)",
+        "return accumulator / _scalar(ops, steps, gradient)",
+        "under gradient_accumulation_steps the update step's own gradient is left out of the mean",
+        ("tests/test_pipeline.py", "tests/test_keras_parity.py"),
+    ),
+    Mutant(
+        "pipeline-clipvalue-upper-bound-only",
+        "src/inertia/pipeline.py",
+        "return ops.clip(gradient, -v, v)",
+        "return ops.minimum(gradient, v)",
+        "clipvalue no longer clips large negative gradients to -clipvalue",
+        ("tests/test_pipeline.py", "tests/test_keras_parity.py"),
+    ),
+    Mutant(
+        "pipeline-global-scale-without-nan-term",
+        "src/inertia/pipeline.py",
+        "scale = c * ops.minimum(1 / norm, inverse_c) + (norm - norm)",
+        "scale = c * ops.minimum(1 / norm, inverse_c)",
+        "global_clipnorm with an infinite gradient gives 0 for the finite elements instead of "
+        "Keras' NaN everywhere (the non-finite step no longer shows)",
+        ("tests/test_pipeline.py", "tests/test_keras_cases.py", "tests/test_keras_parity.py"),
+    ),
+    Mutant(
+        "pipeline-decay-without-learning-rate",
+        "src/inertia/pipeline.py",
+        "return weight - weight * wd * ops.cast(learning_rate, ops.dtype_name(weight))",
+        "return weight - weight * wd",
+        "decoupled weight decay shrinks the weights by wd per step instead of wd*lr",
+        ("tests/test_pipeline.py", "tests/test_keras_parity.py"),
+    ),
+    Mutant(
+        "pipeline-ema-first-step-not-copied",
+        "src/inertia/pipeline.py",
+        "m = _scalar(ops, 0.0 if first else ema_momentum, weight)",
+        "m = _scalar(ops, ema_momentum, weight)",
+        "the EMA starts from zeros instead of the first step's weights (eager path)",
+        ("tests/test_pipeline.py", "tests/test_keras_parity.py"),
+    ),
+    Mutant(
+        "pipeline-ema-weights-swapped",
+        "src/inertia/pipeline.py",
+        "return m * average + (1 - m) * weight",
+        "return m * weight + (1 - m) * average",
+        "the EMA keeps 1 - ema_momentum of the old average instead of ema_momentum",
+        ("tests/test_pipeline.py", "tests/test_keras_parity.py"),
+    ),
+    # --- the base class (optimizer.py) ---------------------------------------------------------
+    Mutant(
+        "optimizer-decay-after-update",
+        "src/inertia/optimizer.py",
+        "            grads = self._clip_gradients(grads, variables)\n"
+        "            self._apply_weight_decay(variables, learning_rate)\n"
+        "            self._backend_update_step(grads, variables, learning_rate)\n",
+        "            grads = self._clip_gradients(grads, variables)\n"
+        "            self._backend_update_step(grads, variables, learning_rate)\n"
+        "            self._apply_weight_decay(variables, learning_rate)\n",
+        "decoupled weight decay shrinks the post-update weights instead of the pre-update ones",
+        ("tests/test_keras_parity.py", "tests/test_keras_cases.py"),
+    ),
+    Mutant(
+        "optimizer-ema-overwrite-off-by-one",
+        "src/inertia/optimizer.py",
+        "self._flag((steps_taken + 1) % frequency == 0),",
+        "self._flag(steps_taken % frequency == 0),",
+        "ema_overwrite_frequency=N copies the averages into the weights on steps 1, N+1, ... "
+        "instead of N, 2N, ...",
+        ("tests/test_keras_parity.py", "tests/test_optimizer.py"),
+    ),
+    Mutant(
+        "optimizer-accumulation-update-off-by-one",
+        "src/inertia/optimizer.py",
+        "self._branch(self._flag((self._iterations.value + 1) % steps == 0), update, accumulate)",
+        "self._branch(self._flag(self._iterations.value % steps == 0), update, accumulate)",
+        "gradient_accumulation_steps=N updates on the 1st, N+1-th... call instead of the N-th, 2N-th",
+        ("tests/test_keras_parity.py", "tests/test_keras_cases.py"),
+    ),
+    Mutant(
+        "optimizer-accumulators-not-reset",
+        "src/inertia/optimizer.py",
+        "            self._update(means, variables)\n"
+        "            for accumulator in self._accumulated_gradients:\n"
+        "                if accumulator is not None:\n"
+        "                    _reset(accumulator)\n",
+        "            self._update(means, variables)\n",
+        "gradient accumulators keep every past cycle's gradients, so later updates use a growing sum",
+        ("tests/test_keras_parity.py", "tests/test_keras_cases.py"),
+    ),
+    Mutant(
+        "optimizer-none-gradients-misaligned",
+        "src/inertia/optimizer.py",
+        "return [g for g, _ in pairs], [v for _, v in pairs]",
+        "return [g for g, _ in pairs], variables",
+        "with a None gradient, the following gradients are applied to the wrong variables",
+        ("tests/test_keras_cases.py", "tests/test_keras_parity.py"),
+    ),
+    Mutant(
+        "optimizer-schedule-sees-next-step",
+        "src/inertia/optimizer.py",
+        "return self._learning_rate(self._iterations.value)",
+        "return self._learning_rate(self._iterations.value + 1)",
+        "a learning-rate schedule's first update uses schedule(1) instead of schedule(0)",
+        ("tests/test_optimizer.py", "tests/test_schedules.py"),
+    ),
+    Mutant(
+        "optimizer-schedule-sees-update-count",
+        "src/inertia/optimizer.py",
+        "return self._learning_rate(self._iterations.value)",
+        "return self._learning_rate(self.iterations)",
+        "under gradient accumulation the schedule is called with raw // N instead of Keras' raw "
+        "counter, so the rate decays N times slower",
+        ("tests/test_optimizer.py", "tests/test_keras_parity.py"),
+    ),
+    Mutant(
+        "optimizer-iterations-ignores-accumulation",
+        "src/inertia/optimizer.py",
+        "return self._iterations.value // self.gradient_accumulation_steps",
+        "return self._iterations.value",
+        "optimizer.iterations counts micro-steps under gradient accumulation (Keras: raw // N)",
+        ("tests/test_keras_cases.py", "tests/test_keras_parity.py"),
+    ),
+    Mutant(
+        "optimizer-exclusions-accumulate-across-calls",
+        "src/inertia/optimizer.py",
+        "self._exclude_from_weight_decay_ids = {id(v) for v in (var_list or [])}",
+        "self._exclude_from_weight_decay_ids |= {id(v) for v in (var_list or [])}",
+        "a second exclude_from_weight_decay(var_list=...) call keeps the first call's variables "
+        "excluded (and the fused plan, comparing the same set object, misses the change)",
+        ("tests/test_optimizer.py", "tests/test_fused.py", "tests/test_keras_cases.py"),
+    ),
+    Mutant(
+        "optimizer-exclusion-misses-native-arrays",
+        "src/inertia/optimizer.py",
+        "if id(variable) in excluded or (variable._aliases_native and id(variable.value) in excluded):",
+        "if id(variable) in excluded:",
+        "exclude_from_weight_decay(var_list=[ndarray or tensor]) no longer exempts native arrays",
+        ("tests/test_optimizer.py",),
+    ),
+    Mutant(
+        "optimizer-config-drops-accumulation",
+        "src/inertia/optimizer.py",
+        '            "gradient_accumulation_steps": self.gradient_accumulation_steps,\n',
+        "",
+        "from_config(get_config()) gives an optimizer without gradient accumulation",
+        ("tests/test_optimizer.py", "tests/test_keras_cases.py"),
+    ),
+    Mutant(
+        "optimizer-load-index-keys-sorted-as-strings",
+        "src/inertia/optimizer.py",
+        "values = [store[str(i)] for i in range(len(entries))]",
+        "values = [store[k] for k in sorted(keys)]",
+        'a Keras index-keyed store with 11+ variables loads "10" before "2": values land in the '
+        "wrong variables",
+        ("tests/test_optimizer.py",),
+    ),
+    # --- the C kernel (_sgd_core.h; each `find` lies inside one macro line) ---------------------
+    Mutant(
+        "kernel-decay-without-lr",
+        "src/inertia/_sgd_core.h",
+        "if (decay) w = w - (w * wd) * lr;",
+        "if (decay) w = w - w * wd;",
+        "the fused kernel's decoupled decay ignores the learning rate",
+        ("tests/test_fused.py", "tests/test_keras_parity.py"),
+    ),
+    Mutant(
+        "kernel-nesterov-reassociated",
+        "src/inertia/_sgd_core.h",
+        "w = mode == MODE_NESTEROV ? w + (v * m - g * lr) : w + v;",
+        "w = mode == MODE_NESTEROV ? (w + v * m) - g * lr : w + v;",
+        "Nesterov in the fused kernel rounds differently from Keras and the reference path",
+        ("tests/test_fused.py", "tests/test_keras_parity.py"),
+    ),
+    Mutant(
+        "kernel-ema-weights-swapped",
+        "src/inertia/_sgd_core.h",
+        "if (ema) E[i] = em * E[i] + one_minus_em * w;",
+        "if (ema) E[i] = em * w + one_minus_em * E[i];",
+        "the fused kernel's EMA weighs the new weights by ema_momentum",
+        ("tests/test_fused.py", "tests/test_keras_parity.py"),
+    ),
+    Mutant(
+        "kernel-clip-divisor-ignores-nan",
+        "src/inertia/_sgd_core.h",
+        "return (double)((norm > c || norm != norm) ? norm : c);",
+        "return (double)(norm > c ? norm : c);",
+        "clipnorm on a tensor with a NaN lets its finite elements through unchanged in the kernel "
+        "(Keras: the whole tensor becomes NaN)",
+        ("tests/test_fused.py", "tests/test_keras_parity.py"),
+    ),
+    Mutant(
+        "kernel-global-scale-without-nan-term",
+        "src/inertia/_sgd_core.h",
+        "return (double)(c * smaller + (norm - norm));",
+        "return (double)(c * smaller);",
+        "global_clipnorm with an infinite gradient zeroes the finite elements in the kernel instead "
+        "of making every gradient NaN as Keras does",
+        ("tests/test_fused.py", "tests/test_keras_cases.py"),
+    ),
+    Mutant(
+        "kernel-accumulator-not-reset",
+        "src/inertia/_sgd_core.h",
+        "A[i] = 0;",
+        "(void)0;",
+        "the fused kernel leaves the accumulators full after an update step, so the next cycle "
+        "adds the old gradients again",
+        ("tests/test_fused.py", "tests/test_keras_parity.py"),
+    ),
+    # --- fused.py: eligibility and plan re-checks ------------------------------------------------
+    Mutant(
+        "fused-exclusions-not-rechecked",
+        "src/inertia/fused.py",
+        "if plan is None or not _same_objects(plan.targets, targets) or plan.exclusions != _exclusions(optimizer):",
+        "if plan is None or not _same_objects(plan.targets, targets):",
+        "exclude_from_weight_decay (or a new weight_decay) after the first fused step is ignored "
+        "by the kernel",
+        ("tests/test_fused.py",),
+    ),
+    Mutant(
+        "fused-replaced-array-not-rechecked",
+        "src/inertia/fused.py",
+        "    elif plan.eligible and not all(map(operator.is_, map(_value_of, plan.variables), plan.values)):\n"
+        "        plan = optimizer._fused_plan = _make_plan(optimizer, targets)  # an array was replaced\n",
+        "",
+        "after a variable's or slot's array is replaced (set_weights, load_own_variables, assign "
+        "of another array), the kernel keeps writing into the old array",
+        ("tests/test_fused.py", "tests/backend/test_torch.py", "tests/test_optimizer.py"),
+    ),
+    Mutant(
+        "fused-subset-with-ema-taken",
+        "src/inertia/fused.py",
+        "if (optimizer.use_ema or optimizer.gradient_accumulation_steps) and indices != list(",
+        "if optimizer.gradient_accumulation_steps and indices != list(",
+        "apply() on a subset of the variables with use_ema updates only that subset's averages "
+        "(the reference advances every trainable variable's EMA)",
+        ("tests/test_fused.py", "tests/test_keras_parity.py"),
+    ),
+    Mutant(
+        "fused-stage-list-misses-update-step",
+        "src/inertia/fused.py",
+        '    "update_step",\n    "_update",\n',
+        '    "_update",\n',
+        "a subclass of SGD overriding update_step silently runs the stock kernel instead of its "
+        "own update",
+        ("tests/test_fused.py",),
+    ),
+    Mutant(
+        "fused-micro-steps-store-scaled-gradients",
+        "src/inertia/fused.py",
+        "        if unscale is not None:\n"
+        "            return False  # micro-steps then store unscaled gradients: the reference path does\n",
+        "",
+        "loss_scale_factor with gradient_accumulation_steps accumulates the scaled gradients on "
+        "micro-steps, so the update's mean is off by the scale",
+        ("tests/test_fused.py", "tests/test_keras_parity.py"),
+    ),
+    # --- multi_tensor.py -----------------------------------------------------------------------
+    Mutant(
+        "multi-tensor-ema-first-step-not-copied",
+        "src/inertia/multi_tensor.py",
+        "ema_momentum = rounded(0.0 if steps_taken == 0 else optimizer.ema_momentum)",
+        "ema_momentum = rounded(optimizer.ema_momentum)",
+        "on CUDA the EMA starts from zeros instead of the first step's weights",
+        ("tests/test_multi_tensor.py",),
+    ),
+    Mutant(
+        "multi-tensor-scales-callers-gradients",
+        "src/inertia/multi_tensor.py",
+        "    if own:\n"
+        "        torch._foreach_mul_(grads, learning_rate)\n"
+        "        scaled = grads\n"
+        "    else:\n"
+        "        scaled = torch._foreach_mul(grads, learning_rate)\n",
+        "    torch._foreach_mul_(grads, learning_rate)\n"
+        "    scaled = grads\n",
+        "on CUDA, apply() multiplies the caller's gradient tensors by the learning rate in place",
+        ("tests/test_multi_tensor.py",),
+    ),
+    Mutant(
+        "multi-tensor-decay-without-lr",
+        "src/inertia/multi_tensor.py",
+        "            torch._foreach_mul_(decay, learning_rate)\n",
+        "",
+        "on CUDA decoupled weight decay ignores the learning rate",
+        ("tests/test_multi_tensor.py",),
+    ),
+    # --- xla_fused.py --------------------------------------------------------------------------
+    Mutant(
+        "xla-ema-first-step-not-copied",
+        "src/inertia/xla_fused.py",
+        "ema_momentum = jnp.where(first, jnp.zeros((), dtype), jnp.asarray(optimizer.ema_momentum, dtype))",
+        "ema_momentum = jnp.asarray(optimizer.ema_momentum, dtype)",
+        "on JAX the large tensors' EMA starts from zeros instead of the first step's weights",
+        ("tests/test_xla_fused.py",),
+    ),
+    Mutant(
+        "xla-global-norm-split-between-paths",
+        "src/inertia/xla_fused.py",
+        "if not large or (clip == _CLIP_GLOBAL and (len(large) < len(wrappers) or len(large) > GROUP)):",
+        "if not large or (clip == _CLIP_GLOBAL and len(large) > GROUP):",
+        "on JAX, global_clipnorm over large and small tensors takes two separate norms",
+        ("tests/test_xla_fused.py",),
+    ),
+    Mutant(
+        "xla-gradients-unscaled-twice",
+        "src/inertia/xla_fused.py",
+        "unscale=np.float64(1.0),",
+        "unscale=np.float64(optimizer.loss_scale_factor or 1.0),",
+        "on JAX with loss_scale_factor, the large tensors' gradients are divided by the scale twice",
+        ("tests/test_xla_fused.py",),
+    ),
+    # --- the tf.keras legacy face (legacy.py) --------------------------------------------------
+    Mutant(
+        "legacy-clipnorm-before-clipvalue",
+        "src/inertia/legacy.py",
+        "        if self.clipvalue is not None:\n"
+        "            grads = [pipeline.clip_by_value(ops, g, self.clipvalue) for g in grads]\n"
+        "        if self.clipnorm is not None:\n"
+        "            grads = [pipeline.clip_by_norm(ops, g, self.clipnorm) for g in grads]\n",
+        "        if self.clipnorm is not None:\n"
+        "            grads = [pipeline.clip_by_norm(ops, g, self.clipnorm) for g in grads]\n"
+        "        if self.clipvalue is not None:\n"
+        "            grads = [pipeline.clip_by_value(ops, g, self.clipvalue) for g in grads]\n",
+        "legacy SGD with clipvalue and clipnorm clips the norm first (OptimizerV2 clips values first)",
+        ("tests/test_legacy.py",),
+    ),
+    Mutant(
+        "legacy-time-decay-off-by-one",
+        "src/inertia/legacy.py",
+        "lr_t = lr_t / (1 + self._hyper(self._initial_decay, variable) * step)",
+        "lr_t = lr_t / (1 + self._hyper(self._initial_decay, variable) * (step + 1))",
+        "legacy decay > 0 already decays the first step's rate (OptimizerV2: lr / (1 + decay*iterations))",
+        ("tests/test_legacy.py",),
+    ),
+    Mutant(
+        "legacy-hyperparameters-not-float32",
+        "src/inertia/legacy.py",
+        'return ops.cast(ops.scalar(value, "float32", like=variable.value), variable.dtype)',
+        "return ops.scalar(value, variable.dtype, like=variable.value)",
+        "float64 variables see float64 momentum/decay instead of tf.keras' float32-rounded ones",
+        ("tests/test_legacy.py",),
+    ),
+    Mutant(
+        "legacy-weights-include-learning-rate",
+        "src/inertia/legacy.py",
+        "return [v for v in self._variables if v is not self._learning_rate and id(v) not in self._not_weights]",
+        "return [v for v in self._variables if id(v) not in self._not_weights]",
+        "legacy get_weights()/set_weights() include the learning rate: tf.keras weight lists no "
+        "longer load (wrong length)",
+        ("tests/test_legacy.py",),
+    ),
+    Mutant(
+        "legacy-slot-named-with-underscore",
+        "src/inertia/legacy.py",
+        'self._new_variable_name(f"{reference.name}/{slot_name}")',
+        'self._new_variable_name(f"{reference.name}_{slot_name}")',
+        'legacy slots are named "kernel_momentum" instead of tf.keras\' "kernel/momentum"',
+        ("tests/test_legacy.py",),
+    ),
+    # --- the MLX face (mlx.py) -----------------------------------------------------------------
+    Mutant(
+        "mlx-rule-starts-with-gradient",
+        "src/inertia/mlx.py",
+        "self._rule = SGDRule(nesterov=nesterov, lr_in_velocity=False)",
+        "self._rule = SGDRule(nesterov=nesterov, lr_in_velocity=False, buffer_starts_with_gradient=True)",
+        "MLX's velocity would start as the first gradient (torch's way) instead of zero",
+        ("tests/test_mlx.py",),
+        equivalent="init_single stores a zero 'v' for every leaf before its first update, so the rule "
+        "never receives buffer=None from the MLX face and the flag is never read (only "
+        "tests/test_faces.py::test_every_face_calls_the_one_rule notices: it reads the flag itself)",
+    ),
+    Mutant(
+        "mlx-state-key-renamed",
+        "src/inertia/mlx.py",
+        'state["v"] = ops.zeros(ops.shape(parameter), ops.dtype_name(parameter), like=parameter)',
+        'state["velocity"] = ops.zeros(ops.shape(parameter), ops.dtype_name(parameter), like=parameter)',
+        "the MLX state holds a 'velocity' entry instead of MLX's 'v' (and gains 'v' only after a "
+        "step): states no longer interchange with mlx.optimizers.SGD",
+        ("tests/test_mlx.py",),
+    ),
+    Mutant(
+        "mlx-dampening-not-passed",
+        "src/inertia/mlx.py",
+        "            dampening=self.dampening,\n",
+        "",
+        "the MLX face ignores dampening",
+        ("tests/test_mlx.py",),
+    ),
+    Mutant(
+        "mlx-weight-decay-only-with-momentum",
+        "src/inertia/mlx.py",
+        "l2_weight_decay=self.weight_decay if self.weight_decay != 0 else None,",
+        "l2_weight_decay=self.weight_decay if with_momentum and self.weight_decay != 0 else None,",
+        "MLX SGD without momentum ignores weight_decay",
+        ("tests/test_mlx.py",),
+    ),
+    Mutant(
+        "mlx-schedule-after-step-increment",
+        "src/inertia/mlx.py",
+        "        for name, scheduler in self._schedulers.items():\n"
+        "            self._state[name] = self._rate_array(scheduler(self.step))\n"
+        '        self._state["step"] = self.step + 1\n',
+        '        self._state["step"] = self.step + 1\n'
+        "        for name, scheduler in self._schedulers.items():\n"
+        "            self._state[name] = self._rate_array(scheduler(self.step))\n",
+        "a callable learning rate drives step 1 with schedule(1) instead of MLX's schedule(0)",
+        ("tests/test_mlx.py",),
+    ),
+    # --- the torch.optim face (torch.py) -------------------------------------------------------
+    Mutant(
+        "torch-maximize-read-from-nesterov",
+        "src/inertia/torch.py",
+        '_TORCH_RULES[group["nesterov"], group["maximize"]],',
+        '_TORCH_RULES[group["nesterov"], group["nesterov"]],',
+        "maximize=True is ignored without Nesterov, and nesterov=True always maximizes",
+        ("tests/test_torch_face.py",),
+    ),
+    Mutant(
+        "torch-dampening-from-step-one",
+        "src/inertia/torch.py",
+        "SGDRule(nesterov=nesterov, lr_in_velocity=False, buffer_starts_with_gradient=True, maximize=maximize)",
+        "SGDRule(nesterov=nesterov, lr_in_velocity=False, buffer_starts_with_gradient=False, maximize=maximize)",
+        "the torch face dampens the first momentum buffer (torch.optim.SGD applies dampening from step 2)",
+        ("tests/test_torch_face.py",),
+    ),
+    Mutant(
+        "torch-first-group-settings-for-all",
+        "src/inertia/torch.py",
+        "settings = {id(group): self._hyperparameters(group) for group in self.param_groups}",
+        "settings = {id(group): self._hyperparameters(self.param_groups[0]) for group in self.param_groups}",
+        "every param group steps with the first group's lr, momentum and weight decay",
+        ("tests/test_torch_face.py",),
+    ),
+    Mutant(
+        "torch-state-dict-counters-not-restored",
+        "src/inertia/torch.py",
+        '        self._micro_steps, self._updates = int(counters["micro_steps"]), int(counters["updates"])\n',
+        "",
+        "load_state_dict keeps the loading optimizer's own step counters: accumulation cycles and "
+        "EMA overwrites resume out of phase",
+        ("tests/test_torch_face.py",),
+    ),
+    Mutant(
+        "torch-ema-overwrite-off-by-one",
+        "src/inertia/torch.py",
+        "if frequency and (self._updates + 1) % frequency == 0:",
+        "if frequency and self._updates % frequency == 0:",
+        "the torch face copies the EMA into the weights on updates 1, N+1, ... instead of N, 2N, ...",
+        ("tests/test_torch_face.py",),
+    ),
+    # --- schedules.py --------------------------------------------------------------------------
+    Mutant(
+        "schedule-staircase-rounds",
+        "src/inertia/schedules.py",
+        "p = xp.floor(p)",
+        "p = xp.round(p)",
+        "staircase=True ExponentialDecay / InverseTimeDecay drop halfway through each interval "
+        "instead of at its end",
+        ("tests/test_schedules.py",),
+    ),
+    Mutant(
+        "schedule-inverse-time-drops-rate",
+        "src/inertia/schedules.py",
+        "denominator = _cast(1, dtype, xp) + decay_rate * p",
+        "denominator = _cast(1, dtype, xp) + p",
+        "InverseTimeDecay ignores decay_rate",
+        ("tests/test_schedules.py",),
+    ),
+    Mutant(
+        "schedule-piecewise-first-boundary-open",
+        "src/inertia/schedules.py",
+        "result = result + term(step <= bounds[0], values[0])",
+        "result = result + term(step < bounds[0], values[0])",
+        "PiecewiseConstantDecay gives 0 at step == boundaries[0] (Keras: values[0])",
+        ("tests/test_schedules.py",),
+    ),
+    Mutant(
+        "schedule-polynomial-cycle-step-zero",
+        "src/inertia/schedules.py",
+        "multiplier = xp.where(s == 0, _cast(1.0, dtype, xp), xp.ceil(s / decay_steps))",
+        "multiplier = xp.ceil(s / decay_steps)",
+        "PolynomialDecay(cycle=True) gives NaN at step 0 (0/0)",
+        ("tests/test_schedules.py",),
+    ),
+    Mutant(
+        "schedule-polynomial-step-not-clamped",
+        "src/inertia/schedules.py",
+        "            s = xp.minimum(s, decay_steps)\n        p = s / decay_steps\n",
+        "            pass\n        p = s / decay_steps\n",
+        "PolynomialDecay past decay_steps would decay below end_learning_rate",
+        ("tests/test_schedules.py",),
+        equivalent="past decay_steps 1 - p is negative and xp.maximum(1 - p, 0) clamps it to the "
+        "same 0 that s = decay_steps gives (0 ** power, inf for power < 0, NaN for a NaN step, "
+        "all as before)",
+    ),
+    Mutant(
+        "schedule-cosine-step-not-clamped",
+        "src/inertia/schedules.py",
+        "            s = xp.minimum(s, decay_steps)\n            return _result(self._decay(",
+        "            return _result(self._decay(",
+        "CosineDecay past decay_steps follows the cosine back up instead of staying at alpha*lr",
+        ("tests/test_schedules.py",),
+    ),
+    Mutant(
+        "schedule-restarts-fraction-not-reduced",
+        "src/inertia/schedules.py",
+        "            fraction = fraction - restart\n",
+        "",
+        "CosineDecayRestarts(t_mul=1) runs the cosine on the whole step/first_decay_steps: odd "
+        "periods restart at alpha instead of the top",
+        ("tests/test_schedules.py",),
+    ),
+    Mutant(
+        "schedule-cosine-one-minus-alpha-in-dtype",
+        "src/inertia/schedules.py",
+        "decayed = _cast(1 - self.alpha, dtype, xp) * cosine + _cast(self.alpha, dtype, xp)",
+        "decayed = (1 - _cast(self.alpha, dtype, xp)) * cosine + _cast(self.alpha, dtype, xp)",
+        "CosineDecay with an alpha whose 1 - alpha rounds differently in float32 is 1 ulp off Keras",
+        ("tests/test_schedules.py", "tests/test_keras_parity.py"),
+    ),
+    # --- loss_scale.py -------------------------------------------------------------------------
+    Mutant(
+        "loss-scale-growth-off-by-one",
+        "src/inertia/loss_scale.py",
+        "self.step_counter.value == self.dynamic_growth_steps - 1",
+        "self.step_counter.value == self.dynamic_growth_steps",
+        "the dynamic loss scale doubles after dynamic_growth_steps + 1 finite steps instead of "
+        "dynamic_growth_steps",
+        ("tests/test_keras_cases.py", "tests/test_optimizer.py"),
+    ),
+    Mutant(
+        "loss-scale-halving-keeps-counter",
+        "src/inertia/loss_scale.py",
+        "            _reset(self.step_counter)\n            scale = self.dynamic_scale.value\n",
+        "            if factor > 1:\n                _reset(self.step_counter)\n            scale = self.dynamic_scale.value\n",
+        "a non-finite step halves the scale but keeps counting the earlier finite steps, so the "
+        "scale doubles again too early",
+        ("tests/test_keras_cases.py", "tests/test_optimizer.py"),
+    ),
+    Mutant(
+        "loss-scale-unscales-overwrite-variables",
+        "src/inertia/loss_scale.py",
+        "g if g is None or v.overwrite_with_gradient else g / ops.cast(scale, ops.dtype_name(g))",
+        "g if g is None else g / ops.cast(scale, ops.dtype_name(g))",
+        "overwrite_with_gradient variables (float8 scales) under LossScaleOptimizer get the gradient "
+        "divided by the loss scale",
+        ("tests/test_keras_parity.py", "tests/test_keras_cases.py"),
+    ),
 ]

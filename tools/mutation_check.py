@@ -95,7 +95,8 @@ def run_mutant(mutant: Mutant, copy: pathlib.Path, cache: pathlib.Path, timeout:
         code, summary, seconds = _run_pytest(copy, cache, list(mutant.tests), timeout)
         scope = "its tests"
         if code == PYTEST_ALL_PASSED:
-            code, summary, more = _run_pytest(copy, cache, [], timeout)
+            # The table's own test fails on any mutated copy (its `find` text is gone): leave it out.
+            code, summary, more = _run_pytest(copy, cache, ["--ignore=tests/test_mutation_table.py"], timeout)
             seconds += more
             scope = "the whole suite"
     finally:
