@@ -4,8 +4,9 @@
   is fixed before anything imports it.
 * ``INERTIA_REQUIRE_BACKENDS`` (set by CI) turns a missing backend or reference system into
   a failure instead of a skip: ``requires("torch")`` fails the test when torch is required
-  but missing. Under it, any other skip (a test's or a whole module's) is reported as a
-  failure too, unless it is for hardware CI does not have (``SKIPS_ALLOWED_IN_CI``).
+  but missing. When it names every backend (as CI does), any other skip (a test's or a
+  whole module's) is reported as a failure too, unless it is for hardware CI does not have
+  (``SKIPS_ALLOWED_IN_CI``).
 """
 
 import importlib
@@ -44,7 +45,7 @@ def requires(module_name: str):
         needed = any(n in required or _REFERENCES_REQUIRED_WITH.get(n) in required for n in names)
         if needed:
             pytest.fail(f"{module_name} is required (INERTIA_REQUIRE_BACKENDS) but missing: {error}")
-        pytest.skip(f"{module_name} is not installed")
+        pytest.skip(f"{module_name} is not installed", allow_module_level=True)
 
 
 # Skips that CI accepts: hardware its machine does not have.
@@ -55,8 +56,12 @@ def _skip_reason(report) -> str:
     return report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
 
 
+def _everything_required() -> bool:
+    return set(backends.NAMES) <= set(backends.required())
+
+
 def _fail_skips_where_everything_is_required(report) -> None:
-    if report.skipped and backends.required() and not getattr(report, "wasxfail", None):
+    if report.skipped and _everything_required() and not getattr(report, "wasxfail", None):
         reason = _skip_reason(report)
         if not any(allowed in reason for allowed in SKIPS_ALLOWED_IN_CI):
             report.outcome = "failed"

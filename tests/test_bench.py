@@ -222,6 +222,8 @@ def test_the_probe_streams_with_sgds_access_pattern():
         if not compiled:
             probe.module = None
         elif probe.module is None:
+            if backends.required():  # CI: a C compiler is part of the test environment
+                pytest.fail("the probe's compiled kernel is unavailable")
             continue  # no compiler here: the fallback below is what runs
         a, b, c = (x.astype(np.float64) for x in probe.buffers)
         times = probe.run(2)

@@ -13,9 +13,15 @@ behaviour are listed as **equivalent** with the reason, and not run.
     python tools/mutation_check.py --list           # the table, nothing run
     python tools/mutation_check.py --json out.json  # also write the results as JSON
 
-Exit status: 0 when every non-equivalent mutant is killed, 1 when one survives, 2 when a
-mutant no longer applies to the source (its ``find`` text is gone or not unique) or its run
-errors before testing anything.
+The tests run as in CI, with ``INERTIA_REQUIRE_BACKENDS=numpy,torch,jax`` unless the
+environment sets it: a backend that is missing fails the baseline instead of letting
+mutants survive behind skips.
+
+Exit status: 0 when every non-equivalent mutant is killed, 1 when one survives, 2 when the
+unmutated source fails (its own files, or the whole suite when a survivor needs it), a
+mutant no longer applies to the source (its ``find`` text is gone or not unique), or a
+mutant's run ends neither in failures nor in a pass (a time-out, a crash, a collection
+error: reported as ``error`` for a person to look at).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -67,21 +74,50 @@ def _check_applies(mutant: Mutant) -> str | None:
 
 def _run_pytest(copy: pathlib.Path, cache: pathlib.Path, tests: list[str], timeout: float) -> tuple[int, str, float]:
     environment = dict(os.environ)
-    environment["PYTHONPATH"] = str(copy / "src") + os.pathsep + environment.get("PYTHONPATH", "")
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(copy / "src"), environment.get("PYTHONPATH")]))
     environment["INERTIA_CACHE_DIR"] = str(cache)
+    environment.setdefault("INERTIA_REQUIRE_BACKENDS", "numpy,torch,jax")
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
     start = time.perf_counter()
+    # A session of its own, so that a time-out also ends what pytest started (benchmark workers).
+    process = subprocess.Popen(
+        command, cwd=copy, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
-        done = subprocess.run(command, cwd=copy, env=environment, capture_output=True, text=True, timeout=timeout)
+        stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
         return -1, "timed out", time.perf_counter() - start
-    output = (done.stdout + done.stderr).strip().splitlines()
+    output = (stdout + stderr).strip().splitlines()
     failed = [line for line in output if line.startswith(("FAILED", "ERROR"))]
     summary = failed[0] if failed else (output[-1] if output else "")
-    return done.returncode, summary, time.perf_counter() - start
+    return process.returncode, summary, time.perf_counter() - start
 
 
-def run_mutant(mutant: Mutant, copy: pathlib.Path, cache: pathlib.Path, timeout: float) -> dict:
+# The table's own test fails on any mutated copy (its `find` text is gone): the whole-suite
+# runs leave it out.
+WHOLE_SUITE = ["--ignore=tests/test_mutation_table.py"]
+
+
+class _WholeSuiteBaseline:
+    """Whether the unmutated source passes the whole suite, run once, the first time a
+    survivor needs the whole suite (a failure there would otherwise count as a kill)."""
+
+    def __init__(self, copy: pathlib.Path, cache: pathlib.Path, timeout: float) -> None:
+        self.copy, self.cache, self.timeout = copy, cache, timeout
+        self.summary: str | None = None
+        self.passed = False
+
+    def check(self) -> bool:
+        if self.summary is None:
+            code, self.summary, seconds = _run_pytest(self.copy, self.cache, WHOLE_SUITE, self.timeout)
+            self.passed = code == PYTEST_ALL_PASSED
+            print(f"whole-suite baseline ({seconds:.0f} s): {self.summary}", flush=True)
+        return self.passed
+
+
+def run_mutant(mutant: Mutant, copy: pathlib.Path, cache: pathlib.Path, timeout: float, whole_suite: _WholeSuiteBaseline) -> dict:
     result = {"id": mutant.id, "path": mutant.path, "breaks": mutant.breaks}
     if mutant.equivalent:
         return {**result, "status": "equivalent", "detail": mutant.equivalent}
@@ -95,8 +131,11 @@ def run_mutant(mutant: Mutant, copy: pathlib.Path, cache: pathlib.Path, timeout:
         code, summary, seconds = _run_pytest(copy, cache, list(mutant.tests), timeout)
         scope = "its tests"
         if code == PYTEST_ALL_PASSED:
-            # The table's own test fails on any mutated copy (its `find` text is gone): leave it out.
-            code, summary, more = _run_pytest(copy, cache, ["--ignore=tests/test_mutation_table.py"], timeout)
+            target.write_text(original)
+            if not whole_suite.check():
+                return {**result, "status": "error", "detail": f"the unmutated source fails the whole suite: {whole_suite.summary}"}
+            target.write_text(original.replace(mutant.find, mutant.replace, 1))
+            code, summary, more = _run_pytest(copy, cache, WHOLE_SUITE, timeout)
             seconds += more
             scope = "the whole suite"
     finally:
@@ -132,13 +171,17 @@ def main(argv: list[str] | None = None) -> int:
         _copy_repository(copy)
         # The unmutated source must pass the same tests, or a "kill" would mean nothing.
         baseline = sorted({test for mutant in chosen if not mutant.equivalent for test in mutant.tests})
+        if not baseline:
+            print("only equivalent mutants chosen: nothing to run")
+            return 0
         code, summary, seconds = _run_pytest(copy, cache, baseline, args.timeout)
         print(f"baseline ({len(baseline)} test files, {seconds:.0f} s): {summary}", flush=True)
         if code != PYTEST_ALL_PASSED:
             print("the unmutated source fails its tests: fix that first", file=sys.stderr)
             return 2
+        whole_suite = _WholeSuiteBaseline(copy, cache, args.timeout)
         for number, mutant in enumerate(chosen, 1):
-            result = run_mutant(mutant, copy, cache, args.timeout)
+            result = run_mutant(mutant, copy, cache, args.timeout, whole_suite)
             results.append(result)
             seconds = f" ({result['seconds']} s)" if "seconds" in result else ""
             print(f"[{number}/{len(chosen)}] {result['status']:10s} {mutant.id}{seconds}: {result['detail']}", flush=True)
