@@ -385,6 +385,8 @@ def _worker_main(name: str, config: str, shapes_json: str) -> None:
     reply_set_up(local)
     for line in sys.stdin:
         command = line.split()
+        if not command:
+            continue
         if command == ["weights"]:  # exact: a float32 widened to a float64 round-trips through JSON
             print(json.dumps([w.astype(np.float64).tolist() for w in local.weights()]), flush=True)
         elif command[0] == "config":
