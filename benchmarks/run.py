@@ -3,7 +3,9 @@
 Writes ``benchmarks/results/<date>.json`` (every figure) and ``.md`` (the tables), and prints
 the tables. Extra arguments go to ``inertia bench`` (``--help`` lists them). torch.compile
 runs on W1 and W2 (about 25 s of compiling each configuration); on W3 it is reported as not
-run (``inertia.bench.NOT_RUN``).
+run (``inertia.bench.NOT_RUN``). inertia-legacy and inertia-mlx-face are reported as not run
+with everything on: their APIs have no weight decay, clipnorm or EMA
+(``inertia.bench.NOT_RUN_CONFIGS``).
 """
 
 import sys

@@ -82,9 +82,10 @@ SCALE, SHAPES, PARAMETERS = 1000 / 4096, [(1000,)] * 2000, 2_000_000
 PROBE_MS = [8.0, 7.6, 10.0, 8.4, 11.0]
 # Each contender's round medians (ms); over the clean rounds 1, 2 and 4 their medians are 16, 8
 # and 24, their means 20, 8.67 and 28, and over all rounds their medians 32, 7 and 20.
-ROUNDS_MS = {"inertia-numpy": [12, 16, 80, 32, 120], "inertia-torch": [7, 11, 1, 8, 1], "keras-jax": [40, 20, 2, 24, 2]}
-FIRST_S = {"inertia-numpy": 0.25, "inertia-torch": 0.5, "keras-jax": 2.0}
-PEAK_BYTES = {"inertia-numpy": 0, "inertia-torch": 3 * 2**20, "keras-jax": None}
+ROUNDS_MS = {"inertia-numpy": [12, 16, 80, 32, 120], "inertia-torch": [7, 11, 1, 8, 1], "keras-jax": [40, 20, 2, 24, 2],
+             "inertia-legacy": [30, 32, 1, 28, 1], "inertia-mlx-face": [48, 40, 1, 44, 1]}
+FIRST_S = {"inertia-numpy": 0.25, "inertia-torch": 0.5, "keras-jax": 2.0, "inertia-legacy": 0.75, "inertia-mlx-face": 1.0}
+PEAK_BYTES = {"inertia-numpy": 0, "inertia-torch": 3 * 2**20, "keras-jax": None, "inertia-legacy": 0, "inertia-mlx-face": 2**20}
 MACHINE = {"date": "2030-01-02", "cpu": "Scripted CPU", "threads": 2, "python": "3.11.7", "inertia": "9.9",
            "versions": {"numpy": "2.0", "torch": "2.13"}, "kernels": "compiled", "xla_kernel": "compiled"}
 
@@ -119,10 +120,9 @@ def scripted_run(monkeypatch):
     monkeypatch.setattr(bench, "_cold_start", lambda log: {"cold_cache_s": 1.5, "warm_cache_s": 0.004})
     logged = []
 
-    def run():
+    def run(contenders=("inertia-numpy", "inertia-torch", "torch-compile", "keras-jax", "mlx")):
         return bench.run(workloads=["W3"], configs=["plain", "everything"], rounds=5, seconds_per_round=0.0,
-                         contenders=["inertia-numpy", "inertia-torch", "torch-compile", "keras-jax", "mlx"],
-                         scale=SCALE, log=logged.append)
+                         contenders=list(contenders), scale=SCALE, log=logged.append)
 
     return run, made, logged
 
@@ -213,6 +213,38 @@ def test_a_run_with_every_round_noisy_keeps_them_all(scripted_run, monkeypatch):
     assert medians == {"inertia-numpy": pytest.approx(32), "inertia-torch": pytest.approx(7), "keras-jax": pytest.approx(20)}
     assert report["bandwidth_gbps"] == {"W3": pytest.approx(40e6 / 8.4e-3 / 1e9)}  # median of all five: 8.4 ms
     assert "  probe 4.8 GB/s; 0 noisy round(s) dropped" in logged
+
+
+def test_a_face_without_a_configurations_options_is_reported_not_run_for_it(scripted_run):
+    """The legacy and MLX faces have no weight decay, clipnorm or EMA: they run plain, and
+    "everything" is listed as not run with the reason, never set up and never missing."""
+    run, made, logged = scripted_run
+    report = run(contenders=["inertia-numpy", "inertia-legacy", "inertia-mlx-face"])
+    assert made["contenders"] == [
+        ("local", "inertia-numpy", "plain"), ("local", "inertia-legacy", "plain"), ("local", "inertia-mlx-face", "plain"),
+        ("local", "inertia-numpy", "everything"),
+    ]
+    # clean rounds 1, 2 and 4: medians 16, 30 and 44 ms
+    assert report["results"] == [
+        _expected_row("plain", "inertia-numpy", 16, (32 - 12) / 16, 20, {"inertia-numpy": 1.0, "inertia-legacy": 16 / 30, "inertia-mlx-face": 16 / 44}),
+        _expected_row("plain", "inertia-legacy", 30, (32 - 28) / 30, 20, {"inertia-numpy": 30 / 16, "inertia-legacy": 1.0, "inertia-mlx-face": 30 / 44}),
+        _expected_row("plain", "inertia-mlx-face", 44, (48 - 40) / 44, 20, {"inertia-numpy": 44 / 16, "inertia-legacy": 44 / 30, "inertia-mlx-face": 1.0}),
+        _expected_row("everything", "inertia-numpy", 16, (32 - 12) / 16, 32, {"inertia-numpy": 1.0}),
+    ]
+    reasons = {"inertia-legacy": "tf.keras legacy SGD has no weight decay or EMA", "inertia-mlx-face": "MLX SGD has no clipnorm or EMA"}
+    assert report["not_run"] == [
+        {"workload": "W3", "config": "everything", "contender": name, "reason": reason} for name, reason in reasons.items()
+    ]
+    assert all(f"  {name}: not run ({reason})" in logged for name, reason in reasons.items())
+    text = bench.markdown(report)
+    assert all(f"Not run: {name} ({reason})." in text for name, reason in reasons.items())
+
+
+def test_every_contender_has_a_factory_and_every_exclusion_names_a_contender():
+    assert set(bench.FACTORIES) == set(bench.ALL_CONTENDERS) and set(bench.DEFAULT_CONTENDERS) <= set(bench.ALL_CONTENDERS)
+    assert all(name in bench.ALL_CONTENDERS and workload in bench.WORKLOADS for name, workload in bench.NOT_RUN)
+    assert all(name in bench.ALL_CONTENDERS and config in bench.CONFIGS for name, config in bench.NOT_RUN_CONFIGS)
+    assert set(bench._WORKER_CONTENDERS) <= set(bench.ALL_CONTENDERS)
 
 
 def test_the_probe_streams_with_sgds_access_pattern():
@@ -308,9 +340,62 @@ def _torch_nesterov_writing_gradients(steps: int) -> list:
     return out
 
 
+# inertia's other faces, each against the rule of the API it copies, written out (float64).
+def _torch_optim_sgd(config: str, steps: int) -> list:
+    """torch.optim.SGD's own steps, in float64: the rule of inertia.torch.SGD. With everything
+    on: torch's L2 weight decay, each gradient first clipped to norm 1 (the EMA moves no weight)."""
+    import torch
+
+    weights, grads = bench._data(AGREEMENT_SHAPES)
+    options = {"lr": 0.01, "momentum": 0.9, "nesterov": config == "nesterov", "weight_decay": 1e-4 if config == "everything" else 0.0}
+    params = [torch.tensor(w, dtype=torch.float64, requires_grad=True) for w in weights]
+    optimizer = torch.optim.SGD(params, foreach=False, **options)
+    for _ in range(steps):
+        for p, g in zip(params, grads):
+            g = torch.tensor(g, dtype=torch.float64)
+            p.grad = g * min(1.0, 1.0 / float(g.norm())) if config == "everything" else g
+        optimizer.step()
+    return [p.detach().numpy() for p in params]
+
+
+def _keras_form(config: str, steps: int) -> list:
+    """tf.keras legacy SGD (ApplyKerasMomentum), float64: v <- m*v - lr*g (from zero), then
+    w <- w + v, or w <- w + m*v - lr*g with Nesterov."""
+    assert config in ("plain", "nesterov")
+    weights, grads = bench._data(AGREEMENT_SHAPES)
+    out = []
+    for w, g in zip(weights, grads):
+        w, g, v = w.astype(np.float64), g.astype(np.float64), 0.0
+        for _ in range(steps):
+            v = 0.9 * v - 0.01 * g
+            w = w + (0.9 * v - 0.01 * g if config == "nesterov" else v)
+        out.append(w)
+    return out
+
+
+def _mlx_heavy_ball(config: str, steps: int) -> list:
+    """mlx.optimizers.SGD, float64: v <- m*v + g (from zero), then w <- w - lr*v, or
+    w <- w - lr*(g + m*v) with Nesterov."""
+    assert config in ("plain", "nesterov")
+    weights, grads = bench._data(AGREEMENT_SHAPES)
+    out = []
+    for w, g in zip(weights, grads):
+        w, g, v = w.astype(np.float64), g.astype(np.float64), 0.0
+        for _ in range(steps):
+            v = 0.9 * v + g
+            w = w - 0.01 * (g + 0.9 * v if config == "nesterov" else v)
+        out.append(w)
+    return out
+
+
+FACE_REFERENCES = {"inertia-torch-face": _torch_optim_sgd, "inertia-legacy": _keras_form, "inertia-mlx-face": _mlx_heavy_ball}
+
+
 def _assert_same_displacement(name: str, config: str, got: list, steps: int) -> None:
     start, _ = bench._data(AGREEMENT_SHAPES)
-    if config == "nesterov" and name in GRADIENT_WRITERS:
+    if name in FACE_REFERENCES:
+        want = FACE_REFERENCES[name](config, steps)
+    elif config == "nesterov" and name in GRADIENT_WRITERS:
         want = _torch_nesterov_writing_gradients(steps)
     else:
         want = _reference_weights(config, steps)
@@ -339,9 +424,15 @@ def test_every_contender_takes_the_step_it_is_timed_for(name):
     rule's, up to rounding, under a constant learning rate (torch's foreach Nesterov aside,
     which rewrites its gradients: checked against a model of that). With everything on, peers
     take their own idioms (global clipping, coupled decay); inertia's backends take exactly the
-    reference's stages."""
+    reference's stages. inertia's other faces are checked against the rules of the APIs they
+    copy (torch.optim.SGD itself for the torch face, L2 decay included); a configuration a face
+    lacks the options for refuses to set up."""
     _available_or_skip(name)
     configs = ["plain", "nesterov"] + (["everything"] if name.startswith("inertia-") else [])
+    for config in [c for c in configs if (name, c) in bench.NOT_RUN_CONFIGS]:
+        configs.remove(config)
+        with pytest.raises(ValueError, match=bench.NOT_RUN_CONFIGS[name, config]):
+            bench._Local(name, AGREEMENT_SHAPES, config)
     if name in bench._WORKER_CONTENDERS:
         # One process for every configuration: each start-up imports Keras and its backend (seconds).
         worker = bench._Worker(name, AGREEMENT_SHAPES, configs[0])

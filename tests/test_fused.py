@@ -1,4 +1,4 @@
-"""The fused fast path of ``inertia.SGD`` (``fused.py`` + the C kernel in ``_kernels.c``).
+"""The fused fast path of ``inertia.SGD`` (``engine/optimizer_host.py`` + ``engine/host.py`` + the C kernel in ``_kernels.c``).
 
 With ``jit_compile=True`` (the default) a built ``inertia.SGD`` runs a step on NumPy arrays and
 torch CPU tensors in one call of a compiled kernel; ``jit_compile=False`` runs the reference
@@ -34,6 +34,7 @@ import inertia
 from conftest import requires
 from inertia import backend as backends
 from inertia import kernels, schedules
+from inertia.engine import host
 from inertia.variable import Variable
 
 CHUNK = 65536  # the kernel's chunk (``_kernels.c``): bigger tensors are split, and threaded
@@ -62,10 +63,10 @@ def _kernel_module():
 
 
 class KernelSpy:
-    """Stands in for the kernel module: counts calls of ``sgd_step`` / ``accumulate`` and
-    the calls that did the step (returned True)."""
+    """Stands in for the kernel module: counts calls of ``step`` / ``accumulate`` and
+    the calls that did the step (answered ``host.DONE``)."""
 
-    COUNTED = ("sgd_step", "accumulate")
+    COUNTED = ("step", "accumulate")
 
     def __init__(self, module):
         self._module = module
@@ -80,7 +81,7 @@ class KernelSpy:
         def counted(*args):
             self.calls[name] += 1
             result = function(*args)
-            if result:
+            if result == host.DONE:
                 self.done[name] += 1
             return result
 
@@ -201,8 +202,8 @@ def test_steps_after_the_first_run_in_the_kernel(spy, backend, dtype):
     for number, grads in enumerate(gradient_stream(shapes, dtype, 1, 5), start=1):
         before = variables[0].numpy()
         optimizer.apply([to_backend(g, backend) for g in grads], variables)
-        assert spy.calls["sgd_step"] == warm_calls(number)  # the first step builds, maybe on the reference path
-        assert spy.done["sgd_step"] == warm_calls(number)
+        assert spy.calls["step"] == warm_calls(number)  # the first step builds, maybe on the reference path
+        assert spy.done["step"] == warm_calls(number)
         assert not np.array_equal(before, variables[0].numpy())
     assert int(optimizer.iterations.numpy()) == 5
     assert spy.calls["accumulate"] == 0
@@ -218,7 +219,7 @@ def test_micro_steps_run_the_accumulate_kernel(spy, backend):
     for grads in gradient_stream(shapes, "float32", 1, 7):
         optimizer.apply([to_backend(g, backend) for g in grads], variables)
     # micro-steps 1, 2, 4, 5, 7 accumulate; steps 3 and 6 update (the first: maybe the reference)
-    assert spy.done == {"sgd_step": 2, "accumulate": 4 + first_step_is_fast()}
+    assert spy.done == {"step": 2, "accumulate": 4 + first_step_is_fast()}
     assert int(optimizer._iterations.numpy()) == 7
 
 
@@ -227,7 +228,7 @@ def test_jit_compile_false_never_calls_the_kernel(spy):
     optimizer = inertia.SGD(learning_rate=0.1, momentum=0.9, jit_compile=False)
     for grads in gradient_stream(SMALL_SHAPES, "float32", 1, 3):
         optimizer.apply(grads, variables)
-    assert spy.calls == {"sgd_step": 0, "accumulate": 0}
+    assert spy.calls == {"step": 0, "accumulate": 0}
 
 
 # ----------------------------------------------------------------------------------------
@@ -349,7 +350,7 @@ def test_equality_runs_clip_and_decay_for_real(spy):
         for step in grads:
             optimizer.apply(step, variables)
         results[key] = [v.numpy() for v in variables]
-    assert spy.done["sgd_step"] == 6 * warm_calls(3)
+    assert spy.done["step"] == 6 * warm_calls(3)
     names = list(SHAPES)
     for key in ("clipnorm", "global_clipnorm", "clipvalue", "weight_decay"):
         assert not np.array_equal(results[key][names.index("big")], results["plain"][names.index("big")]), key
@@ -398,7 +399,7 @@ def test_norms_do_not_depend_on_the_thread_count(spy, monkeypatch, layout, dtype
         for step in grads:
             optimizer.apply(step, variables)
         results.append(state(optimizer, variables))
-    assert spy.done["sgd_step"] == 3 * warm_calls(3)
+    assert spy.done["step"] == 3 * warm_calls(3)
     assert_bitwise(results[0], results[1], "1 vs 2 threads")
     assert_bitwise(results[0], results[2], "1 vs 5 threads")
 
@@ -419,7 +420,7 @@ def test_torch_fast_path_equals_numpy_fast_path(spy, dtype):
         for step in grads:
             optimizer.apply([to_backend(g, backend) for g in step], variables)
         results.append(state(optimizer, variables))
-    assert spy.done["sgd_step"] == 2 * warm_calls(5)
+    assert spy.done["step"] == 2 * warm_calls(5)
     assert_bitwise(results[0], results[1], "numpy vs torch")
 
 
@@ -527,7 +528,7 @@ def test_float64_gradients_for_float32_variables_fall_back(spy, backend):
         lambda: make_variables(values, backend),
         lambda number: [to_backend(g, backend) for g in stream(number)],
     )
-    assert spy.calls["sgd_step"] == (warm_calls(4) if backend == "numpy" else 0)  # NumPy: the kernel said no
+    assert spy.calls["step"] == (warm_calls(4) if backend == "numpy" else 0)  # NumPy: the kernel said no
 
 
 @pytest.mark.parametrize("layout", ["fortran", "strided"])
@@ -558,20 +559,6 @@ def test_non_contiguous_gradients_fall_back(spy, backend, layout):
         lambda: make_variables(values, backend),
         lambda number: bend(stream(number)),
     )
-
-
-def test_legacy_sgd_does_not_use_the_kernel(spy):
-    import inertia.legacy
-
-    shapes = {"kernel": (3, 4), "bias": (4,)}
-    values = make_values(shapes, "float32", 0)
-
-    def make_optimizer(jit):
-        optimizer = inertia.legacy.SGD(learning_rate=0.1, momentum=0.9, nesterov=True, clipvalue=0.5)
-        optimizer.jit_compile = jit
-        return optimizer
-
-    _fallback_pair(spy, make_optimizer, lambda: make_variables(values, "numpy"), _numpy_grads(shapes, "float32"))
 
 
 class DoubledGradientSGD(inertia.SGD):
@@ -643,7 +630,7 @@ def test_errors_on_a_warm_fast_path_are_atomic(spy, kind):
         for grads in stream[:2]:
             optimizer.apply(grads, variables)
         pair.append((optimizer, variables))
-    warm = spy.done["sgd_step"]
+    warm = spy.done["step"]
     assert warm == warm_calls(2)
     messages = []
     for optimizer, variables in pair:
@@ -655,11 +642,11 @@ def test_errors_on_a_warm_fast_path_are_atomic(spy, kind):
         messages.append(str(caught.value))
         assert_bitwise(before, state(optimizer, variables), "after the error")
     assert messages[0] == messages[1]
-    assert spy.done["sgd_step"] == warm
+    assert spy.done["step"] == warm
     # the fast path is still warm and still right
     for optimizer, variables in pair:
         optimizer.apply(stream[2], variables)
-    assert spy.done["sgd_step"] == warm + 1
+    assert spy.done["step"] == warm + 1
     assert_bitwise(state(*pair[0]), state(*pair[1]), "after recovering")
 
 
@@ -690,7 +677,7 @@ def test_changed_exclusions_reach_the_kernel(spy, backend):
                 optimizer.weight_decay = 0.05
         for optimizer, variables in pair:
             optimizer.apply([to_backend(g, backend) for g in grads], variables)
-        assert spy.done["sgd_step"] == warm_calls(number)
+        assert spy.done["step"] == warm_calls(number)
         assert_bitwise(state(*pair[0]), state(*pair[1]), f"step {number}")
         if number == 4:
             untouched = state(*pair[1])
@@ -724,7 +711,7 @@ def test_torch_parameters_whose_storage_is_replaced(spy):
                     params[1].set_(params[1].detach().clone() * 0.5)
         for optimizer, params in pair:
             optimizer.apply([torch.from_numpy(g.copy()) for g in grads], params)
-        assert spy.done["sgd_step"] == warm_calls(number)
+        assert spy.done["step"] == warm_calls(number)
         assert_bitwise(state(*pair[0]), state(*pair[1]), f"step {number}")
     assert not np.array_equal(to_numpy(pair[1][1][2]), values["big"])
 
@@ -749,7 +736,7 @@ def test_momentum_changed_mid_run(spy, start, then):
                 optimizer.exclude_from_weight_decay(var_names=["bias"])
         for optimizer, variables in pair:
             optimizer.apply(grads, variables)
-        assert spy.done["sgd_step"] == warm_calls(number)
+        assert spy.done["step"] == warm_calls(number)
         assert_bitwise(state(*pair[0]), state(*pair[1]), f"step {number}")
 
 
@@ -782,7 +769,7 @@ def test_state_restored_mid_run(spy, backend, how):
         for optimizer, variables in pair:
             optimizer.apply([to_backend(g, backend) for g in grads], variables)
         assert_bitwise(state(*pair[0]), state(*pair[1]), f"step {number}")
-    assert spy.done == {"sgd_step": 3, "accumulate": 2 + first_step_is_fast()}
+    assert spy.done == {"step": 3, "accumulate": 2 + first_step_is_fast()}
 
 
 # ----------------------------------------------------------------------------------------
@@ -892,14 +879,15 @@ def _raw_step(module, weights, grads, velocities=None, *, is_double=0, mode=0, l
         offsets.append(len(packed))
         packed.extend((len(shape), *shape))
     sizes = np.array([w.size for w in weights], np.int64)
-    return module.sgd_step(
-        weights, grads, velocities, None, None, sizes, np.array(packed, np.int64), np.array(offsets, np.int64),
-        bytes(len(weights)), is_double, mode, 0, 1, lr, momentum, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0,
+    group = np.array([[lr, momentum, 0.0, 1.0, 0.0, 0.0, 0, mode, 0, 0, 0]], np.float64)
+    return module.step(
+        (weights, grads, velocities, None, None, None, None), sizes, np.array(packed, np.int64),
+        np.array(offsets, np.int64), bytes(len(weights)), group, None, None, None, is_double, 0, 1, 1.0, 1.0, 0.0, 0.0,
     )
 
 
 @pytest.mark.parametrize("problem", ["dtype", "shape", "non_contiguous", "size", "no_velocity", "byteswapped", "unaligned"])
-def test_raw_sgd_step_rejects_what_does_not_fit(problem):
+def test_raw_step_rejects_what_does_not_fit(problem):
     module = _kernel_module()
     rng = np.random.default_rng(8)
     good_w = rng.standard_normal(5).astype(np.float32)
@@ -907,7 +895,7 @@ def test_raw_sgd_step_rejects_what_does_not_fit(problem):
     g = [rng.standard_normal(5).astype(np.float32), rng.standard_normal((2, 3)).astype(np.float32)]
     # a fitting call does the step (on copies)
     w_ok = [x.copy() for x in w]
-    assert _raw_step(module, w_ok, g) is True
+    assert _raw_step(module, w_ok, g) == host.DONE
     assert np.array_equal(w_ok[0], w[0] - g[0] * np.float32(0.5))
     assert np.array_equal(w_ok[1], w[1] - g[1] * np.float32(0.5))
     before = [x.copy() for x in w]
@@ -926,35 +914,37 @@ def test_raw_sgd_step_rejects_what_does_not_fit(problem):
         raw = np.frombuffer(bytearray(4 * 6 + 1), dtype=np.uint8)[1:]
         g[1] = raw.view(np.float32).reshape(2, 3)
         assert not g[1].flags.aligned
-    else:
-        kwargs = dict(mode=1, momentum=0.9)
-    assert _raw_step(module, w, g, **kwargs) is False
+    else:  # a group with momentum and no velocities: a malformed call
+        with pytest.raises(TypeError, match="needs velocities"):
+            _raw_step(module, w, g, mode=1, momentum=0.9)
+    if problem != "no_velocity":
+        assert _raw_step(module, w, g, **kwargs) == host.DECLINED
     assert_bitwise([("w", x) for x in before], [("w", x) for x in w], problem)  # not even the first tensor
 
 
-def test_raw_sgd_step_takes_arrays_and_buffers_and_releases_them():
+def test_raw_step_takes_arrays_and_buffers_and_releases_them():
     """NumPy arrays are read through NumPy's C API and held only during the call; other
     buffers (a memoryview here) through the buffer protocol."""
     module = _kernel_module()
     w = [np.zeros(3, np.float32), np.zeros((2, 2), np.float32)]
     g = [np.ones(3, np.float32), np.full((2, 2), 2.0, np.float32)]
     counts = [sys.getrefcount(x) for x in w + g]
-    assert _raw_step(module, w, [g[0], memoryview(g[1])], lr=0.5) is True
-    assert _raw_step(module, w, [g[0], g[1].reshape(4)], lr=0.5, shapes=[(3,), (2, 2)]) is False
+    assert _raw_step(module, w, [g[0], memoryview(g[1])], lr=0.5) == host.DONE
+    assert _raw_step(module, w, [g[0], g[1].reshape(4)], lr=0.5, shapes=[(3,), (2, 2)]) == host.DECLINED
     assert [sys.getrefcount(x) for x in w + g] == counts
     assert np.array_equal(w[0], np.full(3, -0.5, np.float32)) and np.array_equal(w[1], np.full((2, 2), -1.0, np.float32))
 
 
-def test_raw_sgd_step_float64_and_read_only_weights():
+def test_raw_step_float64_and_read_only_weights():
     module = _kernel_module()
     w = np.arange(4, dtype=np.float64)
     g = np.ones(4, np.float64)
-    assert _raw_step(module, [w], [g], is_double=1, lr=0.25) is True
+    assert _raw_step(module, [w], [g], is_double=1, lr=0.25) == host.DONE
     assert np.array_equal(w, np.arange(4) - 0.25)
-    assert _raw_step(module, [w], [g], is_double=0) is False  # a float64 buffer is not float32
+    assert _raw_step(module, [w], [g], is_double=0) == host.DECLINED  # a float64 buffer is not float32
     frozen = np.arange(4, dtype=np.float64)
     frozen.flags.writeable = False
-    assert _raw_step(module, [frozen], [g], is_double=1) is False
+    assert _raw_step(module, [frozen], [g], is_double=1) == host.DECLINED
     assert np.array_equal(frozen, np.arange(4))
 
 
@@ -963,10 +953,10 @@ def test_raw_accumulate_rejects_what_does_not_fit():
     acc = np.zeros(6, np.float32)
     grad = np.arange(6, dtype=np.float32).reshape(2, 3)
     shapes, offsets, sizes = np.array([2, 2, 3], np.int64), np.array([0], np.int64), np.array([6], np.int64)
-    assert module.accumulate([acc], [grad], sizes, shapes, offsets, 0, 1) is True
+    assert module.accumulate([acc], [grad], sizes, shapes, offsets, None, None, 0, 1) == host.DONE
     assert np.array_equal(acc, np.arange(6, dtype=np.float32))
     for bad in (grad.astype(np.float64), grad.reshape(3, 2).copy(), np.asfortranarray(grad)):
-        assert module.accumulate([acc], [bad], sizes, shapes, offsets, 0, 1) is False
+        assert module.accumulate([acc], [bad], sizes, shapes, offsets, None, None, 0, 1) == host.DECLINED
         assert np.array_equal(acc, np.arange(6, dtype=np.float32))
 
 

@@ -700,7 +700,6 @@ def test_accumulation_counts_only_present_gradients():
         ({"clipnorm": 1.0, "clipvalue": 0.5}, ValueError, r"clipnorm.*clipvalue.*clipnorm=1\.0, clipvalue=0\.5"),
         ({"global_clipnorm": 1.0, "clipnorm": 2.0}, ValueError, r"global_clipnorm.*clipnorm=2\.0.*global_clipnorm=1\.0"),
         ({"clipnorm": -1.0}, ValueError, r"`clipnorm` must be >= 0"),
-        ({"fused": True}, ValueError, r"fused=True"),
         ({"differentiable": True}, ValueError, r"differentiable=True"),
         ({"ema_momentum": 1.5}, ValueError, r"`ema_momentum`.*1\.5"),
         ({"ema_overwrite_frequency": 0}, ValueError, r"`ema_overwrite_frequency`.*=0"),
@@ -821,3 +820,39 @@ def test_stepping_while_swapped_fails_before_running_the_closure():
     with pytest.raises(RuntimeError, match="swapped"):
         optimizer.step(lambda: calls.append(1))
     assert calls == []
+
+
+@pytest.mark.parametrize("flags", [{}, {"foreach": True}, {"fused": True}, {"foreach": False}], ids=["default", "foreach", "fused", "for-loop"])
+def test_foreach_and_fused_are_accepted_and_give_torchs_numbers(flags, monkeypatch):
+    """foreach=True and fused=True run inertia's host kernel, foreach=False the per-parameter
+    reference path (as torch's for-loop); every one gives torch.optim.SGD's for-loop numbers."""
+    from inertia import kernels
+    from inertia.engine import host
+
+    module = kernels.load()
+    ran = []
+
+    class Spy:
+        def __getattr__(self, name):
+            function = getattr(module, name)
+            if name != "step":
+                return function
+            return lambda *args: ran.append(function(*args)) or ran[-1]
+
+    monkeypatch.setattr(kernels, "_loaded", Spy())
+    torch.manual_seed(3)
+    values = [torch.randn(4, 3), torch.randn(3)]
+    ours = [torch.nn.Parameter(v.clone()) for v in values]
+    theirs = [torch.nn.Parameter(v.clone()) for v in values]
+    optimizer = SGD(ours, lr=0.1, momentum=0.9, dampening=0.2, weight_decay=0.05, **flags)
+    reference = torch.optim.SGD(theirs, lr=0.1, momentum=0.9, dampening=0.2, weight_decay=0.05, foreach=False)
+    for step in range(3):
+        for p, q in zip(ours, theirs):
+            p.grad = torch.sin(torch.arange(p.numel(), dtype=p.dtype).reshape(p.shape) + step)
+            q.grad = p.grad.clone()
+        optimizer.step()
+        reference.step()
+    for p, q in zip(ours, theirs):
+        assert torch.equal(p, q)
+        assert torch.equal(optimizer.state[p]["momentum_buffer"], reference.state[q]["momentum_buffer"])
+    assert ran == ([] if flags.get("foreach") is False else [host.DONE] * 3)

@@ -325,8 +325,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "kernel-ema-weights-swapped",
         "src/inertia/_sgd_core.h",
-        "if (ema) E[i] = em * E[i] + one_minus_em * w;",
-        "if (ema) E[i] = em * w + one_minus_em * E[i];",
+        "if (ema) E[i] = fresh_average ? w : em * E[i] + one_minus_em * w;",
+        "if (ema) E[i] = fresh_average ? w : em * w + one_minus_em * E[i];",
         "the fused kernel's EMA weighs the new weights by ema_momentum",
         ("tests/test_fused.py", "tests/test_keras_parity.py"),
     ),
@@ -360,18 +360,17 @@ MUTANTS: list[Mutant] = [
     # --- fused.py: eligibility and plan re-checks ------------------------------------------------
     Mutant(
         "fused-exclusions-not-rechecked",
-        "src/inertia/fused.py",
-        "if plan is None or not _same_objects(plan.targets, targets) or plan.exclusions != _exclusions(optimizer):",
-        "if plan is None or not _same_objects(plan.targets, targets):",
+        "src/inertia/engine/optimizer_host.py",
+        "        or plan.exclusions != _exclusions(optimizer)\n",
+        "",
         "exclude_from_weight_decay (or a new weight_decay) after the first fused step is ignored "
         "by the kernel",
         ("tests/test_fused.py",),
     ),
     Mutant(
         "fused-replaced-array-not-rechecked",
-        "src/inertia/fused.py",
-        "    elif plan.eligible and not all(map(operator.is_, map(_value_of, plan.variables), plan.values)):\n"
-        "        plan = optimizer._fused_plan = _make_plan(optimizer, targets)  # an array was replaced\n",
+        "src/inertia/engine/optimizer_host.py",
+        "        or (plan.memory is not None and not all(map(operator.is_, (v._value for v in plan.variables), plan.values)))\n",
         "",
         "after a variable's or slot's array is replaced (set_weights, load_own_variables, assign "
         "of another array), the kernel keeps writing into the old array",
@@ -379,7 +378,7 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "fused-subset-with-ema-taken",
-        "src/inertia/fused.py",
+        "src/inertia/engine/optimizer_host.py",
         "if (optimizer.use_ema or optimizer.gradient_accumulation_steps) and indices != list(",
         "if optimizer.gradient_accumulation_steps and indices != list(",
         "apply() on a subset of the variables with use_ema updates only that subset's averages "
@@ -387,20 +386,21 @@ MUTANTS: list[Mutant] = [
         ("tests/test_fused.py", "tests/test_keras_parity.py"),
     ),
     Mutant(
-        "fused-stage-list-misses-update-step",
-        "src/inertia/fused.py",
-        '    "update_step",\n    "_update",\n',
-        '    "_update",\n',
+        "fused-ignores-an-own-update-step",
+        "src/inertia/sgd.py",
+        "return self.step_description if type(self).update_step is SGD.update_step else None",
+        "return self.step_description",
         "a subclass of SGD overriding update_step silently runs the stock kernel instead of its "
         "own update",
         ("tests/test_fused.py",),
     ),
     Mutant(
         "fused-micro-steps-store-scaled-gradients",
-        "src/inertia/fused.py",
-        "        if unscale is not None:\n"
-        "            return False  # micro-steps then store unscaled gradients: the reference path does\n",
-        "",
+        "src/inertia/engine/optimizer_host.py",
+        "        if unscale is not None or plan.accumulator_memory is None:\n"
+        "            return host.DECLINED  # micro-steps then store unscaled gradients: the reference path does\n",
+        "        if plan.accumulator_memory is None:\n"
+        "            return host.DECLINED\n",
         "loss_scale_factor with gradient_accumulation_steps accumulates the scaled gradients on "
         "micro-steps, so the update's mean is off by the scale",
         ("tests/test_fused.py", "tests/test_keras_parity.py"),
@@ -548,12 +548,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "mlx-schedule-after-step-increment",
         "src/inertia/mlx.py",
-        "        for name, scheduler in self._schedulers.items():\n"
-        "            self._state[name] = self._rate_array(scheduler(self.step))\n"
-        '        self._state["step"] = self.step + 1\n',
-        '        self._state["step"] = self.step + 1\n'
-        "        for name, scheduler in self._schedulers.items():\n"
         "            self._state[name] = self._rate_array(scheduler(self.step))\n",
+        "            self._state[name] = self._rate_array(scheduler(self.step + 1))\n",
         "a callable learning rate drives step 1 with schedule(1) instead of MLX's schedule(0)",
         ("tests/test_mlx.py",),
     ),

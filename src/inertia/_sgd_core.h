@@ -1,23 +1,34 @@
-/* The per-element Keras SGD pipeline and its threads, shared by inertia's two front ends:
+/* The per-element SGD pipeline and its threads, shared by inertia's two front ends:
  * _kernels.c (a Python extension, for NumPy arrays and CPU torch tensors) and _xla_kernels.c
  * (an XLA FFI handler, for JAX on the CPU). Plain C: no Python, no XLA.
  *
- * Per element, in the tensor's dtype T and in the reference path's order of operations
- * (compiled with -ffp-contract=off, so no multiply-add is fused and results match NumPy):
+ * One job updates a list of tensors. Each tensor belongs to a group (the torch face's param
+ * groups; one group for the other faces) that holds the rule's settings. Per element, in the
+ * tensor's dtype T and in the reference path's order of operations (compiled with
+ * -ffp-contract=off: a multiply-add is fused only where the reference fuses it):
  *
  *     g = G / unscale                                  (1 when there is no loss scale)
  *     g = (g + A) / steps;  A = 0                      (gradient accumulation, update step)
+ *     g = clip(g, -clipvalue, clipvalue)               (clipvalue; first when a norm clip follows)
  *     g = (g * clip_mul) / clip_div                    (clipnorm: c / max(|g|, c); global: s / 1)
- *     g = clip(g, lo, hi)                              (clipvalue; +-inf when off)
+ *   Keras form (lr inside the velocity):
  *     w = w - (w * wd) * lr                            (decoupled decay, where it applies)
  *     v = v * m - g * lr;  w = w + v                   (momentum)
  *     v = v * m - g * lr;  w = w + (v * m - g * lr)    (Nesterov)
  *     w = w - g * lr                                   (no momentum)
- *     E = em * E + (1 - em) * w                        (EMA of the new weights)
+ *   heavy-ball form (torch, MLX), every y + a*x as AXPY: one rounding (fma, torch's
+ *   add(alpha=)) or two (MLX):
+ *     g = -g                                           (maximize)
+ *     g = AXPY(g, w, wd)                               (coupled L2 decay, where it applies)
+ *     b = g  (a fresh buffer: torch's first step)   or   b = AXPY(b * m, g, 1 - dampening)
+ *     w = AXPY(w, Nesterov ? AXPY(g, b, m) : b, -lr)   (w = AXPY(w, g, -lr) without momentum)
+ *   then
+ *     E = em * E + (1 - em) * w                        (EMA of the new weights; E = w when fresh)
  *
- * Large tensors are cut into chunks, small neighbouring tensors are grouped, and the tasks are
- * shared between threads. A small tensor's norm and its update run back to back while it is
- * in cache. Norm sums are per chunk, in double, added in chunk order: the result does not
+ * Weights and buffers are updated in place, or written to separate outputs (the MLX face's new
+ * arrays). Large tensors are cut into chunks, small neighbouring tensors are grouped, and the
+ * tasks are shared between threads. A small tensor's norm and its update run back to back while
+ * it is in cache. Norm sums are per chunk, in double, added in chunk order: the result does not
  * depend on the number of threads.
  */
 #ifndef INERTIA_SGD_CORE_H
@@ -35,7 +46,19 @@
 #define MAX_THREADS 256
 
 enum { MODE_NONE = 0, MODE_PLAIN = 1, MODE_NESTEROV = 2 };
-enum { CLIP_NONE = 0, CLIP_NORM = 1, CLIP_GLOBAL = 2, CLIP_VALUE = 3 };
+enum { FORM_KERAS = 0, FORM_HEAVY_BALL = 1 };
+/* A group's clipping: bits (clipvalue first when both are set, as tf.keras legacy orders them). */
+enum { CLIPS_BY_NORM = 1, CLIPS_BY_VALUE = 2 };
+/* The job's global norm clipping: off, Keras 3's 1/c (rounded once from double), or 1/c in T. */
+enum { GLOBAL_NONE = 0, GLOBAL_KERAS = 1, GLOBAL_RECIPROCAL_IN_DTYPE = 2 };
+/* Per-tensor flags. */
+enum { FLAG_DECAY = 1, FLAG_FRESH_BUFFER = 2, FLAG_FRESH_AVERAGE = 4 };
+
+/* The settings of one group of tensors. */
+typedef struct {
+    double lr, momentum, wd, one_minus_dampening, clipnorm, clipvalue;
+    int form, mode, fused, maximize, clip;
+} Group;
 
 /* A task is either a run of whole small tensors [first, last] (first < last or a tensor of at
  * most CHUNK elements), or one chunk [start, end) of a large tensor (first == last). Grouping
@@ -46,33 +69,52 @@ typedef struct {
 } Task;
 
 typedef struct {
-    int is_double, mode, ema, acc, clip;
+    int is_double, ema, acc, global_clip;
     ptrdiff_t count;
     char **w, **g, **v, **e, **a;
+    char **w_out, **v_out; /* NULL: in place */
     const int64_t *sizes;
-    const unsigned char *decay;
+    const unsigned char *flags; /* per tensor, FLAG_* */
+    const Group *groups;
+    const int64_t *group_of; /* per tensor; NULL: every tensor is in groups[0] */
+    Group single;            /* storage for one group (update_job) */
     double *clip_mul, *clip_div;
     double *chunk_sums;  /* per task, for chunks of large tensors */
     double *tensor_sums; /* per tensor, for small (unchunked) tensors */
-    double unscale, lo, hi, lr, momentum, wd, ema_momentum, steps, clipnorm;
+    double unscale, steps, ema_momentum, global_clipnorm;
     Task *tasks;
     ptrdiff_t ntasks;
     ptrdiff_t next;
     int phase_after_sums; /* the phase run_job runs: 1 (update) or 2 (accumulate) */
-    int phase; /* 0: norm sums (chunks; every tensor for global_clipnorm); 1: the update; 2: an accumulation micro-step */
+    int phase; /* 0: norm sums (chunks; every tensor for a global norm); 1: the update; 2: an accumulation micro-step */
 } Job;
+
+static inline const Group *group_of(const Job *job, ptrdiff_t t)
+{
+    return job->group_of ? &job->groups[job->group_of[t]] : &job->groups[0];
+}
+
+/* Whether tensor t's gradient is clipped by value before a norm is taken of it. */
+static inline int value_first(const Job *job, const Group *group)
+{
+    return (group->clip & CLIPS_BY_VALUE) && ((group->clip & CLIPS_BY_NORM) || job->global_clip);
+}
 
 /* ---- the per-element pipeline, instantiated per dtype and per constant flag set ---- */
 
-#define DEFINE_KERNELS(T, SUFFIX, SQRT)                                                           \
-    /* Sum of squares of the prepared gradient (unscaled, accumulated) over [start, end), in  \
-       LANES independent double sums so that the loop vectorizes without reassociating. */     \
+#define DEFINE_KERNELS(T, SUFFIX, SQRT, FMA)                                                      \
+    /* Sum of squares of the prepared gradient (unscaled, accumulated, clipped by value when a \
+       norm follows) over [start, end), in LANES independent double sums so that the loop       \
+       vectorizes without reassociating. */                                                      \
     static double sum_squares_##SUFFIX(const Job *job, ptrdiff_t t, int64_t start, int64_t end)  \
     {                                                                                              \
+        const Group *group = group_of(job, t);                                                     \
         const T *G = (const T *)job->g[t];                                                         \
         const T *A = job->acc ? (const T *)job->a[t] : NULL;                                       \
         const T unscale = (T)job->unscale, steps = (T)job->steps;                                  \
-        const int plain = A == NULL && unscale == (T)1;                                            \
+        const int clamp = value_first(job, group);                                                 \
+        const T hi = clamp ? (T)group->clipvalue : (T)INFINITY, lo = -hi;                          \
+        const int plain = A == NULL && unscale == (T)1 && !clamp;                                  \
         double lanes[LANES] = {0};                                                                 \
         T block[LANES];                                                                            \
         int64_t i = start;                                                                         \
@@ -82,7 +124,8 @@ typedef struct {
             } else {                                                                               \
                 for (int k = 0; k < LANES; k++) {                                                  \
                     T x = G[i + k] / unscale;                                                      \
-                    block[k] = A ? (x + A[i + k]) / steps : x;                                     \
+                    x = A ? (x + A[i + k]) / steps : x;                                            \
+                    block[k] = x < lo ? lo : (x > hi ? hi : x);                                    \
                 }                                                                                  \
             }                                                                                      \
             for (int k = 0; k < LANES; k++) lanes[k] += (double)(block[k] * block[k]);            \
@@ -90,6 +133,7 @@ typedef struct {
         for (; i < end; i++) {                                                                     \
             T x = G[i] / unscale;                                                                  \
             if (A) x = (x + A[i]) / steps;                                                         \
+            x = x < lo ? lo : (x > hi ? hi : x);                                                   \
             lanes[0] += (double)(x * x);                                                           \
         }                                                                                          \
         double total = 0;                                                                          \
@@ -98,69 +142,125 @@ typedef struct {
     }                                                                                              \
                                                                                                    \
     static inline __attribute__((always_inline)) void update_##SUFFIX(                             \
-        const Job *job, ptrdiff_t t, int64_t start, int64_t end, const int mode, const int decay, \
-        const int ema, const int acc)                                                              \
+        const Job *job, ptrdiff_t t, int64_t start, int64_t end, const int form, const int mode,  \
+        const int decay, const int ema, const int acc, const int fused, const int fresh)          \
     {                                                                                              \
-        T *restrict W = (T *)job->w[t];                                                            \
+        const Group *group = group_of(job, t);                                                     \
+        T *W = (T *)job->w[t];                                                                     \
+        T *Wo = job->w_out ? (T *)job->w_out[t] : W;                                               \
         const T *restrict G = (const T *)job->g[t];                                                \
-        T *restrict V = mode ? (T *)job->v[t] : NULL;                                              \
+        T *V = mode ? (T *)job->v[t] : NULL;                                                       \
+        T *Vo = mode ? (job->v_out ? (T *)job->v_out[t] : V) : NULL;                               \
         T *restrict E = ema ? (T *)job->e[t] : NULL;                                               \
         T *restrict A = acc ? (T *)job->a[t] : NULL;                                               \
+        const int fresh_average = ema && (job->flags[t] & FLAG_FRESH_AVERAGE);                     \
+        const int maximize = group->maximize;                                                      \
         const T unscale = (T)job->unscale, steps = (T)job->steps;                                  \
         const T mul = (T)job->clip_mul[t], div = (T)job->clip_div[t];                              \
-        const T lo = (T)job->lo, hi = (T)job->hi, lr = (T)job->lr, m = (T)job->momentum;           \
-        const T wd = (T)job->wd, em = (T)job->ema_momentum, one_minus_em = (T)1 - em;              \
+        const T hi = (group->clip & CLIPS_BY_VALUE) ? (T)group->clipvalue : (T)INFINITY, lo = -hi; \
+        const T lr = (T)group->lr, negative_lr = (T)(-group->lr), m = (T)group->momentum;          \
+        const T wd = (T)group->wd, omd = (T)group->one_minus_dampening;                            \
+        const T em = (T)job->ema_momentum, one_minus_em = (T)1 - em;                               \
         for (int64_t i = start; i < end; i++) {                                                    \
             T g = G[i] / unscale;                                                                  \
             if (acc) {                                                                             \
                 g = (g + A[i]) / steps;                                                            \
                 A[i] = 0;                                                                          \
             }                                                                                      \
-            g = (g * mul) / div;                                                                   \
             g = g < lo ? lo : (g > hi ? hi : g);                                                   \
+            g = (g * mul) / div;                                                                   \
             T w = W[i];                                                                            \
-            if (decay) w = w - (w * wd) * lr;                                                      \
-            if (mode == MODE_NONE) {                                                               \
-                w = w - g * lr;                                                                    \
+            if (form == FORM_KERAS) {                                                              \
+                if (decay) w = w - (w * wd) * lr;                                                  \
+                if (mode == MODE_NONE) {                                                           \
+                    w = w - g * lr;                                                                \
+                } else {                                                                           \
+                    T v = V[i] * m - g * lr;                                                       \
+                    Vo[i] = v;                                                                     \
+                    w = mode == MODE_NESTEROV ? w + (v * m - g * lr) : w + v;                      \
+                }                                                                                  \
             } else {                                                                               \
-                T v = V[i] * m - g * lr;                                                           \
-                V[i] = v;                                                                          \
-                w = mode == MODE_NESTEROV ? w + (v * m - g * lr) : w + v;                          \
+                if (maximize) g = -g;                                                              \
+                if (decay) g = fused ? FMA(wd, w, g) : g + wd * w;                                 \
+                if (mode == MODE_NONE) {                                                           \
+                    w = fused ? FMA(negative_lr, g, w) : w + negative_lr * g;                      \
+                } else {                                                                           \
+                    T b;                                                                           \
+                    if (fresh) {                                                                   \
+                        b = g;                                                                     \
+                    } else {                                                                       \
+                        T decayed = V[i] * m;                                                      \
+                        b = fused ? FMA(omd, g, decayed) : decayed + omd * g;                      \
+                    }                                                                              \
+                    Vo[i] = b;                                                                     \
+                    T d = b;                                                                       \
+                    if (mode == MODE_NESTEROV) d = fused ? FMA(m, b, g) : g + m * b;               \
+                    w = fused ? FMA(negative_lr, d, w) : w + negative_lr * d;                      \
+                }                                                                                  \
             }                                                                                      \
-            W[i] = w;                                                                              \
-            if (ema) E[i] = em * E[i] + one_minus_em * w;                                          \
+            Wo[i] = w;                                                                             \
+            if (ema) E[i] = fresh_average ? w : em * E[i] + one_minus_em * w;                      \
         }                                                                                          \
     }                                                                                              \
                                                                                                    \
+    /* Each level fixes one flag as a constant, so that every combination gets its own loop. */  \
+    static inline __attribute__((always_inline)) void by_fresh_##SUFFIX(                           \
+        const Job *job, ptrdiff_t t, int64_t s, int64_t e, int form, int mode, int decay, int ema, \
+        int acc, int fused)                                                                        \
+    {                                                                                              \
+        if (form == FORM_HEAVY_BALL && mode != MODE_NONE && (job->flags[t] & FLAG_FRESH_BUFFER))   \
+            update_##SUFFIX(job, t, s, e, form, mode, decay, ema, acc, fused, 1);                  \
+        else                                                                                       \
+            update_##SUFFIX(job, t, s, e, form, mode, decay, ema, acc, fused, 0);                  \
+    }                                                                                              \
+    static inline __attribute__((always_inline)) void by_fused_##SUFFIX(                           \
+        const Job *job, ptrdiff_t t, int64_t s, int64_t e, int form, int mode, int decay, int ema, \
+        int acc)                                                                                   \
+    {                                                                                              \
+        if (form == FORM_HEAVY_BALL && group_of(job, t)->fused)                                    \
+            by_fresh_##SUFFIX(job, t, s, e, form, mode, decay, ema, acc, 1);                       \
+        else                                                                                       \
+            by_fresh_##SUFFIX(job, t, s, e, form, mode, decay, ema, acc, 0);                       \
+    }                                                                                              \
+    static inline __attribute__((always_inline)) void by_acc_##SUFFIX(                             \
+        const Job *job, ptrdiff_t t, int64_t s, int64_t e, int form, int mode, int decay, int ema) \
+    {                                                                                              \
+        if (job->acc)                                                                              \
+            by_fused_##SUFFIX(job, t, s, e, form, mode, decay, ema, 1);                            \
+        else                                                                                       \
+            by_fused_##SUFFIX(job, t, s, e, form, mode, decay, ema, 0);                            \
+    }                                                                                              \
+    static inline __attribute__((always_inline)) void by_ema_##SUFFIX(                             \
+        const Job *job, ptrdiff_t t, int64_t s, int64_t e, int form, int mode, int decay)          \
+    {                                                                                              \
+        if (job->ema)                                                                              \
+            by_acc_##SUFFIX(job, t, s, e, form, mode, decay, 1);                                   \
+        else                                                                                       \
+            by_acc_##SUFFIX(job, t, s, e, form, mode, decay, 0);                                   \
+    }                                                                                              \
+    static inline __attribute__((always_inline)) void by_decay_##SUFFIX(                           \
+        const Job *job, ptrdiff_t t, int64_t s, int64_t e, int form, int mode)                     \
+    {                                                                                              \
+        if (job->flags[t] & FLAG_DECAY)                                                            \
+            by_ema_##SUFFIX(job, t, s, e, form, mode, 1);                                          \
+        else                                                                                       \
+            by_ema_##SUFFIX(job, t, s, e, form, mode, 0);                                          \
+    }                                                                                              \
+    static inline __attribute__((always_inline)) void by_mode_##SUFFIX(                            \
+        const Job *job, ptrdiff_t t, int64_t s, int64_t e, int form)                               \
+    {                                                                                              \
+        switch (group_of(job, t)->mode) {                                                          \
+        case MODE_PLAIN: by_decay_##SUFFIX(job, t, s, e, form, MODE_PLAIN); break;                \
+        case MODE_NESTEROV: by_decay_##SUFFIX(job, t, s, e, form, MODE_NESTEROV); break;          \
+        default: by_decay_##SUFFIX(job, t, s, e, form, MODE_NONE); break;                         \
+        }                                                                                          \
+    }                                                                                              \
     static void dispatch_##SUFFIX(const Job *job, ptrdiff_t t, int64_t start, int64_t end)       \
     {                                                                                              \
-        int decay = job->decay[t] != 0;                                                            \
-        switch (job->mode * 8 + decay * 4 + job->ema * 2 + job->acc) {                             \
-        case 0: update_##SUFFIX(job, t, start, end, 0, 0, 0, 0); break;                           \
-        case 1: update_##SUFFIX(job, t, start, end, 0, 0, 0, 1); break;                           \
-        case 2: update_##SUFFIX(job, t, start, end, 0, 0, 1, 0); break;                           \
-        case 3: update_##SUFFIX(job, t, start, end, 0, 0, 1, 1); break;                           \
-        case 4: update_##SUFFIX(job, t, start, end, 0, 1, 0, 0); break;                           \
-        case 5: update_##SUFFIX(job, t, start, end, 0, 1, 0, 1); break;                           \
-        case 6: update_##SUFFIX(job, t, start, end, 0, 1, 1, 0); break;                           \
-        case 7: update_##SUFFIX(job, t, start, end, 0, 1, 1, 1); break;                           \
-        case 8: update_##SUFFIX(job, t, start, end, 1, 0, 0, 0); break;                           \
-        case 9: update_##SUFFIX(job, t, start, end, 1, 0, 0, 1); break;                           \
-        case 10: update_##SUFFIX(job, t, start, end, 1, 0, 1, 0); break;                          \
-        case 11: update_##SUFFIX(job, t, start, end, 1, 0, 1, 1); break;                          \
-        case 12: update_##SUFFIX(job, t, start, end, 1, 1, 0, 0); break;                          \
-        case 13: update_##SUFFIX(job, t, start, end, 1, 1, 0, 1); break;                          \
-        case 14: update_##SUFFIX(job, t, start, end, 1, 1, 1, 0); break;                          \
-        case 15: update_##SUFFIX(job, t, start, end, 1, 1, 1, 1); break;                          \
-        case 16: update_##SUFFIX(job, t, start, end, 2, 0, 0, 0); break;                          \
-        case 17: update_##SUFFIX(job, t, start, end, 2, 0, 0, 1); break;                          \
-        case 18: update_##SUFFIX(job, t, start, end, 2, 0, 1, 0); break;                          \
-        case 19: update_##SUFFIX(job, t, start, end, 2, 0, 1, 1); break;                          \
-        case 20: update_##SUFFIX(job, t, start, end, 2, 1, 0, 0); break;                          \
-        case 21: update_##SUFFIX(job, t, start, end, 2, 1, 0, 1); break;                          \
-        case 22: update_##SUFFIX(job, t, start, end, 2, 1, 1, 0); break;                          \
-        default: update_##SUFFIX(job, t, start, end, 2, 1, 1, 1); break;                          \
-        }                                                                                          \
+        if (group_of(job, t)->form == FORM_HEAVY_BALL)                                             \
+            by_mode_##SUFFIX(job, t, start, end, FORM_HEAVY_BALL);                                 \
+        else                                                                                       \
+            by_mode_##SUFFIX(job, t, start, end, FORM_KERAS);                                      \
     }                                                                                              \
                                                                                                    \
     /* The clipnorm denominator as Keras forms it: max(norm, c), norm = sqrt(s) if s > 0. */     \
@@ -171,20 +271,23 @@ typedef struct {
         return (double)((norm > c || norm != norm) ? norm : c);                                    \
     }                                                                                              \
                                                                                                    \
-    /* Keras' global scale: c * min(1/norm, 1/c) + (norm - norm), with per-tensor sums        \
-       rounded to T and added in order, as the reference path adds them. */                      \
-    static double global_scale_##SUFFIX(const double *sums, ptrdiff_t count, double clipnorm)    \
+    /* The global scale c * min(1/norm, 1/c) + (norm - norm), with per-tensor sums rounded to  \
+       T and added in order, as the reference path adds them; 1/c rounded once from double     \
+       (Keras 3) or formed in T (tf.clip_by_global_norm, tf.keras legacy). */                      \
+    static double global_scale_##SUFFIX(const double *sums, ptrdiff_t count, double clipnorm,    \
+                                        int reciprocal_in_dtype)                                   \
     {                                                                                              \
         T total = 0;                                                                               \
         for (ptrdiff_t t = 0; t < count; t++) total = total + (T)sums[t];                        \
-        T norm = SQRT(total), c = (T)clipnorm, inverse_c = (T)(1.0 / clipnorm);                   \
+        T norm = SQRT(total), c = (T)clipnorm;                                                     \
+        T inverse_c = reciprocal_in_dtype ? (T)1 / c : (T)(1.0 / clipnorm);                        \
         T inverse = (T)1 / norm;                                                                   \
         T smaller = (inverse < inverse_c || inverse != inverse) ? inverse : inverse_c;             \
         return (double)(c * smaller + (norm - norm));                                              \
     }
 
-DEFINE_KERNELS(float, f32, sqrtf)
-DEFINE_KERNELS(double, f64, sqrt)
+DEFINE_KERNELS(float, f32, sqrtf, fmaf)
+DEFINE_KERNELS(double, f64, sqrt, fma)
 
 /* ---- threads ---- */
 
@@ -218,8 +321,10 @@ static void run_task(Job *job, const Task *task)
 {
     if (task->first == task->last && job->sizes[task->first] > CHUNK) { /* a chunk of a large tensor */
         ptrdiff_t t = task->first;
-        if (job->phase == 0)
-            job->chunk_sums[task - job->tasks] = sum_squares(job, t, task->start, task->end);
+        if (job->phase == 0) {
+            if (job->global_clip || (group_of(job, t)->clip & CLIPS_BY_NORM))
+                job->chunk_sums[task - job->tasks] = sum_squares(job, t, task->start, task->end);
+        }
         else if (job->phase == 1)
             update_range(job, t, task->start, task->end);
         else
@@ -229,11 +334,12 @@ static void run_task(Job *job, const Task *task)
     for (ptrdiff_t t = task->first; t <= task->last; t++) {
         int64_t size = job->sizes[t];
         if (job->phase == 0) {
-            if (job->clip == CLIP_GLOBAL) job->tensor_sums[t] = sum_squares(job, t, 0, size);
+            if (job->global_clip) job->tensor_sums[t] = sum_squares(job, t, 0, size);
         } else if (job->phase == 1) {
-            if (job->clip == CLIP_NORM) {
+            const Group *group = group_of(job, t);
+            if ((group->clip & CLIPS_BY_NORM) && !job->global_clip) {
                 double sum = sum_squares(job, t, 0, size);
-                job->clip_div[t] = job->is_double ? clip_divisor_f64(sum, job->clipnorm) : clip_divisor_f32(sum, job->clipnorm);
+                job->clip_div[t] = job->is_double ? clip_divisor_f64(sum, group->clipnorm) : clip_divisor_f32(sum, group->clipnorm);
             }
             update_range(job, t, 0, size);
         } else {
@@ -308,23 +414,26 @@ static int useful_threads(int threads, const Job *job)
     return threads > job->ntasks ? (int)job->ntasks : threads;
 }
 
-/* A step's hyperparameters, as both front ends receive them. */
+/* A step's hyperparameters, as the XLA front end receives them (the Keras form, one group). */
 typedef struct {
     double lr, momentum, wd, ema_momentum, unscale, steps, clipnorm, clipvalue;
 } Hyper;
 
-/* The update job over `count` tensors whose arrays are `pointers`: weights, gradients,
- * velocities, EMAs and accumulators, `count` of each (unused lists may hold anything). */
+enum { CLIP_NONE = 0, CLIP_NORM = 1, CLIP_GLOBAL = 2, CLIP_VALUE = 3 };
+
+/* A Keras-form update job of one group over `count` tensors whose arrays are `pointers`:
+ * weights, gradients, velocities, EMAs and accumulators, `count` of each (unused lists may hold
+ * anything). `clip` is one CLIP_* mode; `decay`: one byte per tensor, 1 where decay applies. */
 static Job update_job(char **pointers, ptrdiff_t count, const int64_t *sizes, const unsigned char *decay, int is_double,
                       int mode, int clip, int ema, int acc, Hyper hyper)
 {
     Job job;
     memset(&job, 0, sizeof job);
     job.is_double = is_double;
-    job.mode = mode;
     job.ema = ema;
     job.acc = acc;
-    job.clip = clip;
+    job.global_clip = clip == CLIP_GLOBAL ? GLOBAL_KERAS : GLOBAL_NONE;
+    job.global_clipnorm = hyper.clipnorm;
     job.count = count;
     job.w = pointers;
     job.g = pointers + count;
@@ -332,33 +441,37 @@ static Job update_job(char **pointers, ptrdiff_t count, const int64_t *sizes, co
     job.e = pointers + 3 * count;
     job.a = pointers + 4 * count;
     job.sizes = sizes;
-    job.decay = decay;
+    job.flags = decay;
+    job.single.lr = hyper.lr;
+    job.single.momentum = hyper.momentum;
+    job.single.wd = hyper.wd;
+    job.single.one_minus_dampening = 1.0;
+    job.single.clipnorm = hyper.clipnorm;
+    job.single.clipvalue = hyper.clipvalue;
+    job.single.form = FORM_KERAS;
+    job.single.mode = mode;
+    job.single.clip = clip == CLIP_NORM ? CLIPS_BY_NORM : (clip == CLIP_VALUE ? CLIPS_BY_VALUE : 0);
     job.unscale = hyper.unscale;
-    job.lo = clip == CLIP_VALUE ? -hyper.clipvalue : -INFINITY;
-    job.hi = clip == CLIP_VALUE ? hyper.clipvalue : INFINITY;
-    job.lr = hyper.lr;
-    job.momentum = hyper.momentum;
-    job.wd = hyper.wd;
     job.ema_momentum = hyper.ema_momentum;
     job.steps = hyper.steps;
-    job.clipnorm = hyper.clipnorm;
     job.phase_after_sums = 1;
     return job;
 }
 
 /* Fills the job's per-run fields and runs it: norm sums where a clip needs them, then the
- * update. The caller has set the arrays, sizes, flags and hyperparameters. Touches no
- * interpreter state (callers run it without the GIL). Returns 0, or -1 when out of memory
- * (nothing written). */
+ * update. The caller has set the arrays, sizes, flags, groups and hyperparameters (a job made
+ * by update_job points its groups at its own storage here). Touches no interpreter state
+ * (callers run it without the GIL). Returns 0, or -1 when out of memory (nothing written). */
 static int run_job(Job *job, int threads)
 {
     ptrdiff_t count = job->count, n = 0;
     const int64_t *sizes = job->sizes;
-    int clip = job->clip;
+    if (job->groups == NULL) job->groups = &job->single;
     Task *tasks = make_tasks(sizes, count, &n);
     double *doubles = calloc((size_t)(2 * count + 1), sizeof(double));
-    int needs_sums = clip == CLIP_GLOBAL;
-    for (ptrdiff_t t = 0; t < count && !needs_sums; t++) needs_sums = clip == CLIP_NORM && sizes[t] > CHUNK;
+    int needs_sums = job->global_clip != GLOBAL_NONE && job->phase_after_sums == 1;
+    for (ptrdiff_t t = 0; t < count && !needs_sums && job->phase_after_sums == 1; t++)
+        needs_sums = (group_of(job, t)->clip & CLIPS_BY_NORM) && sizes[t] > CHUNK;
     if (needs_sums) {
         job->chunk_sums = calloc((size_t)n + 1, sizeof(double));
         job->tensor_sums = calloc((size_t)count + 1, sizeof(double));
@@ -376,7 +489,8 @@ static int run_job(Job *job, int threads)
     job->clip_mul = doubles;
     job->clip_div = doubles + count;
     for (ptrdiff_t t = 0; t < count; t++) {
-        job->clip_mul[t] = clip == CLIP_NORM ? job->clipnorm : 1.0;
+        const Group *group = group_of(job, t);
+        job->clip_mul[t] = (group->clip & CLIPS_BY_NORM) && !job->global_clip ? group->clipnorm : 1.0;
         job->clip_div[t] = 1.0;
     }
     threads = useful_threads(threads, job);
@@ -385,15 +499,18 @@ static int run_job(Job *job, int threads)
         /* chunk sums added in chunk order: the same total for any number of threads */
         for (ptrdiff_t k = 0; k < n; k++)
             if (sizes[tasks[k].first] > CHUNK) job->tensor_sums[tasks[k].first] += job->chunk_sums[k];
-        if (clip == CLIP_GLOBAL) {
-            double scale = job->is_double ? global_scale_f64(job->tensor_sums, count, job->clipnorm)
-                                          : global_scale_f32(job->tensor_sums, count, job->clipnorm);
+        if (job->global_clip) {
+            int in_dtype = job->global_clip == GLOBAL_RECIPROCAL_IN_DTYPE;
+            double scale = job->is_double ? global_scale_f64(job->tensor_sums, count, job->global_clipnorm, in_dtype)
+                                          : global_scale_f32(job->tensor_sums, count, job->global_clipnorm, in_dtype);
             for (ptrdiff_t t = 0; t < count; t++) job->clip_mul[t] = scale;
         } else {
-            for (ptrdiff_t t = 0; t < count; t++)
-                if (sizes[t] > CHUNK)
-                    job->clip_div[t] = job->is_double ? clip_divisor_f64(job->tensor_sums[t], job->clipnorm)
-                                                      : clip_divisor_f32(job->tensor_sums[t], job->clipnorm);
+            for (ptrdiff_t t = 0; t < count; t++) {
+                const Group *group = group_of(job, t);
+                if ((group->clip & CLIPS_BY_NORM) && sizes[t] > CHUNK)
+                    job->clip_div[t] = job->is_double ? clip_divisor_f64(job->tensor_sums[t], group->clipnorm)
+                                                      : clip_divisor_f32(job->tensor_sums[t], group->clipnorm);
+            }
         }
     }
     run_phase(job, job->phase_after_sums, threads);

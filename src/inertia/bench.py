@@ -10,6 +10,18 @@ element) measures what the memory can do right then. A round whose bandwidth pro
 more than 10% from the run's median is noisy and dropped for every contender, not averaged
 in. Keras runs in worker processes (one per Keras backend), driven round by round.
 
+Contenders: inertia's Keras face (``inertia.SGD``'s ``apply``) on each backend
+(``inertia-numpy``, ``inertia-torch``, ``inertia-jax``); its other faces, each beside its
+peers: ``inertia-torch-face`` (``inertia.torch.SGD``'s ``step()`` on CPU torch parameters
+with ``.grad`` set; with everything on, torch's L2 weight decay as the torch peers, clipnorm
+and its EMA), ``inertia-legacy`` (``inertia.legacy.SGD``'s ``apply_gradients`` on
+``inertia.Variable``s of NumPy arrays) and ``inertia-mlx-face`` (``inertia.mlx.SGD``'s
+``apply_gradients`` on a dict of NumPy arrays, the returned tree kept for the next step); and
+the peers: torch.optim.SGD (``torch-foreach``, ``torch-fused``, ``torch-compile``), optax.sgd,
+Keras 3 SGD (``keras-torch``, ``keras-jax``) and mlx.optimizers.SGD (``mlx``). A contender
+that cannot run a workload (``NOT_RUN``) or a configuration (``NOT_RUN_CONFIGS``: an API
+without the options), or that fails to set up, is reported as not run with the reason.
+
 Reported per contender: median step time over clean rounds and its spread (min-max of the
 round medians, relative), effective GB/s (the minimal bytes of the configuration: 20 per
 parameter, +8 for the EMA, +4 for the clipnorm's extra read of g), the ratio to the probe's
@@ -46,13 +58,19 @@ __all__ = ["WORKLOADS", "CONFIGS", "run", "markdown", "resnet50_shapes"]
 LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, CLIPNORM, EMA_MOMENTUM = 0.01, 0.9, 1e-4, 1.0, 0.99
 CONFIGS = ("plain", "nesterov", "everything")
 ALL_CONTENDERS = (
-    "inertia-numpy", "inertia-torch", "inertia-jax", "torch-foreach", "torch-fused", "torch-compile",
-    "optax", "keras-torch", "keras-jax", "mlx",
+    "inertia-numpy", "inertia-torch", "inertia-jax", "inertia-torch-face", "inertia-legacy", "inertia-mlx-face",
+    "torch-foreach", "torch-fused", "torch-compile", "optax", "keras-torch", "keras-jax", "mlx",
 )
 DEFAULT_CONTENDERS = ALL_CONTENDERS
 # Pairs that are not run, and why: reported in the results, never silently missing.
+# (contender, workload):
 NOT_RUN = {
     ("torch-compile", "W3"): "compiling the step over 2000 tensors did not finish in 500 s, as measured for issue 5",
+}
+# (contender, configuration): the face's API has no such options.
+NOT_RUN_CONFIGS = {
+    ("inertia-legacy", "everything"): "tf.keras legacy SGD has no weight decay or EMA",
+    ("inertia-mlx-face", "everything"): "MLX SGD has no clipnorm or EMA",
 }
 
 
@@ -135,6 +153,60 @@ def _make_inertia(backend: str, shapes: list, config: str) -> tuple:
         sync = lambda: variables[0].value.block_until_ready()
     step = lambda: optimizer.apply(grads, variables)
     return step, sync, lambda: [np.array(v.numpy()) for v in variables]
+
+
+def _check_supported(name: str, config: str) -> None:
+    reason = NOT_RUN_CONFIGS.get((name, config))
+    if reason is not None:
+        raise ValueError(f"{name} does not run {config!r}: {reason}")
+
+
+def _make_torch_face(shapes: list, config: str) -> tuple:
+    """``inertia.torch.SGD``, the torch.optim.Optimizer drop-in: ``step()`` on parameters
+    whose ``.grad`` is set, with torch's L2 weight decay as the torch peers."""
+    import torch
+
+    import inertia.torch
+
+    weights, grads = _data(shapes)
+    params = [torch.from_numpy(w).requires_grad_() for w in weights]
+    for p, g in zip(params, grads):
+        p.grad = torch.from_numpy(g)
+    options: dict[str, Any] = dict(lr=LEARNING_RATE, momentum=MOMENTUM, nesterov=config == "nesterov")
+    if config == "everything":
+        options.update(weight_decay=WEIGHT_DECAY, clipnorm=CLIPNORM, use_ema=True, ema_momentum=EMA_MOMENTUM)
+    optimizer = inertia.torch.SGD(params, **options)
+    return optimizer.step, lambda: None, lambda: [p.detach().numpy().copy() for p in params]
+
+
+def _make_legacy(shapes: list, config: str) -> tuple:
+    """``inertia.legacy.SGD`` (tf.keras' legacy API): ``apply_gradients`` on NumPy variables."""
+    _check_supported("inertia-legacy", config)
+    import inertia
+    import inertia.legacy
+
+    weights, grads = _data(shapes)
+    variables = [inertia.Variable(w, name=f"w{i}") for i, w in enumerate(weights)]
+    optimizer = inertia.legacy.SGD(learning_rate=LEARNING_RATE, momentum=MOMENTUM, nesterov=config == "nesterov")
+    step = lambda: optimizer.apply_gradients(zip(grads, variables))
+    return step, lambda: None, lambda: [np.array(v.numpy()) for v in variables]
+
+
+def _make_mlx_face(shapes: list, config: str) -> tuple:
+    """``inertia.mlx.SGD`` (MLX's API) on a dict of NumPy arrays: each step returns a new
+    tree, kept for the next."""
+    _check_supported("inertia-mlx-face", config)
+    import inertia.mlx
+
+    weights, grads = _data(shapes)
+    box = {"params": {f"w{i}": w for i, w in enumerate(weights)}}
+    grads_tree = {f"w{i}": g for i, g in enumerate(grads)}
+    optimizer = inertia.mlx.SGD(learning_rate=LEARNING_RATE, momentum=MOMENTUM, nesterov=config == "nesterov")
+
+    def step() -> None:
+        box["params"] = optimizer.apply_gradients(grads_tree, box["params"])
+
+    return step, lambda: None, lambda: [np.array(box["params"][f"w{i}"]) for i in range(len(weights))]
 
 
 def _make_torch(kind: str, shapes: list, config: str) -> tuple:
@@ -263,6 +335,9 @@ FACTORIES: dict[str, Callable[[list, str], tuple]] = {
     "inertia-numpy": lambda s, c: _make_inertia("numpy", s, c),
     "inertia-torch": lambda s, c: _make_inertia("torch", s, c),
     "inertia-jax": lambda s, c: _make_inertia("jax", s, c),
+    "inertia-torch-face": _make_torch_face,
+    "inertia-legacy": _make_legacy,
+    "inertia-mlx-face": _make_mlx_face,
     "torch-foreach": lambda s, c: _make_torch("foreach", s, c),
     "torch-fused": lambda s, c: _make_torch("fused", s, c),
     "torch-compile": lambda s, c: _make_torch("compile", s, c),
@@ -479,7 +554,7 @@ def run(
             log(f"{workload} {config}: setting up {', '.join(names)}")
             active = []
             for name in names:
-                reason = NOT_RUN.get((name, workload))
+                reason = NOT_RUN.get((name, workload)) or NOT_RUN_CONFIGS.get((name, config))
                 if reason is None:
                     try:
                         active.append(_Worker(name, shapes, config) if name in _WORKER_CONTENDERS else _Local(name, shapes, config))
@@ -521,7 +596,8 @@ def run(
 
 
 def _available(name: str) -> bool:
-    module = {"inertia-torch": "torch", "inertia-jax": "jax", "torch-foreach": "torch", "torch-fused": "torch",
+    module = {"inertia-torch": "torch", "inertia-jax": "jax", "inertia-torch-face": "torch",
+              "torch-foreach": "torch", "torch-fused": "torch",
               "torch-compile": "torch", "optax": "optax", "keras-torch": "keras", "keras-jax": "keras",
               "mlx": "mlx.optimizers"}.get(name)
     if module is None:

@@ -1,7 +1,8 @@
 """Build, cache and load inertia's fused CPU kernels.
 
 Two front ends share one pipeline (``_sgd_core.h``): ``_kernels.c``, a Python extension for
-NumPy arrays and CPU torch tensors (:func:`load`), and ``_xla_kernels.c``, an XLA FFI handler
+NumPy arrays and CPU torch tensors (:func:`load`, driven by :mod:`inertia.engine.host` for
+every face), and ``_xla_kernels.c``, an XLA FFI handler
 that JAX's jitted step calls on the CPU (:func:`load_xla`, built against jaxlib's headers).
 They are compiled on first use with the machine's C compiler (``$CC``, else ``cc``) for this
 CPU, and cached on disk, so a second process loads them in milliseconds. The cache lives in
@@ -18,7 +19,7 @@ optimizer keeps the reference path; :func:`unavailable_reason` says why.
 Example:
     >>> from inertia import kernels
     >>> module = kernels.load()
-    >>> module is None or hasattr(module, "sgd_step")
+    >>> module is None or hasattr(module, "step")
     True
 """
 

@@ -15,7 +15,10 @@ from __future__ import annotations
 import warnings
 from typing import Any, Optional, Sequence
 
+import numpy as np
+
 from inertia import pipeline
+from inertia.engine.step import TF_KERAS_LEGACY, GroupSettings
 from inertia.optimizer import _describe, _is_real_number, _positional_arity, check_finite_number
 from inertia.schedules import LearningRateSchedule
 from inertia.sgd import SGD as _KerasSGD
@@ -182,6 +185,20 @@ class SGD(_KerasSGD):
         if self.global_clipnorm is not None:
             grads = pipeline.clip_by_global_norm(ops, grads, self.global_clipnorm, reciprocal_in_dtype=True)
         return grads
+
+    # --- the step as data, for the engine's fast paths ----------------------------------------
+    step_description = TF_KERAS_LEGACY
+
+    def _engine_groups(self, first: Variable, has_buffer: bool) -> tuple[list, Optional[float]]:
+        ops = first.backend
+        learning_rate = float(ops.to_numpy(self._decayed_lr(first)))
+        group = GroupSettings(
+            learning_rate=learning_rate, momentum=float(np.float32(self.momentum)), nesterov=self.nesterov,
+            keeps_buffer=has_buffer,
+            clipnorm=None if self.clipnorm is None else float(self.clipnorm),
+            clipvalue=None if self.clipvalue is None else float(self.clipvalue),
+        )
+        return [group], None if self.global_clipnorm is None else float(self.global_clipnorm)
 
     # --- slots and weights -------------------------------------------------------------------
     def add_variable_from_reference(

@@ -11,10 +11,16 @@ L2 weight decay is added to the gradient, the learning rate stays outside the ve
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, Callable, Iterator, Optional, Union
+
+import numpy as np
 
 from inertia import backend as backends
 from inertia.backend.base import ArrayBackend
+from inertia.engine import host
+from inertia.engine.step import MLX as MLX_STEP
+from inertia.engine.step import GroupSettings
 from inertia.optimizer import _is_real_number, check_finite_number
 from inertia.rule import SGDRule, sgd_update
 
@@ -107,6 +113,7 @@ class SGD:
         self._rule = SGDRule(nesterov=nesterov, lr_in_velocity=False)
         self._ops: ArrayBackend = backends.default()
         self._schedulers: dict[str, Callable[[Any], Any]] = {}
+        self._plans: dict = {}  # the host kernel's plan, by dtype and shapes
         self._state: dict = {"step": self._ops.zeros((), _step_dtype(self._ops))}
         if scheduled:
             self._schedulers["learning_rate"] = learning_rate
@@ -233,16 +240,69 @@ class SGD:
         for path, gradient in grad_entries:
             parameter = _lookup(parameters, path)
             pairs.append((path, gradient, parameter))
-        ops = self._backend_of([(p, w) for p, _, w in pairs], "parameters")
-        for path, gradient, parameter in pairs:
-            _check_gradient(ops, path, gradient, parameter)
+        if not _all_plain_numpy_floats(pairs):  # the common case, checked in one pass
+            ops = self._backend_of([(p, w) for p, _, w in pairs], "parameters")
+            for path, gradient, parameter in pairs:
+                _check_gradient(ops, path, gradient, parameter)
+        else:
+            ops = backends.get("numpy")
         self._adopt_backend(ops)
         self._complete_state(gradients, grad_entries)
         for name, scheduler in self._schedulers.items():
             self._state[name] = self._rate_array(scheduler(self.step))
+        updated = self._fast_apply(ops, pairs)
         self._state["step"] = self.step + 1
-        updated = {path: self.apply_single(g, w, _lookup(self._state, path)) for path, g, w in pairs}
+        if updated is None:
+            updated = {path: self.apply_single(g, w, _lookup(self._state, path)) for path, g, w in pairs}
         return _rebuild(gradients, (), updated)
+
+    def _fast_apply(self, ops: ArrayBackend, pairs: list) -> Optional[dict]:
+        """The step of every leaf in one call of inertia's host kernel, writing new arrays
+        (weights and velocities; the given ones are only read, as MLX's arrays are
+        immutable); None, having changed nothing, where the kernel does not cover it (the
+        reference path runs, leaf by leaf). A subclass with its own ``apply_single`` keeps
+        the reference path."""
+        if type(self).apply_single is not SGD.apply_single or not host.enabled() or ops.name not in ("numpy", "torch"):
+            return None
+        params = [w for _, _, w in pairs]
+        if any(getattr(w, "requires_grad", False) for w in params):
+            return None  # torch: the reference path's new tensors carry autograd history
+        dtype = ops.dtype_name(params[0])
+        shapes = [ops.shape(w) for w in params]
+        plan = getattr(self, "_plans", {}).get(dtype, {}).get(tuple(shapes))
+        if plan is None:
+            plan = host.plan_shapes(ops, dtype, shapes)
+            if plan is None:
+                return None
+            self._plans = {dtype: {tuple(shapes): plan}}
+        momentum = self.momentum > 0
+        velocities = None
+        if momentum:
+            states = [_lookup(self._state, path) for path, _, _ in pairs]
+            velocities = [state.get("v") for state in states]
+            if any(v is None or not ops.is_array(v) or ops.shape(v) != shape for v, shape in zip(velocities, shapes)):
+                return None
+        learning_rate = float(ops.to_numpy(ops.cast(self._on(ops, self.learning_rate), dtype)))
+        group = GroupSettings(
+            learning_rate=learning_rate, momentum=self.momentum, weight_decay=self.weight_decay,
+            dampening=self.dampening, nesterov=self.nesterov,
+        )
+        spare_weights, spare_velocities = getattr(self, "_spares", (None, None))
+        weights_out = _outputs(ops, shapes, dtype, params, spare_weights)
+        velocities_out = _outputs(ops, shapes, dtype, params, spare_velocities) if momentum else None
+        answer = host.run(
+            plan, MLX_STEP, [group], weights=params, grads=[g for _, g, _ in pairs], velocities=velocities,
+            weights_out=weights_out, velocities_out=velocities_out,
+            flags=bytes([host.FLAG_DECAY if self.weight_decay != 0 else 0]) * len(params),
+        )
+        if answer != host.DONE:
+            return None
+        # This step's inputs may serve as the next step's outputs, once nobody else holds them.
+        self._spares = (params, velocities) if ops.name == "numpy" else (None, None)
+        if momentum:
+            for state, velocity in zip(states, velocities_out):
+                state["v"] = velocity
+        return {path: weight for (path, _, _), weight in zip(pairs, weights_out)}
 
     def update(self, model: Any, gradients: Any) -> None:
         """Apply ``gradients`` to ``model`` in place: an ``mlx.nn.Module`` (its own
@@ -280,6 +340,58 @@ class SGD:
             f"inertia.mlx.SGD(momentum={self.momentum}, weight_decay={self.weight_decay}, "
             f"dampening={self.dampening}, nesterov={self.nesterov})"
         )
+
+
+def _all_plain_numpy_floats(pairs: list) -> bool:
+    """Whether every (gradient, parameter) pair is two NumPy arrays of one float32 / float64
+    dtype and of one shape: then the per-leaf checks (``_check_gradient``) have nothing to say."""
+    if not pairs or any(not path for path, _, _ in pairs):
+        return False
+    grads = [g for _, g, _ in pairs]
+    params = [w for _, _, w in pairs]
+    if not (all(map(_is_ndarray, grads)) and all(map(_is_ndarray, params))):
+        return False
+    dtype = params[0].dtype
+    if dtype not in _PLAIN_FLOATS:
+        return False
+    return (
+        all(g.dtype == dtype for g in grads)
+        and all(w.dtype == dtype for w in params)
+        and all(g.shape == w.shape for g, w in zip(grads, params))
+    )
+
+
+def _is_ndarray(value: Any) -> bool:
+    return type(value) is np.ndarray
+
+
+_PLAIN_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _outputs(ops: ArrayBackend, shapes: list, dtype: str, params: list, spares: Optional[list]) -> list:
+    """New arrays for a step's results. A NumPy array the previous step read and that only
+    this optimizer still references (its Python reference count says so: a view or any other
+    holder adds one) is reused: its memory is already mapped, where a new one would fault
+    every page in again. Torch tensors are never reused (a view does not count as a holder)."""
+    if spares is None or len(spares) != len(shapes):
+        return [ops.empty(shape, dtype, like=w) for shape, w in zip(shapes, params)]
+    outputs = []
+    for index, (shape, w) in enumerate(zip(shapes, params)):
+        spare = spares[index]
+        spares[index] = None  # the list's reference: gone, so the count below is the others'
+        if (
+            type(spare) is np.ndarray
+            and sys.getrefcount(spare) == 2  # this local and getrefcount's argument: nobody else
+            and spare.base is None
+            and spare.shape == shape
+            and spare.dtype == np.dtype(dtype)
+            and spare.flags.writeable
+            and spare.flags.c_contiguous
+        ):
+            outputs.append(spare)
+        else:
+            outputs.append(ops.empty(shape, dtype, like=w))
+    return outputs
 
 
 def _check_rate(learning_rate: Any) -> None:

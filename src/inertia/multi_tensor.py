@@ -11,11 +11,11 @@ Every operation of the reference path is kept, in its order and in the tensors' 
 (unscale, clipnorm / global_clipnorm / clipvalue, decoupled decay, momentum or Nesterov, the
 EMA), so the numbers are the reference's: bitwise, except the norms of clipnorm and
 global_clipnorm, which torch sums in its own order. CPU tensors take the single-pass kernel
-of :mod:`inertia.fused` instead; this path runs there only when a test forces it.
+of :mod:`inertia.engine.host` instead; this path runs there only when a test forces it.
 
 Steps this path does not cover run the reference path: gradient accumulation, constraints,
 missing gradients, float16/bfloat16, variables spread over devices or dtypes, a subset of the
-variables while the EMA is on, and subclasses that override a pipeline stage. Like the
+variables while the EMA is on, and optimizers that do not describe Keras 3's step. Like the
 reference, it allocates temporaries of the gradients' size (``g * lr``).
 
 Example (on a CUDA machine; elsewhere the same call takes the CPU kernel):
@@ -34,7 +34,9 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from inertia.fused import _is_stock, _stock_targets
+from inertia.engine import host
+from inertia.engine.optimizer_host import stock_targets
+from inertia.engine.step import KERAS
 
 __all__ = ["multi_tensor_apply"]
 
@@ -46,12 +48,12 @@ def _eligible(optimizer: Any, grads: list, targets: list) -> Optional[tuple]:
     """(torch, wrappers, indices) when this path covers the step; None otherwise."""
     import torch
 
-    found = _stock_targets(optimizer, targets)
+    found = stock_targets(optimizer, targets)
     if found is None:
         return None
     wrappers, indices = found
     first = wrappers[0].value
-    if wrappers[0].backend.name != "torch":
+    if wrappers[0].backend.name != "torch" or wrappers[0].dtype not in ("float32", "float64"):
         return None
     device, dtype = first.device, first.dtype
     for wrapper, gradient in zip(wrappers, grads):
@@ -70,7 +72,7 @@ def _eligible(optimizer: Any, grads: list, targets: list) -> Optional[tuple]:
 def multi_tensor_apply(optimizer: Any, grads: list, trainable_variables: Optional[Sequence[Any]]) -> bool:
     """Run one ``optimizer.apply(grads, trainable_variables)`` step with torch's multi-tensor
     kernels. Returns False, having changed nothing, when the step is not one it covers."""
-    if not _is_stock(type(optimizer)) or optimizer.gradient_accumulation_steps:
+    if optimizer.describe_step() != KERAS or optimizer.gradient_accumulation_steps or not host.enabled():
         return False
     targets = optimizer._trainable_variables if trainable_variables is None else list(trainable_variables)
     # An unbuilt optimizer's first step takes the reference path, which checks and builds.

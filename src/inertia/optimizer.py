@@ -28,6 +28,8 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, Sequ
 from inertia import backend as backends
 from inertia import pipeline
 from inertia.backend.base import ArrayBackend
+from inertia.engine import optimizer_host
+from inertia.engine.step import StepDescription
 from inertia.schedules import LearningRateSchedule
 from inertia.variable import Variable, _unique_name
 
@@ -600,9 +602,29 @@ class Optimizer:
         with ops.step_context():
             self._apply_prepared(grads, variables)
 
+    def describe_step(self) -> Optional[StepDescription]:
+        """This optimizer's step as data for the engine's fast paths
+        (:mod:`inertia.engine.step`), or None: the base class knows no rule, so a custom
+        optimizer's ``update_step`` always runs on the reference path."""
+        return None
+
+    def _slots_for_engine(self) -> dict:
+        """The rule's slot lists by name (``"momentum"``), for the engine's fast paths."""
+        return {}
+
+    def _engine_groups(self, first: Variable, has_buffer: bool) -> tuple[list, Optional[float]]:
+        """This step's group settings (one group) and global clip norm, for the fast paths."""
+        raise NotImplementedError
+
     def _fused_apply(self, grads: list, trainable_variables: Optional[Sequence[Any]]) -> bool:
-        """Run the whole step in a fused kernel where one covers it; False to take the
-        reference path (nothing changed)."""
+        """Run the whole step on a fast path where one covers it (the host kernel; torch's
+        multi-tensor kernels off the CPU); False to take the reference path (nothing changed)."""
+        if optimizer_host.apply(self, grads, trainable_variables):
+            return True
+        if self._backend.name == "torch":
+            from inertia.multi_tensor import multi_tensor_apply
+
+            return multi_tensor_apply(self, grads, trainable_variables)
         return False
 
     def _apply_compiled(self, grads: list, variables: list[Variable], targets: Any = None) -> None:
@@ -850,9 +872,13 @@ class Optimizer:
                 )
 
     def _fused_update(self, grads: list, variables: list[Variable], learning_rate: Any) -> bool:
-        """Trace clip, decay, update_step and the EMA as one fused operation where a subclass
-        has one for this step (SGD: a custom call on JAX's CPU); False to run them one by one."""
-        return False
+        """Trace clip, decay, update_step and the EMA as one fused operation where the engine
+        has one for this step (a custom call on JAX's CPU); False to run them one by one."""
+        if self._backend.name != "jax" or not self._in_own_step:
+            return False
+        from inertia.xla_fused import fused_update
+
+        return fused_update(self, grads, variables, learning_rate)
 
     def _clip_gradients(self, grads: list, variables: Sequence[Variable]) -> list:
         if not grads:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numbers
 from typing import Any, Optional, Sequence
 
+from inertia.engine.step import KERAS as KERAS_STEP
+from inertia.engine.step import GroupSettings, StepDescription
 from inertia.optimizer import Optimizer, _is_real_number, check_finite_number
 from inertia.rule import KERAS, SGDRule, sgd_update
 from inertia.variable import Variable
@@ -117,23 +119,33 @@ class SGD(Optimizer):
             slot.assign(velocity)
         variable.assign(weight)
 
-    def _fused_apply(self, grads: list, trainable_variables: Optional[Sequence[Any]]) -> bool:
-        from inertia.fused import fused_apply
+    #: The step this face runs, as data (the engine's fast paths read it).
+    step_description: StepDescription = KERAS_STEP
 
-        if fused_apply(self, grads, trainable_variables):
-            return True
-        if self._backend.name == "torch":  # CUDA tensors: torch's multi-tensor kernels
-            from inertia.multi_tensor import multi_tensor_apply
+    def describe_step(self) -> Optional[StepDescription]:
+        """The step as data, or None when a subclass defines its own ``update_step`` (its
+        rule is code the engine cannot read: it keeps the reference path)."""
+        return self.step_description if type(self).update_step is SGD.update_step else None
 
-            return multi_tensor_apply(self, grads, trainable_variables)
-        return False
+    def _slots_for_engine(self) -> dict:
+        return {"momentum": self.momentums or None}  # the slots it built, whatever `momentum` is now
 
-    def _fused_update(self, grads: list, variables: list[Variable], learning_rate: Any) -> bool:
-        if self._backend.name != "jax" or not self._in_own_step:
-            return False
-        from inertia.xla_fused import fused_update
-
-        return fused_update(self, grads, variables, learning_rate)
+    def _engine_groups(self, first: Variable, has_buffer: bool) -> tuple[list, Optional[float]]:
+        ops, dtype = first.backend, first.dtype
+        learning_rate = float(ops.to_numpy(ops.cast(self._learning_rate_array(), dtype)))
+        clip: dict = {}
+        global_clipnorm = None
+        if self.clipnorm and self.clipnorm > 0:  # the first of the three that is > 0, as Keras
+            clip["clipnorm"] = float(self.clipnorm)
+        elif self.global_clipnorm and self.global_clipnorm > 0:
+            global_clipnorm = float(self.global_clipnorm)
+        elif self.clipvalue and self.clipvalue > 0:
+            clip["clipvalue"] = float(self.clipvalue)
+        group = GroupSettings(
+            learning_rate=learning_rate, momentum=float(self.momentum), weight_decay=float(self.weight_decay or 0.0),
+            nesterov=self.nesterov, keeps_buffer=has_buffer, **clip,
+        )
+        return [group], global_clipnorm
 
     @property
     def _rule(self) -> SGDRule:

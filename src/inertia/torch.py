@@ -15,17 +15,25 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import operator
+from itertools import repeat
 from typing import Any, Callable, Iterator, Optional
 
+import numpy as np
 import torch
 
 from inertia import pipeline
 from inertia.backend import get as _get_backend
+from inertia.engine import host
+from inertia.engine.step import MODE_NONE, GroupSettings
+from inertia.engine.step import TORCH as TORCH_STEP
 from inertia.rule import SGDRule, sgd_update
 
 __all__ = ["SGD"]
 
 _GROUP_EXTRAS = {"clipnorm": None, "clipvalue": None}
+_GRAD = operator.attrgetter("grad")
+_DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
 _OPTIMIZER_WIDE = ("global_clipnorm", "use_ema", "ema_momentum", "ema_overwrite_frequency", "gradient_accumulation_steps")
 
 
@@ -76,8 +84,6 @@ def _check_group(group: dict) -> None:
             "Nesterov momentum requires a momentum and zero dampening "
             f"(received momentum={group['momentum']}, dampening={group['dampening']})"
         )
-    if group.get("fused"):
-        raise ValueError("inertia.torch.SGD has no fused kernel yet: received fused=True; leave `fused` unset.")
     if group.get("differentiable"):
         raise ValueError("inertia.torch.SGD does not support differentiable=True (received differentiable=True).")
     for key in ("clipnorm", "clipvalue"):
@@ -264,6 +270,8 @@ class SGD(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         steps = self.gradient_accumulation_steps
+        if not steps and self._fast_step():
+            return loss
         updating = not steps or (self._micro_steps + 1) % steps == 0
         work = self._collect(include_accumulated=bool(steps) and updating)
         if not updating:
@@ -287,6 +295,105 @@ class SGD(torch.optim.Optimizer):
         self._updates += 1
         self._micro_steps += 1
         return loss
+
+    def _fast_step(self) -> bool:
+        """The whole update in one call of inertia's host kernel (``inertia.engine.host``),
+        with the reference path's numbers (clipping norms aside: summed in double); False,
+        having changed nothing, where the kernel does not cover the step. The per-parameter
+        reference path (``foreach=False``, as torch's for-loop implementation) runs then."""
+        if not host.enabled():
+            return False
+        groups = self.param_groups
+        params: list = []
+        grads: list = []
+        group_of: list = []
+        for index, group in enumerate(groups):
+            if group["foreach"] is False or group["differentiable"]:
+                return False
+            _check_group({k: v for k, v in group.items() if k != "params"})
+            members = group["params"]
+            found = list(map(_GRAD, members))
+            if any(map(operator.is_, found, repeat(None))):
+                if self.use_ema:  # the EMA covers every parameter: the reference path
+                    return False
+                pairs = [(p, g) for p, g in zip(members, found) if g is not None]
+                members, found = [p for p, _ in pairs], [g for _, g in pairs]
+            params += members
+            grads += found
+            group_of += [index] * len(members)
+        if not params:
+            return False
+        settings = [self._group_settings(group) for group in groups]
+        with_momentum = {settings[i].mode != MODE_NONE for i in set(group_of)}
+        if len(with_momentum) != 1:
+            return False  # groups with and without momentum: the reference path
+        momentum = with_momentum.pop()
+        state_of = self.state.get
+        states = list(map(state_of, params))
+        fresh_buffers: dict = {}
+        fresh_averages: dict = {}
+        buffers = averages = None
+        flags = bytearray(len(params))
+        for position, index in enumerate(group_of):
+            if settings[index].weight_decay != 0:
+                flags[position] = host.FLAG_DECAY
+        if momentum:
+            buffers = [None if st is None else st.get("momentum_buffer") for st in states]
+            for position, buffer in enumerate(buffers):
+                if buffer is None:
+                    buffers[position] = fresh_buffers[position] = torch.empty_like(params[position], memory_format=torch.contiguous_format)
+                    flags[position] |= host.FLAG_FRESH_BUFFER
+        if self.use_ema:
+            averages = [None if st is None else st.get("average") for st in states]
+            for position, average in enumerate(averages):
+                if average is None:
+                    averages[position] = fresh_averages[position] = torch.empty_like(params[position], memory_format=torch.contiguous_format)
+                    flags[position] |= host.FLAG_FRESH_AVERAGE
+        plan = self._memory_plan(params, buffers, averages)
+        if plan is None:
+            return False
+        arguments = dict(
+            weights=params, grads=grads, velocities=buffers, averages=averages, flags=bytes(flags),
+            group_of=None if len(groups) == 1 else np.array(group_of, dtype=np.int64),
+            global_clipnorm=self.global_clipnorm, ema_momentum=self.ema_momentum,
+        )
+        answer = host.run(plan, TORCH_STEP, settings, **arguments)
+        if answer == host.MOVED:
+            self._fast_plan = None
+            plan = self._memory_plan(params, buffers, averages)
+            answer = host.DECLINED if plan is None else host.run(plan, TORCH_STEP, settings, **arguments)
+        if answer != host.DONE:
+            return False
+        for position, buffer in fresh_buffers.items():
+            self.state[params[position]]["momentum_buffer"] = buffer
+        for position, average in fresh_averages.items():
+            self.state[params[position]]["average"] = average
+        if self.use_ema:
+            self._overwrite_with_ema_when_due()
+        self._updates += 1
+        self._micro_steps += 1
+        return True
+
+    def _memory_plan(self, params: list, buffers: Optional[list], averages: Optional[list]) -> Optional[host.MemoryPlan]:
+        """The kernel's plan for these tensors: the last one while they are the same objects."""
+        objects = params + (buffers or []) + (averages or [])
+        cached = getattr(self, "_fast_plan", None)
+        if cached is not None and len(cached[0]) == len(objects) and all(map(operator.is_, cached[0], objects)):
+            return cached[1]
+        dtype = _DTYPE_NAMES.get(params[0].dtype)
+        plan = host.plan_memory(_get_backend("torch"), dtype, [params, buffers, averages]) if dtype else None
+        self._fast_plan = (objects, plan)
+        return plan
+
+    @staticmethod
+    def _group_settings(group: dict) -> GroupSettings:
+        momentum = _number(group["momentum"])
+        return GroupSettings(
+            learning_rate=_number(group["lr"]), momentum=momentum, weight_decay=_number(group["weight_decay"]),
+            dampening=_number(group["dampening"]), nesterov=group["nesterov"], maximize=group["maximize"],
+            clipnorm=None if group.get("clipnorm") is None else float(group["clipnorm"]),
+            clipvalue=None if group.get("clipvalue") is None else float(group["clipvalue"]),
+        )
 
     def _collect(self, include_accumulated: bool = False) -> list[tuple[dict, torch.Tensor, torch.Tensor]]:
         """``(group, param, grad)`` for the params that take part in this step, checked.
@@ -385,6 +492,9 @@ class SGD(torch.optim.Optimizer):
                 state["average"] = param.detach().clone(memory_format=torch.preserve_format)
             else:
                 average.copy_(pipeline.ema_update(ops, average, param, self.ema_momentum, False))
+        self._overwrite_with_ema_when_due()
+
+    def _overwrite_with_ema_when_due(self) -> None:
         frequency = self.ema_overwrite_frequency
         if frequency and (self._updates + 1) % frequency == 0:
             for param in self._parameters():

@@ -15,7 +15,7 @@ without fusing multiply-adds, so from the same gradients it gives the NumPy back
 applied by XLA before the call, as a multiply by the rounded reciprocal); XLA's own lowering of the reference contracts ``v*m - g*lr`` into a fused
 multiply-add, so the two JAX paths agree within rounding, not bit for bit.
 
-The path is taken only where it is safe: stock SGD, every array on the CPU, float32 or
+The path is taken only where it is safe: an optimizer that describes Keras 3's step, every array on the CPU, float32 or
 float64 variables and gradients of their shapes, and only in inertia's own compiled step (a
 user's ``jax.jit`` / ``jax.grad`` / ``jax.vmap`` of ``stateless_apply`` keeps traceable
 reference operations). Anything else takes the reference path, unchanged.
@@ -37,7 +37,22 @@ from typing import Any, Optional
 import numpy as np
 
 from inertia import kernels
-from inertia.fused import _CLIP_GLOBAL, _MODE_NESTEROV, _MODE_NONE, _MODE_PLAIN, _clip_setting, _is_stock, _stock_targets
+from inertia.engine.optimizer_host import stock_targets
+from inertia.engine.step import KERAS, MODE_NESTEROV, MODE_NONE, MODE_PLAIN
+
+# The handler's clip modes (``update_job`` in ``_sgd_core.h``).
+_CLIP_NONE, _CLIP_NORM, _CLIP_GLOBAL, _CLIP_VALUE = 0, 1, 2, 3
+
+
+def _clip_setting(optimizer: Any) -> tuple[int, float, float]:
+    """Keras' clipping: the first of clipnorm, global_clipnorm, clipvalue that is > 0."""
+    if optimizer.clipnorm and optimizer.clipnorm > 0:
+        return _CLIP_NORM, float(optimizer.clipnorm), 0.0
+    if optimizer.global_clipnorm and optimizer.global_clipnorm > 0:
+        return _CLIP_GLOBAL, float(optimizer.global_clipnorm), 0.0
+    if optimizer.clipvalue and optimizer.clipvalue > 0:
+        return _CLIP_VALUE, 1.0, float(optimizer.clipvalue)
+    return _CLIP_NONE, 1.0, 0.0
 
 __all__ = ["fused_update"]
 
@@ -84,13 +99,13 @@ def fused_update(optimizer: Any, grads: list, variables: list, learning_rate: An
     False, having traced nothing that changes a variable, when the step is not one it covers
     (or every tensor is small: then the reference stages run as usual).
     """
-    if not _is_stock(type(optimizer)):
+    if optimizer.describe_step() != KERAS:  # the handler runs the Keras 3 step only
         return False
     import jax
 
     if jax.default_backend() != "cpu":
         return False
-    found = _stock_targets(optimizer, variables)
+    found = stock_targets(optimizer, variables)
     if found is None:
         return False
     wrappers, indices = found
@@ -136,7 +151,7 @@ def _custom_calls(
     import jax.numpy as jnp
 
     dtype = wrappers[0].dtype
-    mode = _MODE_NONE if velocities is None else (_MODE_NESTEROV if optimizer.nesterov else _MODE_PLAIN)
+    mode = MODE_NONE if velocities is None else (MODE_NESTEROV if optimizer.nesterov else MODE_PLAIN)
     lr = wrappers[0].backend.cast(learning_rate, dtype)
     if averages is None:
         ema_momentum = jnp.zeros((), dtype)

@@ -52,6 +52,11 @@ class ArrayBackend(ABC):
     def zeros(self, shape: Sequence[int], dtype: str, like: Array | None = None) -> Array:
         """A zero-filled array."""
 
+    def empty(self, shape: Sequence[int], dtype: str, like: Array | None = None) -> Array:
+        """A new array whose values are about to be overwritten (zeros where a library has no
+        uninitialised arrays)."""
+        return self.zeros(shape, dtype, like=like)
+
     @abstractmethod
     def scalar(self, value: Any, dtype: str, like: Array | None = None) -> Array:
         """A 0-d value of ``dtype`` used as a hyperparameter in arithmetic with arrays."""
@@ -122,25 +127,22 @@ class ArrayBackend(ABC):
         step checks shapes and dtypes itself)."""
         return False
 
-    #: Whether a kernel address of a held array stays valid while the array object lives
-    #: (NumPy: yes; torch: no, ``.data =`` or ``set_`` can move a tensor's storage).
-    kernel_addresses_stable: bool = False
-
     def kernel_address(self, value: Array, dtype: str) -> int | None:
         """The address of ``value``'s memory for the fused CPU kernels (``inertia.kernels``):
         a C-contiguous, aligned, writable host array of ``dtype``; None when it is not one
         (the optimizer then takes the reference path)."""
         return None
 
-    def kernel_addresses(self, values: Sequence[Array]) -> list:
-        """The current addresses of arrays already accepted by :meth:`kernel_address`."""
-        return [self.kernel_address(v, self.dtype_name(v)) for v in values]
-
-    def kernel_gradients(self, grads: Sequence[Any], dtype: str, shapes: Sequence[tuple]) -> list | None:
-        """Gradients as the fused kernel takes them: buffers it checks itself, or addresses
-        of arrays checked here (dtype, shape, contiguity, host memory); None if any does
-        not fit."""
+    def kernel_operands(self, arrays: Sequence[Any], dtype: str, shapes: Sequence[tuple], writable: bool) -> list | None:
+        """``arrays`` as the host kernel takes them, checked again at every step: arrays it
+        checks itself (NumPy: data pointer, flags, dtype and shape are read in C), or the
+        addresses of arrays checked here (type, host memory, dtype, shape, strides, sign
+        bits, and writability when ``writable``); None if any does not fit."""
         return None
+
+    def kernel_wrote(self, arrays: Sequence[Any]) -> None:
+        """Record that the host kernel wrote ``arrays`` in place (torch: bump their autograd
+        version counters, as torch's own in-place operations do)."""
 
     def step_context(self) -> Any:
         """The context an optimizer step runs in: no autograd recording (torch), and no

@@ -16,6 +16,10 @@ except ImportError:  # pragma: no cover - exercised only without ml_dtypes
 _EXTRA_FLOATS = ("bfloat16",)
 
 
+def _is_ndarray(value: Any) -> bool:
+    return type(value) is np.ndarray
+
+
 def _np_dtype(dtype: str) -> np.dtype:
     if dtype in _EXTRA_FLOATS:
         if _ml_dtypes is None:
@@ -59,6 +63,9 @@ class NumpyBackend(ArrayBackend):
     def zeros(self, shape: Sequence[int], dtype: str, like: Array | None = None) -> Array:
         return np.zeros(tuple(shape), dtype=_np_dtype(dtype))
 
+    def empty(self, shape: Sequence[int], dtype: str, like: Array | None = None) -> Array:
+        return np.empty(tuple(shape), dtype=_np_dtype(dtype))
+
     def scalar(self, value: Any, dtype: str, like: Array | None = None) -> Array:
         return np.asarray(value).astype(_np_dtype(dtype))[()]
 
@@ -100,19 +107,16 @@ class NumpyBackend(ArrayBackend):
     def step_context(self) -> Any:
         return np.errstate(all="ignore")
 
-    kernel_addresses_stable = True
-
     def kernel_address(self, value: Array, dtype: str) -> int | None:
-        flags = value.flags if isinstance(value, np.ndarray) else None
+        flags = value.flags if type(value) is np.ndarray else None
         if flags is None or value.dtype != _np_dtype(dtype) or not (flags.c_contiguous and flags.aligned and flags.writeable):
             return None
         return value.ctypes.data
 
-    def kernel_gradients(self, grads: Sequence[Any], dtype: str, shapes: Sequence[tuple]) -> list | None:
-        # Only NumPy's own arrays: other buffers (JAX arrays among them) are another library's,
-        # which the reference path rejects. The kernel checks dtype, shape and contiguity.
-        ndarray = np.ndarray
-        return list(grads) if all(type(g) is ndarray for g in grads) else None
+    def kernel_operands(self, arrays: Sequence[Any], dtype: str, shapes: Sequence[tuple], writable: bool) -> list | None:
+        # NumPy's own arrays only (subclasses and other libraries' buffers take the reference
+        # path): the kernel reads each one's pointer, flags, dtype and shape itself.
+        return list(arrays) if all(map(_is_ndarray, arrays)) else None
 
     def value_and_grad(
         self, function: Callable[[list[Array]], Array], values: list[Array]

@@ -33,6 +33,8 @@ def _device_of(like: Any) -> Any:
 _DTYPE_OF = operator.attrgetter("dtype")
 _IS_CPU = operator.attrgetter("is_cpu")
 _SHAPE_OF = operator.attrgetter("shape")
+_LAYOUT_OF = operator.attrgetter("layout")
+_PLAIN_TYPES = frozenset((torch.Tensor, torch.nn.Parameter))
 
 
 class TorchBackend(ArrayBackend):
@@ -73,6 +75,9 @@ class TorchBackend(ArrayBackend):
 
     def zeros(self, shape: Sequence[int], dtype: str, like: Array | None = None) -> Array:
         return torch.zeros(tuple(shape), dtype=_torch_dtype(dtype), device=_device_of(like))
+
+    def empty(self, shape: Sequence[int], dtype: str, like: Array | None = None) -> Array:
+        return torch.empty(tuple(shape), dtype=_torch_dtype(dtype), device=_device_of(like))
 
     def scalar(self, value: Any, dtype: str, like: Array | None = None) -> Array:
         if isinstance(value, torch.Tensor):
@@ -130,32 +135,31 @@ class TorchBackend(ArrayBackend):
         return torch.no_grad()
 
     def kernel_address(self, value: Array, dtype: str) -> int | None:
-        if (
-            not isinstance(value, torch.Tensor)
-            or not value.is_cpu
-            or value.dtype is not _torch_dtype(dtype)
-            or not value.is_contiguous()
-            or value.is_inference()
-        ):
-            return None
-        return value.data_ptr()
+        checked = self.kernel_operands([value], dtype, [tuple(value.shape)], True) if isinstance(value, torch.Tensor) else None
+        return None if checked is None else checked[0]
 
-    def kernel_addresses(self, values: Sequence[Array]) -> list:
-        return list(map(torch.Tensor.data_ptr, values))
-
-    def kernel_gradients(self, grads: Sequence[Any], dtype: str, shapes: Sequence[tuple]) -> list | None:
-        # Every step, for every gradient: one check at a time over the whole list, through C
-        # callables (map), about half the cost of a per-tensor Python expression.
+    def kernel_operands(self, arrays: Sequence[Any], dtype: str, shapes: Sequence[tuple], writable: bool) -> list | None:
+        # Every step, for every array: one check at a time over the whole list, through C
+        # callables (map), a fraction of a per-tensor Python expression's cost. Subclasses
+        # (DTensor, whose data_ptr() is 0, among them) and tensors with the negative bit set
+        # (whose memory holds the other sign) are left to the reference path; the conjugate
+        # bit exists only on complex tensors, which the dtype check already refuses.
         tensor = torch.Tensor
         if not (
-            all(map(isinstance, grads, repeat(tensor)))
-            and all(map(operator.is_, map(_DTYPE_OF, grads), repeat(_torch_dtype(dtype))))
-            and all(map(_IS_CPU, grads))
-            and list(map(_SHAPE_OF, grads)) == shapes
-            and all(map(tensor.is_contiguous, grads))
+            all(map(_PLAIN_TYPES.__contains__, map(type, arrays)))
+            and all(map(operator.is_, map(_LAYOUT_OF, arrays), repeat(torch.strided)))
+            and all(map(operator.is_, map(_DTYPE_OF, arrays), repeat(_torch_dtype(dtype))))
+            and all(map(_IS_CPU, arrays))
+            and list(map(_SHAPE_OF, arrays)) == list(shapes)
+            and all(map(tensor.is_contiguous, arrays))
+            and not any(map(tensor.is_neg, arrays))
+            and not (writable and any(map(tensor.is_inference, arrays)))
         ):
             return None
-        return list(map(tensor.data_ptr, grads))
+        return list(map(tensor.data_ptr, arrays))
+
+    def kernel_wrote(self, arrays: Sequence[Any]) -> None:
+        torch._C._increment_version(list(arrays))
 
     def value_and_grad(
         self, function: Callable[[list[Array]], Array], values: list[Array]
