@@ -117,6 +117,12 @@ def _compiler() -> list[str]:
     return shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")[:1]
 
 
+def _flags() -> list[str]:
+    """The build flags: inertia's own, then ``$INERTIA_KERNEL_CFLAGS`` (a sanitizer build,
+    say: ``-fsanitize=address,undefined``); both are part of the cache key."""
+    return _FLAGS + shlex.split(os.environ.get("INERTIA_KERNEL_CFLAGS", ""))
+
+
 def _build(source_name: str, includes: list[str], key_parts: list[bytes], suffix: str) -> Path:
     """Compile ``source_name`` (with the shared core header) into the cache, unless there."""
     if os.environ.get("INERTIA_KERNELS", "1") in ("0", "false", "off", "no"):
@@ -133,7 +139,7 @@ def _build(source_name: str, includes: list[str], key_parts: list[bytes], suffix
         raise _Unavailable(f"no C compiler ({compiler[0]}): {error}") from None
     key = hashlib.sha256(
         b"\0".join(
-            texts + key_parts + [version.encode(), " ".join(_FLAGS).encode(), platform.machine().encode(),
+            texts + key_parts + [version.encode(), " ".join(_flags()).encode(), platform.machine().encode(),
                                  _cpu_fingerprint().encode()]
         )
     ).hexdigest()[:20]
@@ -214,7 +220,7 @@ def _compile(compiler: list[str], source: Path, includes: list[str], target: Pat
         os.close(handle)
     except OSError as error:
         raise _Unavailable(f"cache directory {target.parent} is not writable: {error}") from None
-    command = compiler + _FLAGS + [f"-I{path}" for path in includes] + [str(source), "-o", temporary]
+    command = compiler + _flags() + [f"-I{path}" for path in includes] + [str(source), "-o", temporary]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=300)
         if done.returncode != 0:

@@ -4,7 +4,9 @@ The update is the shared heavy-ball rule (``rule.py``) configured the torch way:
 momentum buffer starts as the first gradient (so dampening applies from step 2), L2 weight
 decay is added to the gradient, ``maximize`` flips it, the learning rate stays outside the
 buffer. Every ``y + a*x`` goes through ``torch.add(y, x, alpha=a)``, the primitive
-torch.optim.SGD itself uses, so the results are bit for bit torch's. Param groups,
+torch.optim.SGD itself uses, so the results are bit for bit torch's. On CPU tensors the
+whole step runs in inertia's host kernel, which fuses each ``y + a*x`` as ``add(alpha=)``
+does (the step's description is ``inertia.engine.step.TORCH``). Param groups,
 ``state_dict`` (loadable by torch.optim.SGD and back), closures and LR schedulers work as
 with torch.optim.SGD. inertia adds keyword options: clipping, an EMA of the weights (with
 a swap for evaluation), and gradient accumulation.
@@ -115,7 +117,11 @@ class SGD(torch.optim.Optimizer):
         params: parameters, ``(name, parameter)`` pairs, or param-group dicts.
         lr, momentum, dampening, weight_decay, nesterov, maximize: as torch.optim.SGD
             (also per param group).
-        foreach: accepted for compatibility; the step runs the per-parameter reference path.
+        foreach / fused: None (the default), True: float32 / float64 CPU steps run in one call
+            of inertia's host kernel (the whole step, every param group), with torch's
+            for-loop numbers; False (``foreach``): the per-parameter reference path, as
+            torch's for-loop implementation. Steps the kernel does not cover take the
+            reference path either way.
         clipnorm / clipvalue: per-tensor norm or element-wise clipping of the gradient
             before the update (per param group; at most one of them).
         global_clipnorm: clip all gradients together to this joint norm (optimizer-wide;
@@ -270,9 +276,9 @@ class SGD(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         steps = self.gradient_accumulation_steps
-        if not steps and self._fast_step():
-            return loss
         updating = not steps or (self._micro_steps + 1) % steps == 0
+        if self._fast_step(updating):
+            return loss
         work = self._collect(include_accumulated=bool(steps) and updating)
         if not updating:
             for group, param, grad in work:
@@ -296,17 +302,19 @@ class SGD(torch.optim.Optimizer):
         self._micro_steps += 1
         return loss
 
-    def _fast_step(self) -> bool:
-        """The whole update in one call of inertia's host kernel (``inertia.engine.host``),
-        with the reference path's numbers (clipping norms aside: summed in double); False,
-        having changed nothing, where the kernel does not cover the step. The per-parameter
-        reference path (``foreach=False``, as torch's for-loop implementation) runs then."""
+    def _fast_step(self, updating: bool) -> bool:
+        """The whole step (an update, or an accumulation micro-step) in one call of inertia's
+        host kernel (``inertia.engine.host``), with the reference path's numbers (clipping
+        norms aside: summed in double); False, having changed nothing, where the kernel does
+        not cover the step. The per-parameter reference path (``foreach=False``, as torch's
+        for-loop implementation) runs then."""
         if not host.enabled():
             return False
         groups = self.param_groups
         params: list = []
         grads: list = []
         group_of: list = []
+        missing = False
         for index, group in enumerate(groups):
             if group["foreach"] is False or group["differentiable"]:
                 return False
@@ -314,8 +322,7 @@ class SGD(torch.optim.Optimizer):
             members = group["params"]
             found = list(map(_GRAD, members))
             if any(map(operator.is_, found, repeat(None))):
-                if self.use_ema:  # the EMA covers every parameter: the reference path
-                    return False
+                missing = True
                 pairs = [(p, g) for p, g in zip(members, found) if g is not None]
                 members, found = [p for p, _ in pairs], [g for _, g in pairs]
             params += members
@@ -323,66 +330,108 @@ class SGD(torch.optim.Optimizer):
             group_of += [index] * len(members)
         if not params:
             return False
+        state_of = self.state.get
+        states = list(map(state_of, params))
+        accumulating = bool(self.gradient_accumulation_steps)
+        fresh: dict = {"gradient_accumulator": {}, "momentum_buffer": {}, "average": {}}
+        accumulators = None
+        if accumulating:
+            if updating and missing and self._accumulated_without_gradient():
+                return False  # a mean over earlier micro-steps for a param without a gradient now
+            accumulators = self._slots(params, states, "gradient_accumulator", fresh, zeros=True)
+            if not updating:
+                return self._fast_accumulate(params, grads, accumulators, fresh)
+        if self.use_ema and missing:
+            return False  # the EMA covers every parameter: the reference path
         settings = [self._group_settings(group) for group in groups]
         with_momentum = {settings[i].mode != MODE_NONE for i in set(group_of)}
         if len(with_momentum) != 1:
             return False  # groups with and without momentum: the reference path
-        momentum = with_momentum.pop()
-        state_of = self.state.get
-        states = list(map(state_of, params))
-        fresh_buffers: dict = {}
-        fresh_averages: dict = {}
-        buffers = averages = None
         flags = bytearray(len(params))
         for position, index in enumerate(group_of):
             if settings[index].weight_decay != 0:
                 flags[position] = host.FLAG_DECAY
-        if momentum:
-            buffers = [None if st is None else st.get("momentum_buffer") for st in states]
-            for position, buffer in enumerate(buffers):
-                if buffer is None:
-                    buffers[position] = fresh_buffers[position] = torch.empty_like(params[position], memory_format=torch.contiguous_format)
-                    flags[position] |= host.FLAG_FRESH_BUFFER
-        if self.use_ema:
-            averages = [None if st is None else st.get("average") for st in states]
-            for position, average in enumerate(averages):
-                if average is None:
-                    averages[position] = fresh_averages[position] = torch.empty_like(params[position], memory_format=torch.contiguous_format)
-                    flags[position] |= host.FLAG_FRESH_AVERAGE
-        plan = self._memory_plan(params, buffers, averages)
-        if plan is None:
-            return False
+        buffers = self._slots(params, states, "momentum_buffer", fresh) if with_momentum.pop() else None
+        averages = self._slots(params, states, "average", fresh) if self.use_ema else None
+        for position in fresh["momentum_buffer"]:
+            flags[position] |= host.FLAG_FRESH_BUFFER
+        for position in fresh["average"]:
+            flags[position] |= host.FLAG_FRESH_AVERAGE
         arguments = dict(
-            weights=params, grads=grads, velocities=buffers, averages=averages, flags=bytes(flags),
-            group_of=None if len(groups) == 1 else np.array(group_of, dtype=np.int64),
+            weights=params, grads=grads, velocities=buffers, averages=averages, accumulators=accumulators,
+            flags=bytes(flags), group_of=None if len(groups) == 1 else np.array(group_of, dtype=np.int64),
             global_clipnorm=self.global_clipnorm, ema_momentum=self.ema_momentum,
+            accumulation_steps=self.gradient_accumulation_steps or 1,
         )
-        answer = host.run(plan, TORCH_STEP, settings, **arguments)
-        if answer == host.MOVED:
-            self._fast_plan = None
-            plan = self._memory_plan(params, buffers, averages)
-            answer = host.DECLINED if plan is None else host.run(plan, TORCH_STEP, settings, **arguments)
-        if answer != host.DONE:
+        run = lambda plan: host.run(plan, TORCH_STEP, settings, **arguments)  # noqa: E731
+        if not self._run_planned(run, [params, buffers, averages, accumulators]):
             return False
-        for position, buffer in fresh_buffers.items():
-            self.state[params[position]]["momentum_buffer"] = buffer
-        for position, average in fresh_averages.items():
-            self.state[params[position]]["average"] = average
+        self._install(params, fresh)
+        if accumulating and missing:  # every accumulator restarts, those of params without a gradient too
+            in_step = set(map(id, accumulators))
+            for param in self._parameters():
+                accumulator = self.state[param].get("gradient_accumulator") if param in self.state else None
+                if accumulator is not None and id(accumulator) not in in_step:
+                    accumulator.zero_()
         if self.use_ema:
             self._overwrite_with_ema_when_due()
         self._updates += 1
         self._micro_steps += 1
         return True
 
-    def _memory_plan(self, params: list, buffers: Optional[list], averages: Optional[list]) -> Optional[host.MemoryPlan]:
-        """The kernel's plan for these tensors: the last one while they are the same objects."""
-        objects = params + (buffers or []) + (averages or [])
-        cached = getattr(self, "_fast_plan", None)
+    def _fast_accumulate(self, params: list, grads: list, accumulators: list, fresh: dict) -> bool:
+        if not self._run_planned(lambda plan: host.accumulate(plan, accumulators, grads), [accumulators]):
+            return False
+        self._install(params, fresh)
+        self._micro_steps += 1
+        return True
+
+    def _accumulated_without_gradient(self) -> bool:
+        for param in self._parameters():
+            if param.grad is None and param in self.state:
+                accumulator = self.state[param].get("gradient_accumulator")
+                if accumulator is not None and bool(accumulator.any()):
+                    return True
+        return False
+
+    @staticmethod
+    def _slots(params: list, states: list, name: str, fresh: dict, zeros: bool = False) -> list:
+        """Each param's slot ``name``; a missing one is made (not yet stored: ``fresh``)."""
+        slots = [None if st is None else st.get(name) for st in states]
+        make = torch.zeros_like if zeros else torch.empty_like
+        for position, slot in enumerate(slots):
+            if slot is None:
+                slots[position] = fresh[name][position] = make(params[position], memory_format=torch.contiguous_format)
+        return slots
+
+    def _install(self, params: list, fresh: dict) -> None:
+        for name, made in fresh.items():
+            for position, slot in made.items():
+                self.state[params[position]][name] = slot
+
+    def _run_planned(self, run: Callable[[Any], int], lists: list) -> bool:
+        """``run(plan)`` with the plan of ``lists`` (made again once if an address moved)."""
+        plan = self._memory_plan(lists)
+        answer = host.DECLINED if plan is None else run(plan)
+        if answer == host.MOVED:
+            self._fast_plans = None
+            plan = self._memory_plan(lists)
+            answer = host.DECLINED if plan is None else run(plan)
+        return answer == host.DONE
+
+    def _memory_plan(self, lists: list) -> Optional[host.MemoryPlan]:
+        """The kernel's plan for these tensor lists: the last one while they are the same objects."""
+        objects = [t for tensors in lists if tensors is not None for t in tensors]
+        key = tuple(tensors is not None for tensors in lists)  # micro-steps and updates plan apart
+        plans = getattr(self, "_fast_plans", None)
+        if plans is None:
+            plans = self._fast_plans = {}
+        cached = plans.get(key)
         if cached is not None and len(cached[0]) == len(objects) and all(map(operator.is_, cached[0], objects)):
             return cached[1]
-        dtype = _DTYPE_NAMES.get(params[0].dtype)
-        plan = host.plan_memory(_get_backend("torch"), dtype, [params, buffers, averages]) if dtype else None
-        self._fast_plan = (objects, plan)
+        dtype = _DTYPE_NAMES.get(lists[0][0].dtype)
+        plan = host.plan_memory(_get_backend("torch"), dtype, lists) if dtype else None
+        plans[key] = (objects, plan)
         return plan
 
     @staticmethod
