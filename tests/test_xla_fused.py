@@ -298,3 +298,27 @@ def test_by_default_the_call_starts_at_64_kib():
         """,
     )
     assert out.splitlines() == ["16383 None 0.5", "16384 True 0.5"]
+
+
+def test_the_handler_allocates_nothing_and_refuses_a_short_workspace(monkeypatch):
+    """A step of several custom calls is whole or not at all: each call's scratch memory is a
+    workspace result that XLA allocates with the step's buffers, before any call runs, so a
+    call cannot fail half-way for memory. Sized one byte short, the handler refuses before
+    writing, with its own message."""
+
+    sizes = [70_000, 5, 65_536, 3]  # chunked and grouped tensors
+    assert xla_fused.workspace_bytes(sizes) >= 4 * 48 + 8 * (70_000 // 65_536 + 1 + 3 + 1) * 5
+
+    def run(workspace):
+        monkeypatch.setattr(xla_fused, "workspace_bytes", workspace)
+        variables = [inertia.Variable(jnp.ones(size, jnp.float32)) for size in sizes]
+        optimizer = inertia.SGD(0.5, momentum=0.9, clipnorm=1.0)
+        optimizer.apply([jnp.full(size, 2.0, jnp.float32) for size in sizes], variables)
+        return [np.asarray(v.value) for v in variables]
+
+    exact = xla_fused.workspace_bytes
+    done = run(exact)
+    reference = np.float32(1) - np.float32(0.5) * ((np.float32(2) * np.float32(1)) / np.sqrt(np.float32(4) * np.float32(70_000)))
+    assert done[0][0] == pytest.approx(reference, rel=1e-6)
+    with pytest.raises(Exception, match="workspace is too small"):
+        run(lambda s: exact(s) - 1)

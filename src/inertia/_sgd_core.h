@@ -78,6 +78,7 @@ typedef struct {
     const Group *groups;
     const int64_t *group_of; /* per tensor; NULL: every tensor is in groups[0] */
     Group single;            /* storage for one group (update_job) */
+    char *arena;             /* arena_bytes() of scratch memory the caller owns; NULL: run_job allocates */
     double *clip_mul, *clip_div;
     double *chunk_sums;  /* per task, for chunks of large tensors */
     double *tensor_sums; /* per tensor, for small (unchunked) tensors */
@@ -372,13 +373,28 @@ static void run_phase(Job *job, int phase, int threads)
 
 /* Large tensors cut into chunks of CHUNK elements; runs of small tensors grouped up to CHUNK
  * elements (a task never mixes the two). */
-static Task *make_tasks(const int64_t *sizes, ptrdiff_t count, ptrdiff_t *ntasks)
+/* The most tasks make_tasks can make for these sizes. */
+static ptrdiff_t task_bound(const int64_t *sizes, ptrdiff_t count)
 {
     ptrdiff_t n = 0;
     for (ptrdiff_t t = 0; t < count; t++) n += sizes[t] > CHUNK ? (sizes[t] + CHUNK - 1) / CHUNK : 1;
-    Task *tasks = malloc((size_t)(n + 1) * sizeof(Task));
-    if (!tasks) return NULL;
-    n = 0;
+    return n;
+}
+
+/* Bytes of the scratch memory run_job needs for these sizes (see Job.arena): tasks, the clip
+ * factors, and the norm sums. A caller that hands it over (the XLA handler, whose workspace XLA
+ * allocates before the step starts) makes run_job allocate nothing, so it cannot fail. */
+static size_t arena_bytes(const int64_t *sizes, ptrdiff_t count)
+{
+    ptrdiff_t n = task_bound(sizes, count);
+    return (size_t)(n + 1) * sizeof(Task) + (size_t)(2 * count + 1) * sizeof(double) +
+           (size_t)(n + 1) * sizeof(double) + (size_t)(count + 1) * sizeof(double);
+}
+
+/* Fills `tasks` (room for task_bound() + 1) and sets *ntasks. */
+static Task *make_tasks(const int64_t *sizes, ptrdiff_t count, ptrdiff_t *ntasks, Task *tasks)
+{
+    ptrdiff_t n = 0;
     int64_t group = -1; /* elements in the open group of small tensors; -1: none open */
     for (ptrdiff_t t = 0; t < count; t++) {
         if (sizes[t] > CHUNK) {
@@ -458,31 +474,25 @@ static Job update_job(char **pointers, ptrdiff_t count, const int64_t *sizes, co
     return job;
 }
 
-/* Fills the job's per-run fields and runs it: norm sums where a clip needs them, then the
- * update. The caller has set the arrays, sizes, flags, groups and hyperparameters (a job made
- * by update_job points its groups at its own storage here). Touches no interpreter state
- * (callers run it without the GIL). Returns 0, or -1 when out of memory (nothing written). */
-static int run_job(Job *job, int threads)
+/* Runs the job in its arena (arena_bytes() of scratch memory): norm sums where a clip needs
+ * them, then the update. Allocates nothing and cannot fail. */
+static void run_in_arena(Job *job, int threads)
 {
     ptrdiff_t count = job->count, n = 0;
     const int64_t *sizes = job->sizes;
-    if (job->groups == NULL) job->groups = &job->single;
-    Task *tasks = make_tasks(sizes, count, &n);
-    double *doubles = calloc((size_t)(2 * count + 1), sizeof(double));
+    char *arena = job->arena;
+    Task *tasks = make_tasks(sizes, count, &n, (Task *)arena);
+    arena += (size_t)(task_bound(sizes, count) + 1) * sizeof(Task);
+    double *doubles = (double *)arena;
+    arena += (size_t)(2 * count + 1) * sizeof(double);
     int needs_sums = job->global_clip != GLOBAL_NONE && job->phase_after_sums == 1;
     for (ptrdiff_t t = 0; t < count && !needs_sums && job->phase_after_sums == 1; t++)
         needs_sums = (group_of(job, t)->clip & CLIPS_BY_NORM) && sizes[t] > CHUNK;
+    job->chunk_sums = (double *)arena;
+    job->tensor_sums = (double *)(arena + (size_t)(n + 1) * sizeof(double));
     if (needs_sums) {
-        job->chunk_sums = calloc((size_t)n + 1, sizeof(double));
-        job->tensor_sums = calloc((size_t)count + 1, sizeof(double));
-    }
-    if (!tasks || !doubles || (needs_sums && (!job->chunk_sums || !job->tensor_sums))) {
-        free(tasks);
-        free(doubles);
-        free(job->chunk_sums);
-        free(job->tensor_sums);
-        job->chunk_sums = job->tensor_sums = NULL;
-        return -1;
+        memset(job->chunk_sums, 0, (size_t)(n + 1) * sizeof(double));
+        memset(job->tensor_sums, 0, (size_t)(count + 1) * sizeof(double));
     }
     job->tasks = tasks;
     job->ntasks = n;
@@ -514,12 +524,28 @@ static int run_job(Job *job, int threads)
         }
     }
     run_phase(job, job->phase_after_sums, threads);
-    free(job->chunk_sums);
-    free(job->tensor_sums);
-    free(doubles);
-    free(tasks);
     job->chunk_sums = job->tensor_sums = NULL;
     job->tasks = NULL;
+}
+
+/* Runs the job: in the caller's arena when it gave one (job->arena: then nothing is allocated
+ * and the call cannot fail), else in one allocation of its own. The caller has set the arrays,
+ * sizes, flags, groups and hyperparameters (a job made by update_job points its groups at its
+ * own storage here). Touches no interpreter state (callers run it without the GIL). Returns 0,
+ * or -1 when out of memory (nothing written). */
+static int run_job(Job *job, int threads)
+{
+    if (job->groups == NULL) job->groups = &job->single;
+    if (job->arena) {
+        run_in_arena(job, threads);
+        return 0;
+    }
+    char *memory = malloc(arena_bytes(job->sizes, job->count));
+    if (!memory) return -1;
+    job->arena = memory;
+    run_in_arena(job, threads);
+    job->arena = NULL;
+    free(memory);
     return 0;
 }
 

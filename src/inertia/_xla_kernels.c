@@ -8,7 +8,8 @@
  * Operands: scalars (lr and the EMA momentum of this step, in the tensors' dtype), then the
  * weights, the gradients, the momentum slots (when momentum is on) and the EMAs (when on),
  * `count` of each. Results: the new weights, slots and EMAs, aliased to their operands, so with
- * donated buffers the update is in place. Attributes (compile-time): count, mode, clip,
+ * donated buffers the update is in place; then a workspace of bytes (workspace_bytes in
+ * xla_fused.py), so that the handler allocates nothing and cannot fail once its checks pass. Attributes (compile-time): count, mode, clip,
  * threads, decay (one byte per tensor), momentum, wd, clipnorm, clipvalue, unscale.
  */
 #include <string.h>
@@ -91,7 +92,8 @@ XLA_FFI_Error *inertia_sgd_step(XLA_FFI_CallFrame *frame)
         decay->dtype != XLA_FFI_DataType_U8 || (int64_t)decay->size != count || count < 1)
         return failure(api, "inertia_sgd_step: missing or mistyped attributes");
     int64_t lists = 2 + (mode != MODE_NONE) + (ema != 0); /* operand lists after the scalars */
-    if (frame->args.size != 1 + lists * count || frame->rets.size != (lists - 1) * count)
+    /* results: the updated lists, then the workspace (bytes XLA allocates before the step) */
+    if (frame->args.size != 1 + lists * count || frame->rets.size != (lists - 1) * count + 1)
         return failure(api, "inertia_sgd_step: wrong number of operands or results");
     for (int64_t k = 0; k < frame->args.size; k++)
         if (frame->args.types[k] != XLA_FFI_ArgType_BUFFER) return failure(api, "inertia_sgd_step: operands must be buffers");
@@ -105,13 +107,19 @@ XLA_FFI_Error *inertia_sgd_step(XLA_FFI_CallFrame *frame)
         return failure(api, "inertia_sgd_step: scalars must be two floats of the tensors' dtype");
     size_t itemsize = dtype == XLA_FFI_DataType_F64 ? 8 : 4;
 
-    int64_t *sizes = calloc((size_t)count, sizeof(int64_t));
-    char **pointers = calloc((size_t)(5 * count), sizeof(char *));
-    if (!sizes || !pointers) {
-        free(sizes);
-        free(pointers);
-        return failure(api, "inertia_sgd_step: out of memory");
-    }
+    /* Nothing is allocated here: every scratch array lives in the workspace, so once its
+     * checks pass a call cannot fail, and a step of several calls is whole or not at all. */
+    const XLA_FFI_Buffer *workspace = rets[frame->rets.size - 1];
+    if (workspace->dtype != XLA_FFI_DataType_U8)
+        return failure(api, "inertia_sgd_step: the workspace must be bytes");
+    char *scratch = (char *)workspace->data;
+    size_t scratch_size = (size_t)elements(workspace);
+    if (scratch_size < (size_t)count * (sizeof(int64_t) + 5 * sizeof(char *)))
+        return failure(api, "inertia_sgd_step: the workspace is too small");
+    int64_t *sizes = (int64_t *)scratch;
+    char **pointers = (char **)(scratch + (size_t)count * sizeof(int64_t));
+    memset(pointers, 0, (size_t)(5 * count) * sizeof(char *));
+    char *arena = scratch + (size_t)count * (sizeof(int64_t) + 5 * sizeof(char *));
     /* Every operand is checked before anything is written. */
     const char *problem = NULL;
     for (int64_t t = 0; t < count && !problem; t++) {
@@ -125,11 +133,9 @@ XLA_FFI_Error *inertia_sgd_step(XLA_FFI_CallFrame *frame)
             if (result->dtype != dtype || elements(result) != sizes[t]) problem = "inertia_sgd_step: results differ in dtype or size";
         }
     }
-    if (problem) {
-        free(sizes);
-        free(pointers);
-        return failure(api, problem);
-    }
+    if (!problem && (size_t)(arena - scratch) + arena_bytes(sizes, count) > scratch_size)
+        problem = "inertia_sgd_step: the workspace is too small";
+    if (problem) return failure(api, problem);
     /* Weights, slots and EMAs are updated in their result buffers: the same memory as the
      * operands when XLA honours the aliasing (donated buffers); a copy of them otherwise. */
     int64_t slots[3] = {0, mode != MODE_NONE ? 2 : -1, ema ? 3 : -1}; /* pointer list of each result list */
@@ -158,8 +164,7 @@ XLA_FFI_Error *inertia_sgd_step(XLA_FFI_CallFrame *frame)
     Hyper hyper = {lr, momentum, wd, ema_momentum, unscale, 1.0, clipnorm, clipvalue};
     Job job = update_job(pointers, count, sizes, (const unsigned char *)decay->data, dtype == XLA_FFI_DataType_F64,
                          (int)mode, (int)clip, ema != 0, 0, hyper);
-    int status = run_job(&job, (int)threads);
-    free(sizes);
-    free(pointers);
+    job.arena = arena;
+    int status = run_job(&job, (int)threads); /* with an arena: allocates nothing, always 0 */
     return status == 0 ? NULL : failure(api, "inertia_sgd_step: out of memory");
 }

@@ -176,11 +176,27 @@ def _custom_calls(
         # results: weights, slots, EMAs; each aliases its operand (gradients come in between)
         aliases = {1 + k: k for k in range(count)}
         aliases.update({1 + count + k: k for k in range(count, len(updated) * count)})
+        sizes = [int(np.prod(w.shape, dtype=np.int64)) for w in wrappers[group]]
         call = jax.ffi.ffi_call(
             _TARGET,
-            [jax.ShapeDtypeStruct(v.value.shape, v.value.dtype) for slots in updated for v in slots],
+            [jax.ShapeDtypeStruct(v.value.shape, v.value.dtype) for slots in updated for v in slots]
+            + [jax.ShapeDtypeStruct((workspace_bytes(sizes),), jnp.uint8)],
             input_output_aliases=aliases,
         )
         results = call(scalars, *operands, count=np.int64(count), decay=decay[group], **settings)
-        for variable, value in zip((v for slots in updated for v in slots), results):
+        for variable, value in zip((v for slots in updated for v in slots), results[:-1]):
             variable.assign(value)
+
+
+# The kernel's constants (``_sgd_core.h``): keep in step with CHUNK, Task and the handler's arrays.
+_CHUNK, _TASK_BYTES = 65536, 32
+
+
+def workspace_bytes(sizes: list[int]) -> int:
+    """Bytes of the handler's workspace for tensors of ``sizes`` elements: its own arrays
+    (sizes and 5 pointers per tensor) and ``arena_bytes`` of the kernel (tasks, clip
+    factors, norm sums). XLA allocates it with the step's buffers, before anything runs, so
+    no call of a step can fail half-way for memory."""
+    count = len(sizes)
+    tasks = sum(-(-size // _CHUNK) if size > _CHUNK else 1 for size in sizes)
+    return count * (8 + 5 * 8) + (tasks + 1) * _TASK_BYTES + (2 * count + 1) * 8 + (tasks + 1) * 8 + (count + 1) * 8
