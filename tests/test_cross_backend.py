@@ -317,9 +317,9 @@ def run(scenario: Scenario, backend_name: str, jit_compile: bool) -> list:
     if backend_name == "jax":
         # The eager JAX apply runs compiled steps unless told not to, or unless the learning
         # rate is a plain callable (called eagerly every step: it may read Python state).
-        assert bool(inner._compiled_steps) == (jit_compile and not scenario.lr_kind.startswith("callable"))
+        assert bool(inner._compiled.steps) == (jit_compile and not scenario.lr_kind.startswith("callable"))
     else:
-        assert not inner._compiled_steps
+        assert not inner._compiled.steps
     for variable in variables:
         assert variable.dtype == scenario.dtype and variable.backend.name == backend_name
     return history

@@ -149,8 +149,8 @@ def test_small_tensors_keep_xla_fusions_beside_the_call(traced, monkeypatch, cas
     if taken:
         optimizer, variables = runs[1][0], runs[1][1]
         grads = [jnp.asarray(g) for g in gradient_stream(SHAPES, "float32", 1, 1)[0]]
-        lowered = optimizer._compiled_fast.step.lower(
-            [v.value for v in optimizer._compiled_fast.own], [v.value for v in variables], grads)
+        lowered = optimizer._compiled.last.step.lower(
+            [v.value for v in optimizer._compiled.last.own], [v.value for v in variables], grads)
         assert lowered.as_text().count("inertia_sgd_step") == 1
     for number, (numpy_fused, jax_split, jax_reference) in enumerate(history, start=1):
         for (name, want), (_, got) in zip(jax_reference, jax_split):
@@ -189,8 +189,8 @@ def test_the_compiled_step_calls_the_handler_and_updates_in_place(traced):
     optimizer = inertia.SGD(learning_rate=0.1, momentum=0.9, use_ema=True)
     grads = [jnp.asarray(g) for g in gradient_stream(SHAPES, "float32", 1, 1)[0]]
     optimizer.apply(grads, variables)
-    step = optimizer._compiled_fast.step
-    own = [v.value for v in optimizer._compiled_fast.own]
+    step = optimizer._compiled.last.step
+    own = [v.value for v in optimizer._compiled.last.own]
     lowered = step.lower(own, [v.value for v in variables], grads)
     assert lowered.as_text().count("inertia_sgd_step") == 1
     # results alias the donated operands: no tensor is copied (a scalar counter may be)

@@ -19,16 +19,15 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
-import operator
 import re
 import warnings
-from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from inertia import backend as backends
 from inertia import pipeline
 from inertia.backend.base import ArrayBackend
 from inertia.engine import optimizer_host
+from inertia.engine.compiled import CompiledSteps, values_swapped
 from inertia.engine.step import StepDescription
 from inertia.schedules import LearningRateSchedule
 from inertia.variable import Variable, _unique_name
@@ -123,7 +122,7 @@ class Optimizer:
     # The step counter's name and dtype (tf.keras' legacy optimizers count in int64 "iter").
     _iterations_name = "iteration"
     _iterations_dtype = "int32"
-    # True only while inertia's own compiled step is traced (see `_fused_update`).
+    # True only while inertia's own compiled step is traced (engine/compiled.py; see `_fused_update`).
     _in_own_step = False
     # Python attributes a compiled step bakes in: changing one compiles a new step.
     _compiled_attributes: tuple[str, ...] = (
@@ -216,10 +215,8 @@ class Optimizer:
         self._accumulated_gradients: list[Optional[Variable]] = []
         self._exclude_from_weight_decay_ids: set[int] = set()
         self._exclude_from_weight_decay_pattern: Optional[re.Pattern] = None
-        self._compiled_steps: dict = {}
+        self._compiled = CompiledSteps()
         self._fused_plan: Any = None
-        self._compiled_fast: Optional[_CompiledStep] = None
-        self._retrace_allowed = False
         self._iterations = self.add_variable((), initializer="zeros", dtype=self._iterations_dtype, name=self._iterations_name)
         self._learning_rate_given: Optional[float] = None
         self._learning_rate: Any = None
@@ -587,7 +584,7 @@ class Optimizer:
         if len(grads) == 0:
             return
         if self.jit_compile and (
-            self._fused_apply(grads, trainable_variables) or self._apply_compiled_again(grads, trainable_variables)
+            self._fused_apply(grads, trainable_variables) or self._compiled.repeat(self, grads, trainable_variables)
         ):
             return
         grads, variables = self._prepare(grads, trainable_variables)
@@ -597,7 +594,7 @@ class Optimizer:
         plain_callable = callable(self._learning_rate) and not isinstance(self._learning_rate, LearningRateSchedule)
         if self.jit_compile and ops.compiles and not plain_callable and not ops.is_traced(self._iterations.value):
             kept_grads, kept = self._filter_empty_gradients(grads, variables)
-            self._apply_compiled(kept_grads, kept, trainable_variables if len(kept) == len(grads) else _NOT_REPEATABLE)
+            self._compiled.run(self, kept_grads, kept, trainable_variables, repeatable=len(kept) == len(grads))
             return
         with ops.step_context():
             self._apply_prepared(grads, variables)
@@ -626,86 +623,6 @@ class Optimizer:
 
             return multi_tensor_apply(self, grads, trainable_variables)
         return False
-
-    def _apply_compiled(self, grads: list, variables: list[Variable], targets: Any = None) -> None:
-        """One step as a compiled pure function of (state, weights, gradients), cached per
-        set of variables. Python hyperparameters are compiled in; the learning rate is an
-        array of the state, so changing it never recompiles. State and weights are donated:
-        the step updates them in place, and an array read from ``.value`` before a step is
-        invalid after it (as in Keras' JAX trainer)."""
-        own, trainables = self._all_variables(), list(self._trainable_variables)
-        constants = self._compiled_constants()
-        indices = tuple(self._get_variable_index(v) for v in variables)
-        key = (indices, tuple(map(id, own)), id(self._learning_rate), constants)
-        step = self._compiled_steps.get(key)
-        if step is None:
-            chosen = [trainables[i] for i in indices]
-
-            def pure(own_values: list, trainable_values: list, gradients: list) -> tuple[list, list]:
-                if not self._retrace_allowed:
-                    raise _Retrace  # a repeat met gradients of another structure, shape or dtype
-                with _values_swapped(own + trainables, own_values + trainable_values, copy=False):
-                    self._in_own_step = True  # fused operations may replace reference ones
-                    try:
-                        self._apply_prepared(list(gradients), chosen)
-                    finally:
-                        self._in_own_step = False
-                    return [v.value for v in own], [v.value for v in trainables]
-
-            step = self._compiled_steps[key] = self._backend.compile(pure, donate_argnums=(0, 1))
-            # Donation consumes the arrays passed in: give the step private copies first, so
-            # that no array the caller still holds (an initial value, say) is invalidated.
-            for variable in own + trainables:
-                variable._value = self._backend.copy(variable._value)
-        self._retrace_allowed = True  # these gradients were validated
-        try:
-            self._run_compiled(step, own, trainables, grads)
-        finally:
-            self._retrace_allowed = False
-        self._compiled_fast = None if targets is _NOT_REPEATABLE else _CompiledStep(
-            step, None if targets is None else list(targets), own, trainables, constants, self._learning_rate,
-            len(variables),
-        )
-
-    def _compiled_constants(self) -> tuple:
-        return tuple(getattr(self, name, None) for name in self._compiled_attributes)
-
-    def _run_compiled(self, step: Callable, own: list, trainables: list, grads: list) -> None:
-        own_values, trainable_values = step(list(map(_value_of, own)), list(map(_value_of, trainables)), grads)
-        for variable, value in zip(own, own_values):
-            variable._value = value
-        for variable, value in zip(trainables, trainable_values):
-            variable._value = value
-
-    def _apply_compiled_again(self, grads: list, trainable_variables: Optional[Sequence[Any]]) -> bool:
-        """Repeat the last compiled step with new gradients, skipping the per-variable Python
-        work, when nothing it depends on changed; False (nothing done) otherwise.
-
-        Gradients of the backend's own type are all it checks here: the compiled step was
-        traced for gradients that passed the full validation, and gradients of any other
-        structure, shape or dtype would make it trace again, which it refuses (``_Retrace``)
-        before anything runs, so that the full path validates them."""
-        last = self._compiled_fast
-        if last is None or any(g is None for g in grads):  # not `None in grads`: that calls ==
-            return False
-        if trainable_variables is None:
-            if last.targets is not None or len(grads) != last.count or len(grads) != len(self._trainable_variables):
-                return False
-        elif last.targets is None or not _same_objects(last.targets, trainable_variables):
-            return False
-        if (
-            self._learning_rate is not last.learning_rate
-            or self._compiled_constants() != last.constants
-            or len(self._all_variables()) != len(last.own)
-            or self._backend.is_traced(self._iterations.value)
-            or not self._backend.are_native(grads)
-        ):
-            return False
-        try:
-            self._run_compiled(last.step, last.own, last.trainables, grads)
-        except _Retrace:
-            return False
-        return True
 
     def _prepare(self, grads: list, trainable_variables: Optional[Sequence[Any]]) -> tuple[list, list[Variable]]:
         """Validate everything (building if needed); returns checked gradients and wrappers.
@@ -1000,7 +917,7 @@ class Optimizer:
                 f"Argument `trainable_variables` must have one value per built variable: expected "
                 f"{len(trainables)}, received {len(trainable_variables)}."
             )
-        with _values_swapped(own + trainables, optimizer_variables + trainable_variables):
+        with values_swapped(own + trainables, optimizer_variables + trainable_variables):
             self.apply(grads)
             return [v.value for v in trainables], [v.value for v in own]
 
@@ -1135,39 +1052,14 @@ class Optimizer:
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_compiled_steps"] = {}  # compiled functions are rebuilt on demand
+        state["_compiled"] = CompiledSteps()  # compiled functions are rebuilt on demand
         state["_fused_plan"] = None
-        state["_compiled_fast"] = None
         return state
 
 
 # ----------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------
-_NOT_REPEATABLE = object()  # a step with missing gradients: never repeated blindly
-_value_of = operator.attrgetter("_value")
-
-
-class _Retrace(Exception):
-    """A repeated compiled step was called with gradients it was not traced for."""
-
-
-class _CompiledStep(NamedTuple):
-    """The last compiled step and what it was compiled for (see ``_apply_compiled_again``)."""
-
-    step: Callable
-    targets: Optional[list]  # as given to apply(); None: the built list
-    own: list
-    trainables: list
-    constants: tuple
-    learning_rate: Any
-    count: int  # gradients it takes
-
-
-def _same_objects(left: Sequence[Any], right: Sequence[Any]) -> bool:
-    return len(left) == len(right) and all(map(operator.is_, left, right))
-
-
 def _float32(value: float) -> float:
     import numpy as np
 
@@ -1206,24 +1098,5 @@ def _positional_arity(function: Callable) -> int:
 
 def _call_with_values(loss: Callable[[], Any], variables: Sequence[Variable], values: Sequence[Any]) -> Any:
     """Call a zero-argument loss while the variables hold the traced values."""
-    with _values_swapped(variables, values, copy=False):
+    with values_swapped(variables, values, copy=False):
         return loss()
-
-
-@contextmanager
-def _values_swapped(variables: Sequence[Variable], values: Sequence[Any], copy: bool = True) -> Iterator[None]:
-    """Let ``variables`` hold ``values`` (copies, so in-place updates never reach the
-    caller's arrays) for the duration of the block; restore the originals afterwards."""
-    saved = [v._value for v in variables]
-    try:
-        for variable, value in zip(variables, values):
-            if isinstance(value, Variable):
-                value = value.value
-            ops = variable.backend
-            if copy:
-                value = ops.cast(ops.asarray(value, like=variable._value), variable.dtype) if not ops.is_array(value) else ops.cast(ops.copy(value), variable.dtype)
-            variable._value = value
-        yield
-    finally:
-        for variable, value in zip(variables, saved):
-            variable._value = value

@@ -1,6 +1,6 @@
 """The fused fast path of ``inertia.SGD`` for JAX on the CPU.
 
-Inside inertia's own jitted step (``Optimizer._apply_compiled``), a real update step of stock
+Inside inertia's own jitted step (:mod:`inertia.engine.compiled`), a real update step of stock
 SGD becomes one XLA custom call per group of tensors, running the NumPy backend's kernel
 (``_sgd_core.h``, through the FFI handler in ``_xla_kernels.c``): clipnorm / clipvalue /
 global_clipnorm, decoupled weight decay, momentum or Nesterov and the EMA in one read and one

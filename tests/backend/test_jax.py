@@ -185,12 +185,12 @@ def test_eager_apply_compiles_once_and_equals_the_uncompiled_path(jax, jnp):
         runs[jit_compile] = (optimizer, history)
 
     compiled, compiled_history = runs[True]
-    assert len(compiled._compiled_steps) == 1
-    (step,) = compiled._compiled_steps.values()
+    assert len(compiled._compiled.steps) == 1
+    (step,) = compiled._compiled.steps.values()
     assert step._cache_size() == 1
     assert compiled.update_calls == 2  # traced once: one call per variable
     eager, eager_history = runs[False]
-    assert eager._compiled_steps == {} and eager.update_calls == 2 * 5  # 5 update steps of 10
+    assert eager._compiled.steps == {} and eager.update_calls == 2 * 5  # 5 update steps of 10
     for number, (got, want) in enumerate(zip(compiled_history, eager_history)):
         for a, b in zip(got, want):
             assert a.dtype == b.dtype
@@ -200,7 +200,7 @@ def test_eager_apply_compiles_once_and_equals_the_uncompiled_path(jax, jnp):
     variables = compiled._trainable_variables
     for _ in range(2):
         compiled.apply([jnp.ones(3)], [variables[0]])
-    assert len(compiled._compiled_steps) == 2 and compiled.update_calls == 3
+    assert len(compiled._compiled.steps) == 2 and compiled.update_calls == 3
 
 
 def _snapshot(optimizer, variables):
@@ -245,10 +245,10 @@ def test_a_repeated_compiled_step_sends_other_gradients_through_the_full_path(ja
                 np.testing.assert_array_equal(got, want)  # nothing changed
             outcomes[jit_compile] = (type(caught), str(caught))
         if jit_compile:
-            (step,) = optimizer._compiled_steps.values()
+            (step,) = optimizer._compiled.steps.values()
             traced = step._cache_size()
             optimizer.apply(grads, variables)  # the usual gradients still repeat the step
-            assert step._cache_size() == traced and optimizer._compiled_fast is not None
+            assert step._cache_size() == traced and optimizer._compiled.last is not None
     if error is not None:
         assert outcomes[True][0] is error
         assert outcomes[True] == outcomes[False]
@@ -268,7 +268,7 @@ def test_a_repeated_compiled_step_runs_without_tracing_again(jax, jnp, monkeypat
     for _ in range(3):
         optimizer.apply([g * 2 for g in grads], variables)
     assert full_path == [] and int(optimizer.iterations.numpy()) == 4
-    (step,) = optimizer._compiled_steps.values()
+    (step,) = optimizer._compiled.steps.values()
     assert step._cache_size() == 1
 
 
