@@ -174,12 +174,33 @@ def draw_values(rng, shapes, dtype) -> list:
 
 
 def draw_gradients(rng, shapes, dtype, steps=STEPS, exact=False) -> list:
-    """``steps`` lists of gradients; now and then one is all zeros (a zero norm). ``exact``:
-    multiples of 1/16 of at most 1 (alternately scaled by 1/8) whose sums of squares are exact
-    in float32 for up to 2**18 elements, so the kernel's double sums equal the reference's."""
+    """``steps`` lists of gradients; now and then one is all zeros (a zero norm).
+
+    ``exact`` ("per-tensor" or "global"): gradients whose norms are exact in every dtype and
+    every order of summation: entries of one magnitude (1, or 1/16 every other step) with
+    random signs, and zeros, placed so that the count of nonzeros (of each tensor, or of all)
+    is a perfect square. The kernel's norms then equal the reference's even where the
+    reference's square root is not correctly rounded (torch's float32 sqrt on the CPU is not).
+    """
     if exact:
-        return [[np.asarray(rng.integers(-2, 3, shape) / (2.0 if k % 2 == 0 else 16.0), dtype=dtype) for shape in shapes]
-                for k in range(steps)]
+        stream = []
+        sizes = [int(np.prod(shape, dtype=np.int64)) for shape in shapes]
+        for k in range(steps):
+            magnitude = 1.0 if k % 2 == 0 else 1.0 / 16
+            if exact == "per-tensor":
+                counts = [int(np.sqrt(size)) ** 2 for size in sizes]
+            else:
+                left, counts = int(np.sqrt(sum(sizes))) ** 2, []
+                for size in sizes:
+                    counts.append(min(size, left))
+                    left -= counts[-1]
+            grads = []
+            for shape, size, count in zip(shapes, sizes, counts):
+                flat = np.zeros(size)
+                flat[rng.permutation(size)[:count]] = rng.choice([-magnitude, magnitude], count)
+                grads.append(np.asarray(flat.reshape(shape), dtype=dtype))
+            stream.append(grads)
+        return stream
     stream = []
     for _ in range(steps):
         scale = rng.uniform(0.25, 3.0)
@@ -734,6 +755,38 @@ def test_numpy_target_reshaped_in_place_gives_the_reference_error(spy):
     assert results[0][0][1][0] is ValueError and "has shape (3, 4) but the variable has shape (4, 3)" in results[0][0][1][1]
 
 
+@pytest.mark.parametrize("accumulation", [None, 2])
+@pytest.mark.parametrize("targets", ["numpy-bare", "numpy-variables", "torch-bare"])
+def test_gradient_of_the_right_size_but_another_shape_gives_the_reference_error(spy, targets, accumulation):
+    rng = np.random.default_rng([SEED, 23])
+    values = [rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal(5).astype(np.float32)]
+    grads = [[rng.standard_normal(v.shape).astype(np.float32) for v in values] for _ in range(4)]
+    convert, make = (lambda a: np.array(a, copy=True)), (lambda a: np.array(a, copy=True))
+    if targets == "torch-bare":
+        torch = _torch()
+        convert = make = lambda a: torch.from_numpy(np.array(a, copy=True))  # noqa: E731
+    elif targets == "numpy-variables":
+        make = lambda a: inertia.Variable(np.array(a, copy=True), name=f"w{a.ndim}")  # noqa: E731
+    results = []
+    for disabled in (True, False):
+        variables = [make(v) for v in values]
+        optimizer = inertia.SGD(learning_rate=0.1, momentum=0.9, gradient_accumulation_steps=accumulation)
+        mark = spy.mark()
+        outcomes = []
+        for number, step in enumerate(grads, start=1):
+            chosen = [convert(g) for g in step]
+            if number >= 3:
+                chosen[0] = chosen[0].reshape(4, 3)  # the same memory and size, another shape
+            with host.disabled() if disabled else contextlib.nullcontext():
+                outcomes.append(outcome(lambda: optimizer.apply(chosen, variables)))
+        results.append((outcomes, _keras_state(optimizer, variables), spy.since(mark)))
+    (ref_outcomes, ref_state, _), (fast_outcomes, fast_state, answers) = results
+    assert ref_outcomes[2][0] is ValueError and "has shape (4, 3)" in ref_outcomes[2][1], ref_outcomes
+    assert fast_outcomes == ref_outcomes
+    assert_same(ref_state, fast_state, targets)
+    assert len([a for a in answers if a[1] == host.DONE]) == 2, answers
+
+
 @pytest.mark.parametrize("overlap", ["same-memory", "partial"])
 def test_overlapping_numpy_targets_take_the_reference_path(spy, overlap):
     rng = np.random.default_rng([SEED, 4])
@@ -1161,9 +1214,10 @@ def test_mlx_face_everything_on_its_own(spy, monkeypatch):
         _run_mlx_pair(spy, config, lambda a: np.array(a, copy=True), steps=5)
 
 
-# Exactly summable gradients: the kernel's norms then equal the reference's, and so does a norm
-# clip's step, bit for bit. 1.7 is a threshold whose 1/c in float32 differs between rounding
-# it once from double (Keras 3) and forming it in float32 (tf.clip_by_global_norm, legacy).
+# Gradients with exact norms (``draw_gradients(exact=...)``): a norm clip's step then equals
+# the reference's bit for bit. 1.7 is a threshold whose 1/c in float32 differs between
+# rounding it once from double (Keras 3) and forming it in float32 (tf.clip_by_global_norm,
+# tf.keras legacy); clipvalue 0.75 clips entries of 1 to 0.75, whose squares stay exact.
 EXACT_SHAPES = {"small": [(3, 4), (), (5,)], "chunked": [(CHUNK + 1,), (3,)]}
 EXACT_CASES = {
     "keras clipnorm": ("keras", dict(clipnorm=1.7)),
@@ -1183,11 +1237,16 @@ EXACT_CASES = {
 def test_norm_clips_are_bitwise_when_the_sums_are_exact(spy, monkeypatch, case, dtype, layout):
     monkeypatch.setenv("INERTIA_NUM_THREADS", "2")
     face, clip = EXACT_CASES[case]
-    config = {"dtype": dtype, "shapes": EXACT_SHAPES[layout], "exact": True, "momentum": 0.9, "nesterov": False,
+    exact = "global" if "global_clipnorm" in clip else "per-tensor"
+    config = {"dtype": dtype, "shapes": EXACT_SHAPES[layout], "exact": exact, "momentum": 0.9, "nesterov": False,
               "lr": "float", "seed": [SEED, 22, len(case)], **clip}
     if face == "keras":
         _run_keras_pair(spy, {**config, "weight_decay": 0.1}, lambda values: [v.copy() for v in values],
                         lambda g: g.copy())
+        if dtype == "float32":  # and on torch tensors
+            torch = _torch()
+            _run_keras_pair(spy, {**config, "nesterov": True}, lambda values: [torch.from_numpy(v.copy()) for v in values],
+                            lambda g: torch.from_numpy(g.copy()))
     elif face == "legacy":
         _run_legacy_pair(spy, config, lambda values: [inertia.Variable(v.copy(), name=f"w{i}") for i, v in enumerate(values)],
                          lambda g: g.copy())

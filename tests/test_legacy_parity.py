@@ -43,12 +43,10 @@ What differs on purpose (checked in every scenario):
 * A None gradient: tf_keras logs a warning through TensorFlow's logger, inertia warns with a
   Python ``UserWarning`` (Keras 3's wording); both name the same variable.
 
-Mismatches of inertia found here and not yet fixed, each pinned by a strict xfail at the end
-of this file and kept out of the random draw: a None gradient or a subset of the variables
-on the first step (tf_keras creates slots only for the variables that get a gradient, in
-that order), and a variable first seen after the first step. Three more found here are
-fixed, each with its own test below: ``decay`` assigned after construction, global_clipnorm's
-``1/c`` rounding, and bfloat16 clipvalue followed by a norm on NumPy.
+Mismatches of inertia found here are fixed, each with its own test below: ``decay``
+assigned after construction, global_clipnorm's ``1/c`` rounding, bfloat16 clipvalue followed
+by a norm on NumPy, and slots made only for the variables that have a gradient, in the order
+tf_keras makes them (a None gradient on the first step, a variable first seen later).
 """
 
 from __future__ import annotations
@@ -625,27 +623,9 @@ def test_bfloat16_clipvalue_then_a_norm_stays_in_bfloat16(tf):
 
 
 # ----------------------------------------------------------------------------------------
-# known mismatches of inertia (bugs in src/, pinned until fixed; kept out of the random draw)
+# slots made when a variable first has a gradient
 # ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "a_on_the_first_step",
-    [
-        pytest.param(
-            True,
-            id="none_gradient_on_the_first_step",
-            marks=pytest.mark.xfail(
-                strict=True, raises=AssertionError, reason="inertia bug: a None gradient on the first step still gets a slot, in list order"
-            ),
-        ),
-        pytest.param(
-            False,
-            id="first_seen_after_the_first_step",
-            marks=pytest.mark.xfail(
-                strict=True, raises=ValueError, reason="inertia bug: raises 'Unknown variable' for a variable first seen later"
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("a_on_the_first_step", [True, False], ids=["none_gradient_on_the_first_step", "first_seen_after_the_first_step"])
 def test_a_variable_gets_its_slot_when_it_first_has_a_gradient(tf, a_on_the_first_step):
     # tf_keras 2.21.0 drops None gradients, then creates slots for the variables of each
     # apply_gradients call: `a`, given None on the first step or not given at all, gets its

@@ -290,8 +290,42 @@ class SGD(_KerasSGD):
     def apply_gradients(  # type: ignore[override]
         self, grads_and_vars: Any, name: Optional[str] = None, experimental_aggregate_gradients: bool = True
     ) -> Variable:
-        """Apply ``(gradient, variable)`` pairs; returns the ``iterations`` variable."""
-        return super().apply_gradients(grads_and_vars, name=name, skip_gradients_aggregation=not experimental_aggregate_gradients)
+        """Apply ``(gradient, variable)`` pairs; returns the ``iterations`` variable.
+
+        As in OptimizerV2, pairs with a None gradient are dropped first (with a warning), and
+        a variable seen for the first time gets its slots now, after those made before: a
+        variable without a gradient on the first step, or not given then, is no error.
+        """
+        pairs = list(grads_and_vars)
+        if pairs and all(isinstance(pair, (tuple, list)) and len(pair) == 2 for pair in pairs):
+            kept = [(g, v) for g, v in pairs if g is not None]
+            if kept and len(kept) < len(pairs):
+                missing = [self._name_of(v) for g, v in pairs if g is None]
+                warnings.warn(
+                    f"Gradients do not exist for variables {missing} when minimizing the loss. "
+                    "If using `model.compile()`, did you forget to provide a `loss` argument?",
+                    stacklevel=2,
+                )
+                pairs = kept
+            if self.built:
+                known = self._trainable_variables_indices
+                new = [v for _, v in pairs if id(v) not in known]
+                if new:
+                    self._add_variables([v for i, v in enumerate(new) if all(v is not w for w in new[:i])])
+        return super().apply_gradients(pairs, name=name, skip_gradients_aggregation=not experimental_aggregate_gradients)
+
+    def _name_of(self, target: Any) -> str:
+        if isinstance(target, Variable):
+            return target.path
+        index = self._trainable_variables_indices.get(id(target))
+        return self._trainable_variables[index].path if index is not None else _describe(target)
+
+    def _add_variables(self, variables: list) -> None:
+        """Register variables first seen now, and make their momentum slots (as
+        OptimizerV2's ``_create_slots`` for the variables of each call)."""
+        wrappers = self._register_more_trainables(variables)
+        if self.momentums:
+            self.momentums = self.momentums + self.add_optimizer_variables(wrappers, "momentum")
 
     def minimize(  # type: ignore[override]
         self, loss: Any, var_list: Any, grad_loss: Any = None, name: Optional[str] = None, tape: Any = None

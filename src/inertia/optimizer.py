@@ -496,6 +496,30 @@ class Optimizer:
             self._trainable_variables_indices[id(wrapper)] = index
         return wrappers
 
+    def _register_more_trainables(self, variables: Sequence[Any]) -> list[Variable]:
+        """Add variables to a built optimizer (tf.keras' legacy optimizers take new variables
+        at any step); returns their wrappers. The base slots (EMA averages, accumulators) are
+        made for them; a subclass makes its own. Checked before anything changes."""
+        variables = list(variables)
+        ops = self._check_targets(self._trainable_variables + variables, "var_list")
+        if ops is not self._backend:
+            raise ValueError(f"All variables of one optimizer must use one backend; the new ones are on {ops.name}.")
+        start = len(self._trainable_variables)
+        wrappers = [
+            v if isinstance(v, Variable) else Variable._alias(v, ops, f"param_{start + i}") for i, v in enumerate(variables)
+        ]
+        self._trainable_variables = self._trainable_variables + wrappers
+        for index, (target, wrapper) in enumerate(zip(variables, wrappers), start=start):
+            self._trainable_variables_indices[id(target)] = index
+            self._trainable_variables_indices[id(wrapper)] = index
+        if self.use_ema:
+            self._model_variables_moving_average = self._model_variables_moving_average + self.add_optimizer_variables(wrappers, "average")
+        if self.gradient_accumulation_steps:
+            self._accumulated_gradients = self._accumulated_gradients + [
+                self.add_variable_from_reference(v, "gradient_accumulator") for v in wrappers
+            ]
+        return wrappers
+
     def _move_own_variables(self, ops: ArrayBackend, like: Any) -> None:
         """Re-home the counters created at construction onto the variables' backend/device."""
         like_value = like.value if isinstance(like, Variable) else like
