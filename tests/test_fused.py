@@ -950,14 +950,17 @@ def test_raw_step_float64_and_read_only_weights():
 
 def test_raw_accumulate_rejects_what_does_not_fit():
     module = _kernel_module()
-    acc = np.zeros(6, np.float32)
+    acc = np.zeros((2, 3), np.float32)
     grad = np.arange(6, dtype=np.float32).reshape(2, 3)
     shapes, offsets, sizes = np.array([2, 2, 3], np.int64), np.array([0], np.int64), np.array([6], np.int64)
     assert module.accumulate([acc], [grad], sizes, shapes, offsets, None, None, 0, 1) == host.DONE
-    assert np.array_equal(acc, np.arange(6, dtype=np.float32))
+    assert np.array_equal(acc, grad)
     for bad in (grad.astype(np.float64), grad.reshape(3, 2).copy(), np.asfortranarray(grad)):
         assert module.accumulate([acc], [bad], sizes, shapes, offsets, None, None, 0, 1) == host.DECLINED
-        assert np.array_equal(acc, np.arange(6, dtype=np.float32))
+        assert np.array_equal(acc, grad)
+    flat = np.zeros(6, np.float32)  # an accumulator of the right size but another shape
+    assert module.accumulate([flat], [grad], sizes, shapes, offsets, None, None, 0, 1) == host.DECLINED
+    assert not flat.any()
 
 
 @pytest.mark.parametrize("size", [2, 70_000], ids=["small", "chunked"])
@@ -978,3 +981,24 @@ def test_a_nan_norm_makes_the_clipped_tensor_nan_as_keras_does(spy, size):
         results[jit_compile] = weight
     assert np.isnan(results[False]).all()
     assert np.isnan(results[True]).all()
+
+
+def test_raw_step_outputs_need_the_heavy_ball_form_and_both_lists():
+    """Outputs of their own (the MLX face) are written only by heavy-ball groups, weights and
+    velocities both: a Keras group would write its inputs, which are only read then."""
+    module = _kernel_module()
+    w, g, v = np.ones(4, np.float32), np.full(4, 2.0, np.float32), np.zeros(4, np.float32)
+    w_out, v_out = np.empty(4, np.float32), np.empty(4, np.float32)
+    sizes, shapes, offsets = np.array([4], np.int64), np.array([1, 4], np.int64), np.array([0], np.int64)
+
+    def call(form, lists):
+        group = np.array([[0.5, 0.9, 0.0, 1.0, 0.0, 0.0, form, 1, 0, 0, 0]], np.float64)
+        return module.step(lists, sizes, shapes, offsets, bytes(1), group, None, None, None, 0, 0, 1, 1.0, 1.0, 0.0, 0.0)
+
+    for form, lists in ((0, (w, g, v, None, None, w_out, v_out)), (1, (w, g, v, None, None, w_out, None)),
+                        (1, (w, g, v, None, None, None, v_out))):
+        with pytest.raises(TypeError, match="outputs need"):
+            call(form, tuple(None if x is None else [x] for x in lists))
+    assert call(1, ([w], [g], [v], None, None, [w_out], [v_out])) == host.DONE
+    assert np.array_equal(w, np.ones(4, np.float32)) and not v.any()  # the inputs are only read
+    assert np.array_equal(v_out, g) and np.array_equal(w_out, np.ones(4, np.float32) - np.float32(0.5) * g)

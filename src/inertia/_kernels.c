@@ -234,7 +234,7 @@ static int memory_holds(char **pointers, Py_ssize_t count, const int64_t *sizes,
  *     weights_out, velocities_out), each a list of `count` arrays or int addresses, or None
  *     (weights and gradients are required; velocities when a group has momentum).
  *   sizes: int64 elements per tensor; shapes / shape_offsets: int64 (ndim, dims...) per tensor,
- *     checked against the arrays (addresses are checked by the caller).
+ *     checked against every array of every list (addresses are checked by the caller).
  *   flags: one byte per tensor (FLAG_*); groups: float64, GROUP_FIELDS per group; group_of:
  *     int64 per tensor, or None (every tensor in group 0).
  *   expected: None, or int64 addresses the written lists (weights, velocities, averages,
@@ -310,6 +310,16 @@ static PyObject *step(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_TypeError, "inertia kernels: a group with momentum needs velocities");
         goto done;
     }
+    if (lists[LIST_W_OUT] != Py_None || lists[LIST_V_OUT] != Py_None) {
+        /* outputs of their own: weights and (with momentum) velocities both, heavy-ball only */
+        int fits_outputs = lists[LIST_W_OUT] != Py_None && (lists[LIST_V_OUT] != Py_None) == (lists[LIST_V] != Py_None);
+        for (Py_ssize_t k = 0; k < group_count && fits_outputs; k++) fits_outputs = groups[k].form == FORM_HEAVY_BALL;
+        if (!fits_outputs) {
+            PyErr_SetString(PyExc_TypeError, "inertia kernels: outputs need weights_out (and velocities_out with "
+                                             "velocities), and heavy-ball groups");
+            goto done;
+        }
+    }
 
     pointers = calloc((size_t)(LISTS * count + 1), sizeof(char *));
     held = calloc((size_t)(count + 1), sizeof(Held));
@@ -322,7 +332,7 @@ static PyObject *step(PyObject *self, PyObject *args)
         for (int k = 0; k < LISTS && fits; k++) {
             if (lists[k] == Py_None) continue;
             PyObject *item = PyList_GET_ITEM(lists[k], t);
-            const int64_t *shape = k == LIST_G ? shapes + offsets[t] : NULL;
+            const int64_t *shape = shapes + offsets[t]; /* every array: a NumPy one reshaped in place declines */
             /* weights and velocities are only read when they have outputs of their own */
             int written = k != LIST_G && !(k == LIST_W && lists[LIST_W_OUT] != Py_None) &&
                           !(k == LIST_V && lists[LIST_V_OUT] != Py_None);
@@ -453,7 +463,7 @@ static PyObject *accumulate(PyObject *self, PyObject *args)
     int fits = pointers && held;
     if (!fits) PyErr_NoMemory();
     for (Py_ssize_t t = 0; t < count && fits; t++) {
-        fits = pointer_of(PyList_GET_ITEM(accumulators, t), is_double, sizes[t], NULL, 1, &pointers[t], &held[t], 0) &&
+        fits = pointer_of(PyList_GET_ITEM(accumulators, t), is_double, sizes[t], shapes + offsets[t], 1, &pointers[t], &held[t], 0) &&
                pointer_of(PyList_GET_ITEM(grads, t), is_double, sizes[t], shapes + offsets[t], 0, &pointers[count + t],
                           &held[t], 1);
     }

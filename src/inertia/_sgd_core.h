@@ -144,14 +144,17 @@ static inline int value_first(const Job *job, const Group *group)
                                                                                                    \
     static inline __attribute__((always_inline)) void update_##SUFFIX(                             \
         const Job *job, ptrdiff_t t, int64_t start, int64_t end, const int form, const int mode,  \
-        const int decay, const int ema, const int acc, const int fused, const int fresh)          \
+        const int decay, const int ema, const int acc, const int fused, const int fresh,          \
+        const int out)                                                                             \
     {                                                                                              \
         const Group *group = group_of(job, t);                                                     \
-        T *W = (T *)job->w[t];                                                                     \
-        T *Wo = job->w_out ? (T *)job->w_out[t] : W;                                               \
+        /* in place: W and V are read and written; out of place: read, and Wo / Vo written.    \
+           Either way every pointer that is used is the only way to its memory (restrict). */    \
+        T *restrict W = (T *)job->w[t];                                                            \
+        T *restrict Wo = out ? (T *)job->w_out[t] : NULL;                                          \
         const T *restrict G = (const T *)job->g[t];                                                \
-        T *V = mode ? (T *)job->v[t] : NULL;                                                       \
-        T *Vo = mode ? (job->v_out ? (T *)job->v_out[t] : V) : NULL;                               \
+        T *restrict V = mode ? (T *)job->v[t] : NULL;                                              \
+        T *restrict Vo = mode && out ? (T *)job->v_out[t] : NULL;                                  \
         T *restrict E = ema ? (T *)job->e[t] : NULL;                                               \
         T *restrict A = acc ? (T *)job->a[t] : NULL;                                               \
         const int fresh_average = ema && (job->flags[t] & FLAG_FRESH_AVERAGE);                     \
@@ -177,7 +180,7 @@ static inline int value_first(const Job *job, const Group *group)
                     w = w - g * lr;                                                                \
                 } else {                                                                           \
                     T v = V[i] * m - g * lr;                                                       \
-                    Vo[i] = v;                                                                     \
+                    if (out) Vo[i] = v; else V[i] = v;                                             \
                     w = mode == MODE_NESTEROV ? w + (v * m - g * lr) : w + v;                      \
                 }                                                                                  \
             } else {                                                                               \
@@ -193,26 +196,36 @@ static inline int value_first(const Job *job, const Group *group)
                         T decayed = V[i] * m;                                                      \
                         b = fused ? FMA(omd, g, decayed) : decayed + omd * g;                      \
                     }                                                                              \
-                    Vo[i] = b;                                                                     \
+                    if (out) Vo[i] = b; else V[i] = b;                                             \
                     T d = b;                                                                       \
                     if (mode == MODE_NESTEROV) d = fused ? FMA(m, b, g) : g + m * b;               \
                     w = fused ? FMA(negative_lr, d, w) : w + negative_lr * d;                      \
                 }                                                                                  \
             }                                                                                      \
-            Wo[i] = w;                                                                             \
+            if (out) Wo[i] = w; else W[i] = w;                                                     \
             if (ema) E[i] = fresh_average ? w : em * E[i] + one_minus_em * w;                      \
         }                                                                                          \
     }                                                                                              \
                                                                                                    \
-    /* Each level fixes one flag as a constant, so that every combination gets its own loop. */  \
+    /* Each level fixes one flag as a constant, so that every combination gets its own loop    \
+       (outputs of their own: the heavy-ball form only, for the MLX face). */                    \
+    static inline __attribute__((always_inline)) void by_out_##SUFFIX(                             \
+        const Job *job, ptrdiff_t t, int64_t s, int64_t e, int form, int mode, int decay, int ema, \
+        int acc, int fused, int fresh)                                                             \
+    {                                                                                              \
+        if (form == FORM_HEAVY_BALL && job->w_out)                                                 \
+            update_##SUFFIX(job, t, s, e, form, mode, decay, ema, acc, fused, fresh, 1);           \
+        else                                                                                       \
+            update_##SUFFIX(job, t, s, e, form, mode, decay, ema, acc, fused, fresh, 0);           \
+    }                                                                                              \
     static inline __attribute__((always_inline)) void by_fresh_##SUFFIX(                           \
         const Job *job, ptrdiff_t t, int64_t s, int64_t e, int form, int mode, int decay, int ema, \
         int acc, int fused)                                                                        \
     {                                                                                              \
         if (form == FORM_HEAVY_BALL && mode != MODE_NONE && (job->flags[t] & FLAG_FRESH_BUFFER))   \
-            update_##SUFFIX(job, t, s, e, form, mode, decay, ema, acc, fused, 1);                  \
+            by_out_##SUFFIX(job, t, s, e, form, mode, decay, ema, acc, fused, 1);                  \
         else                                                                                       \
-            update_##SUFFIX(job, t, s, e, form, mode, decay, ema, acc, fused, 0);                  \
+            by_out_##SUFFIX(job, t, s, e, form, mode, decay, ema, acc, fused, 0);                  \
     }                                                                                              \
     static inline __attribute__((always_inline)) void by_fused_##SUFFIX(                           \
         const Job *job, ptrdiff_t t, int64_t s, int64_t e, int form, int mode, int decay, int ema, \
