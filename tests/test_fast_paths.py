@@ -1262,3 +1262,31 @@ def test_norm_clips_are_bitwise_when_the_sums_are_exact(spy, monkeypatch, case, 
             del config["clipnorm"]
             group["clipnorm"] = 1.7
         _run_torch_pair(spy, {**config, "groups": [group, dict(group, lr=0.3)], "scheduler": False})
+
+
+def test_mlx_face_never_writes_arrays_the_caller_still_holds(spy):
+    """MLX arrays are immutable: every tree a step returned (and every velocity it stored)
+    keeps its values. The fast path reuses only the arrays nobody else references (a step's
+    inputs, once the caller has moved on), so holding each step's tree keeps them all."""
+    rng = np.random.default_rng([SEED, 77])
+    params = {"w": rng.standard_normal(70_000).astype(np.float32), "b": [rng.standard_normal(5).astype(np.float32)]}
+    opt = inertia.mlx.SGD(learning_rate=0.1, momentum=0.9)
+    held, copies, velocities = [params], [{"w": params["w"].copy(), "b": [params["b"][0].copy()]}], []
+    for step in range(4):
+        grads = {"w": np.full(70_000, step + 1.0, np.float32), "b": [np.full(5, step + 1.0, np.float32)]}
+        params = opt.apply_gradients(grads, params)
+        held.append(params)
+        copies.append({"w": params["w"].copy(), "b": [params["b"][0].copy()]})
+        velocities.append((opt.state["w"]["v"], opt.state["w"]["v"].copy()))
+    assert spy.answers == [("step", host.DONE)] * 4
+    for tree, copy in zip(held, copies):
+        assert np.array_equal(tree["w"], copy["w"]) and np.array_equal(tree["b"][0], copy["b"][0])
+    for velocity, copy in velocities:
+        assert np.array_equal(velocity, copy)
+    # Dropping them lets the next steps reuse their memory: no new arrays once warm.
+    del held, copies, velocities, tree, copy, velocity
+    ids = []
+    for step in range(4):
+        params = opt.apply_gradients({"w": np.ones(70_000, np.float32), "b": [np.ones(5, np.float32)]}, params)
+        ids.append(id(params["w"]))
+    assert len(set(ids)) == 2  # two arrays take turns

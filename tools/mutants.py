@@ -665,6 +665,106 @@ MUTANTS: list[Mutant] = [
         "CosineDecay with an alpha whose 1 - alpha rounds differently in float32 is 1 ulp off Keras",
         ("tests/test_schedules.py", "tests/test_keras_parity.py"),
     ),
+    # --- the engine: every face on the host kernel (issue 14) ---------------------------------
+    Mutant(
+        "kernel-heavy-ball-weight-rounded-twice",
+        "src/inertia/_sgd_core.h",
+        "w = fused ? FMA(negative_lr, d, w) : w + negative_lr * d;",
+        "w = w + negative_lr * d;",
+        "the torch face's weight update rounds twice on the fast path, where torch's add(alpha=) "
+        "rounds once: not torch.optim.SGD's numbers",
+        ("tests/test_fast_paths.py", "tests/test_torch_face.py"),
+    ),
+    Mutant(
+        "kernel-fresh-buffer-decays-garbage",
+        "src/inertia/_sgd_core.h",
+        "        if (form == FORM_HEAVY_BALL && mode != MODE_NONE && (job->flags[t] & FLAG_FRESH_BUFFER))   \\\n",
+        "        if (0)   \\\n",
+        "the torch face's first momentum buffer is decayed from uninitialised memory instead of "
+        "taking the gradient",
+        ("tests/test_fast_paths.py", "tests/test_torch_face.py"),
+    ),
+    Mutant(
+        "kernel-legacy-value-clip-after-norm",
+        "src/inertia/_sgd_core.h",
+        "            g = g < lo ? lo : (g > hi ? hi : g);                                                   \\\n"
+        "            g = (g * mul) / div;                                                                   \\\n",
+        "            g = (g * mul) / div;                                                                   \\\n"
+        "            g = g < lo ? lo : (g > hi ? hi : g);                                                   \\\n",
+        "tf.keras legacy's clipvalue with clipnorm clips by value after the norm on the fast path",
+        ("tests/test_fast_paths.py", "tests/test_legacy_parity.py"),
+    ),
+    Mutant(
+        "kernel-written-shapes-unchecked",
+        "src/inertia/_kernels.c",
+        "const int64_t *shape = shapes + offsets[t]; /* every array: a NumPy one reshaped in place declines */",
+        "const int64_t *shape = k == LIST_G ? shapes + offsets[t] : NULL;",
+        "a NumPy target reshaped in place between steps is updated with a gradient of the old "
+        "shape (the reference path rejects it)",
+        ("tests/test_fast_paths.py",),
+    ),
+    Mutant(
+        "host-overlap-not-checked",
+        "src/inertia/engine/host.py",
+        "    if len(starts) > 1 and bool(np.any(starts[1:] < ends[:-1])):\n"
+        "        return None  # two written arrays share memory: the reference path writes them one by one\n",
+        "",
+        "two variables sharing memory (b and b[:]) are updated together in the kernel, with other "
+        "numbers than the reference path's",
+        ("tests/test_fast_paths.py",),
+    ),
+    Mutant(
+        "torch-backend-negative-bit-ignored",
+        "src/inertia/backend/torch.py",
+        "            and not any(map(tensor.is_neg, arrays))\n",
+        "",
+        "a gradient with torch's negative bit set reaches the kernel, which reads the memory "
+        "without the sign",
+        ("tests/test_fast_paths.py",),
+    ),
+    Mutant(
+        "torch-backend-version-not-bumped",
+        "src/inertia/backend/torch.py",
+        "        torch._C._increment_version(list(arrays))",
+        "        pass",
+        "parameters written by the kernel keep their autograd version: backward through a stale "
+        "graph silently uses the new values",
+        ("tests/test_fast_paths.py",),
+    ),
+    Mutant(
+        "legacy-fast-momentum-not-float32",
+        "src/inertia/legacy.py",
+        "learning_rate=learning_rate, momentum=float(np.float32(self.momentum)), nesterov=self.nesterov,",
+        "learning_rate=learning_rate, momentum=float(self.momentum), nesterov=self.nesterov,",
+        "the legacy face's float64 variables use the momentum rounded once from double on the "
+        "fast path (tf.keras holds it in float32)",
+        ("tests/test_fast_paths.py", "tests/test_legacy_parity.py"),
+    ),
+    Mutant(
+        "legacy-new-variable-gets-no-slot",
+        "src/inertia/legacy.py",
+        "        if self.momentums:\n            self.momentums = self.momentums + self.add_optimizer_variables(wrappers, \"momentum\")",
+        "        pass",
+        "a variable first seen after the first step has no momentum slot",
+        ("tests/test_legacy_parity.py",),
+    ),
+    Mutant(
+        "mlx-fast-reuses-held-outputs",
+        "src/inertia/mlx.py",
+        "            and sys.getrefcount(spare) == 2  # this local and getrefcount's argument: nobody else\n",
+        "",
+        "the MLX face writes a step's results into arrays the caller still holds (an earlier "
+        "params tree)",
+        ("tests/test_fast_paths.py", "tests/test_mlx.py"),
+    ),
+    Mutant(
+        "xla-workspace-one-task-short",
+        "src/inertia/xla_fused.py",
+        "    tasks = sum(-(-size // _CHUNK) if size > _CHUNK else 1 for size in sizes)\n",
+        "    tasks = sum(-(-size // _CHUNK) if size > _CHUNK else 1 for size in sizes) - 1\n",
+        "the JAX custom call's workspace is too small for its tasks: every step with it fails",
+        ("tests/test_xla_fused.py",),
+    ),
     # --- loss_scale.py -------------------------------------------------------------------------
     Mutant(
         "loss-scale-growth-off-by-one",
