@@ -995,8 +995,9 @@ def test_raw_step_outputs_need_the_heavy_ball_form_and_both_lists():
         group = np.array([[0.5, 0.9, 0.0, 1.0, 0.0, 0.0, form, 1, 0, 0, 0]], np.float64)
         return module.step(lists, sizes, shapes, offsets, bytes(1), group, None, None, None, 0, 0, 1, 1.0, 1.0, 0.0, 0.0)
 
+    e = np.zeros(4, np.float32)
     for form, lists in ((0, (w, g, v, None, None, w_out, v_out)), (1, (w, g, v, None, None, w_out, None)),
-                        (1, (w, g, v, None, None, None, v_out))):
+                        (1, (w, g, v, None, None, None, v_out)), (1, (w, g, v, e, None, w_out, v_out))):
         with pytest.raises(TypeError, match="outputs need"):
             call(form, tuple(None if x is None else [x] for x in lists))
     assert call(1, ([w], [g], [v], None, None, [w_out], [v_out])) == host.DONE

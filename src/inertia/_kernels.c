@@ -311,12 +311,23 @@ static PyObject *step(PyObject *self, PyObject *args)
         goto done;
     }
     if (lists[LIST_W_OUT] != Py_None || lists[LIST_V_OUT] != Py_None) {
-        /* outputs of their own: weights and (with momentum) velocities both, heavy-ball only */
-        int fits_outputs = lists[LIST_W_OUT] != Py_None && (lists[LIST_V_OUT] != Py_None) == (lists[LIST_V] != Py_None);
-        for (Py_ssize_t k = 0; k < group_count && fits_outputs; k++) fits_outputs = groups[k].form == FORM_HEAVY_BALL;
+        /* outputs of their own (the MLX face): weights and (with momentum) velocities both, in
+         * the heavy-ball form rounded twice, without EMA or accumulation: the only loops made */
+        int fits_outputs = lists[LIST_W_OUT] != Py_None && (lists[LIST_V_OUT] != Py_None) == (lists[LIST_V] != Py_None) &&
+                           lists[LIST_E] == Py_None && lists[LIST_A] == Py_None;
+        for (Py_ssize_t k = 0; k < group_count && fits_outputs; k++)
+            fits_outputs = groups[k].form == FORM_HEAVY_BALL && !groups[k].fused;
         if (!fits_outputs) {
             PyErr_SetString(PyExc_TypeError, "inertia kernels: outputs need weights_out (and velocities_out with "
-                                             "velocities), and heavy-ball groups");
+                                             "velocities), heavy-ball groups rounded twice, and no averages or accumulators");
+            goto done;
+        }
+    }
+    for (Py_ssize_t t = 0; t < count; t++) {
+        const Group *group = &groups[group_of ? group_of[t] : 0];
+        if ((((const unsigned char *)flags_view.buf)[t] & FLAG_FRESH_BUFFER) && !(group->form == FORM_HEAVY_BALL && group->fused)) {
+            /* a fresh buffer takes the gradient in the torch face's form only */
+            PyErr_SetString(PyExc_TypeError, "inertia kernels: a fresh buffer needs a fused heavy-ball group");
             goto done;
         }
     }

@@ -207,13 +207,14 @@ static inline int value_first(const Job *job, const Group *group)
         }                                                                                          \
     }                                                                                              \
                                                                                                    \
-    /* Each level fixes one flag as a constant, so that every combination gets its own loop    \
-       (outputs of their own: the heavy-ball form only, for the MLX face). */                    \
+    /* Each level fixes one flag as a constant, so that every combination in use gets its own  \
+       loop: outputs of their own only in the MLX face's form (heavy-ball, rounded twice, no    \
+       EMA or accumulation), a fresh buffer only in the torch face's (heavy-ball, fused). */    \
     static inline __attribute__((always_inline)) void by_out_##SUFFIX(                             \
         const Job *job, ptrdiff_t t, int64_t s, int64_t e, int form, int mode, int decay, int ema, \
         int acc, int fused, int fresh)                                                             \
     {                                                                                              \
-        if (form == FORM_HEAVY_BALL && job->w_out)                                                 \
+        if (form == FORM_HEAVY_BALL && !fused && !fresh && !ema && !acc && job->w_out)             \
             update_##SUFFIX(job, t, s, e, form, mode, decay, ema, acc, fused, fresh, 1);           \
         else                                                                                       \
             update_##SUFFIX(job, t, s, e, form, mode, decay, ema, acc, fused, fresh, 0);           \
@@ -222,7 +223,7 @@ static inline int value_first(const Job *job, const Group *group)
         const Job *job, ptrdiff_t t, int64_t s, int64_t e, int form, int mode, int decay, int ema, \
         int acc, int fused)                                                                        \
     {                                                                                              \
-        if (form == FORM_HEAVY_BALL && mode != MODE_NONE && (job->flags[t] & FLAG_FRESH_BUFFER))   \
+        if (form == FORM_HEAVY_BALL && fused && mode != MODE_NONE && (job->flags[t] & FLAG_FRESH_BUFFER)) \
             by_out_##SUFFIX(job, t, s, e, form, mode, decay, ema, acc, fused, 1);                  \
         else                                                                                       \
             by_out_##SUFFIX(job, t, s, e, form, mode, decay, ema, acc, fused, 0);                  \
