@@ -40,8 +40,12 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #define CHUNK 65536
+#define OUT_BLOCK 256 /* out-of-place results are made in blocks of this many, then streamed */
 #define LANES 16
 #define MAX_THREADS 256
 
@@ -79,6 +83,7 @@ typedef struct {
     const int64_t *group_of; /* per tensor; NULL: every tensor is in groups[0] */
     Group single;            /* storage for one group (update_job) */
     char *arena;             /* arena_bytes() of scratch memory the caller owns; NULL: run_job allocates */
+    int stream_outputs;      /* outputs bigger than the caches: stored non-temporally */
     double *clip_mul, *clip_div;
     double *chunk_sums;  /* per task, for chunks of large tensors */
     double *tensor_sums; /* per tensor, for small (unchunked) tensors */
@@ -101,9 +106,39 @@ static inline int value_first(const Job *job, const Group *group)
     return (group->clip & CLIPS_BY_VALUE) && ((group->clip & CLIPS_BY_NORM) || job->global_clip);
 }
 
+/* Copies n results into new memory (the MLX face's outputs) with non-temporal stores where
+ * the machine has them: a store that misses the cache then does not first read the line it
+ * overwrites (28 bytes moved per float32 parameter instead of 20). Same values either way. */
+static inline void stream_f32(float *dst, const float *src, int64_t n)
+{
+    int64_t k = 0;
+#if defined(__SSE2__)
+    if (((uintptr_t)dst & 15) == 0)
+        for (; k + 4 <= n; k += 4) _mm_stream_ps(dst + k, _mm_loadu_ps(src + k));
+#endif
+    for (; k < n; k++) dst[k] = src[k];
+}
+
+static inline void stream_f64(double *dst, const double *src, int64_t n)
+{
+    int64_t k = 0;
+#if defined(__SSE2__)
+    if (((uintptr_t)dst & 15) == 0)
+        for (; k + 2 <= n; k += 2) _mm_stream_pd(dst + k, _mm_loadu_pd(src + k));
+#endif
+    for (; k < n; k++) dst[k] = src[k];
+}
+
+static inline void stream_fence(void)
+{
+#if defined(__SSE2__)
+    _mm_sfence(); /* streamed stores are visible before the thread reports its task done */
+#endif
+}
+
 /* ---- the per-element pipeline, instantiated per dtype and per constant flag set ---- */
 
-#define DEFINE_KERNELS(T, SUFFIX, SQRT, FMA)                                                      \
+#define DEFINE_KERNELS(T, SUFFIX, SQRT, FMA, STREAM)                                                      \
     /* Sum of squares of the prepared gradient (unscaled, accumulated, clipped by value when a \
        norm follows) over [start, end), in LANES independent double sums so that the loop       \
        vectorizes without reassociating. */                                                      \
@@ -165,7 +200,14 @@ static inline int value_first(const Job *job, const Group *group)
         const T lr = (T)group->lr, negative_lr = (T)(-group->lr), m = (T)group->momentum;          \
         const T wd = (T)group->wd, omd = (T)group->one_minus_dampening;                            \
         const T em = (T)job->ema_momentum, one_minus_em = (T)1 - em;                               \
-        for (int64_t i = start; i < end; i++) {                                                    \
+        /* out of place: results go to small buffers, then to the outputs (streamed when the \
+           step is too big for the caches); in place: one pass over [start, end). */             \
+        const int stream = out && job->stream_outputs;                                             \
+        T w_block[out ? OUT_BLOCK : 1], v_block[out ? OUT_BLOCK : 1];                              \
+        const int64_t block = out ? OUT_BLOCK : (end - start > 0 ? end - start : 1);               \
+        for (int64_t base = start; base < end; base += block) {                                    \
+        const int64_t stop = end - base > block ? base + block : end;                              \
+        for (int64_t i = base; i < stop; i++) {                                                    \
             T g = G[i] / unscale;                                                                  \
             if (acc) {                                                                             \
                 g = (g + A[i]) / steps;                                                            \
@@ -180,7 +222,7 @@ static inline int value_first(const Job *job, const Group *group)
                     w = w - g * lr;                                                                \
                 } else {                                                                           \
                     T v = V[i] * m - g * lr;                                                       \
-                    if (out) Vo[i] = v; else V[i] = v;                                             \
+                    if (out) v_block[i - base] = v; else V[i] = v;                                 \
                     w = mode == MODE_NESTEROV ? w + (v * m - g * lr) : w + v;                      \
                 }                                                                                  \
             } else {                                                                               \
@@ -196,15 +238,26 @@ static inline int value_first(const Job *job, const Group *group)
                         T decayed = V[i] * m;                                                      \
                         b = fused ? FMA(omd, g, decayed) : decayed + omd * g;                      \
                     }                                                                              \
-                    if (out) Vo[i] = b; else V[i] = b;                                             \
+                    if (out) v_block[i - base] = b; else V[i] = b;                                 \
                     T d = b;                                                                       \
                     if (mode == MODE_NESTEROV) d = fused ? FMA(m, b, g) : g + m * b;               \
                     w = fused ? FMA(negative_lr, d, w) : w + negative_lr * d;                      \
                 }                                                                                  \
             }                                                                                      \
-            if (out) Wo[i] = w; else W[i] = w;                                                     \
+            if (out) w_block[i - base] = w; else W[i] = w;                                         \
             if (ema) E[i] = fresh_average ? w : em * E[i] + one_minus_em * w;                      \
         }                                                                                          \
+        if (out) {                                                                                 \
+            if (stream) {                                                                          \
+                STREAM(Wo + base, w_block, stop - base);                                           \
+                if (mode) STREAM(Vo + base, v_block, stop - base);                                 \
+            } else {                                                                               \
+                memcpy(Wo + base, w_block, (size_t)(stop - base) * sizeof(T));                     \
+                if (mode) memcpy(Vo + base, v_block, (size_t)(stop - base) * sizeof(T));           \
+            }                                                                                      \
+        }                                                                                          \
+        }                                                                                          \
+        if (stream) stream_fence();                                                                \
     }                                                                                              \
                                                                                                    \
     /* Each level fixes one flag as a constant, so that every combination in use gets its own  \
@@ -301,8 +354,8 @@ static inline int value_first(const Job *job, const Group *group)
         return (double)(c * smaller + (norm - norm));                                              \
     }
 
-DEFINE_KERNELS(float, f32, sqrtf, fmaf)
-DEFINE_KERNELS(double, f64, sqrt, fma)
+DEFINE_KERNELS(float, f32, sqrtf, fmaf, stream_f32)
+DEFINE_KERNELS(double, f64, sqrt, fma, stream_f64)
 
 /* ---- threads ---- */
 
@@ -518,6 +571,9 @@ static void run_in_arena(Job *job, int threads)
         job->clip_div[t] = 1.0;
     }
     threads = useful_threads(threads, job);
+    int64_t total = 0;
+    for (ptrdiff_t t = 0; t < count; t++) total += sizes[t];
+    job->stream_outputs = job->w_out != NULL && total * (job->is_double ? 8 : 4) > 8 * 1024 * 1024;
     if (needs_sums) {
         run_phase(job, 0, threads);
         /* chunk sums added in chunk order: the same total for any number of threads */
