@@ -681,7 +681,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "kernel-fresh-buffer-decays-garbage",
         "src/inertia/_sgd_core.h",
-        "        if (form == FORM_HEAVY_BALL && mode != MODE_NONE && (job->flags[t] & FLAG_FRESH_BUFFER))   \\\n",
+        "        if (form == FORM_HEAVY_BALL && fused && mode != MODE_NONE && (job->flags[t] & FLAG_FRESH_BUFFER)) \\\n",
         "        if (0)   \\\n",
         "the torch face's first momentum buffer is decayed from uninitialised memory instead of "
         "taking the gradient",
