@@ -1312,3 +1312,19 @@ def test_mlx_face_streams_big_outputs_with_the_reference_numbers(spy, dtype):
     assert np.array_equal(fast_tree["big"], ref_tree["big"]) and np.array_equal(fast_tree["odd"][0], ref_tree["odd"][0])
     assert np.array_equal(fast_state["big"]["v"], ref_state["big"]["v"])
     assert spy.answers == [("step", host.DONE)] * 3
+
+
+def test_mlx_face_pickles_without_its_plans_or_reused_arrays(spy):
+    import pickle
+
+    params = {"w": np.ones(70_000, np.float32)}
+    opt = inertia.mlx.SGD(learning_rate=0.5, momentum=0.9)
+    for _ in range(2):
+        params = opt.apply_gradients({"w": np.ones(70_000, np.float32)}, params)
+    assert opt._spares[0] is not None
+    state = opt.__getstate__()
+    assert "_spares" not in state and "_plans" not in state
+    copy = pickle.loads(pickle.dumps(opt))
+    again = copy.apply_gradients({"w": np.ones(70_000, np.float32)}, {"w": params["w"].copy()})
+    ours = opt.apply_gradients({"w": np.ones(70_000, np.float32)}, params)
+    assert np.array_equal(again["w"], ours["w"]) and int(copy.step) == int(opt.step) == 3

@@ -335,6 +335,13 @@ class SGD:
                 )
         return found or self._ops
 
+    def __getstate__(self) -> dict:
+        # The kernel's plans and the arrays kept for reuse are rebuilt on demand, not saved.
+        state = dict(self.__dict__)
+        state.pop("_plans", None)
+        state.pop("_spares", None)
+        return state
+
     def __repr__(self) -> str:
         return (
             f"inertia.mlx.SGD(momentum={self.momentum}, weight_decay={self.weight_decay}, "
