@@ -265,10 +265,11 @@ class SGD:
         if type(self).apply_single is not SGD.apply_single or not host.enabled() or ops.name not in ("numpy", "torch"):
             return None
         params = [w for _, _, w in pairs]
-        if any(getattr(w, "requires_grad", False) for w in params):
+        numpy_arrays = all(map(_is_ndarray, params))
+        if not numpy_arrays and any(getattr(w, "requires_grad", False) for w in params):
             return None  # torch: the reference path's new tensors carry autograd history
         dtype = ops.dtype_name(params[0])
-        shapes = [ops.shape(w) for w in params]
+        shapes = [w.shape for w in params] if numpy_arrays else [ops.shape(w) for w in params]
         plan = getattr(self, "_plans", {}).get(dtype, {}).get(tuple(shapes))
         if plan is None:
             plan = host.plan_shapes(ops, dtype, shapes)
@@ -280,7 +281,10 @@ class SGD:
         if momentum:
             states = [_lookup(self._state, path) for path, _, _ in pairs]
             velocities = [state.get("v") for state in states]
-            if any(v is None or not ops.is_array(v) or ops.shape(v) != shape for v, shape in zip(velocities, shapes)):
+            if numpy_arrays:  # the kernel checks each array's dtype and shape itself
+                if not all(map(_is_ndarray, velocities)):
+                    return None
+            elif any(v is None or not ops.is_array(v) or ops.shape(v) != shape for v, shape in zip(velocities, shapes)):
                 return None
         learning_rate = float(ops.to_numpy(ops.cast(self._on(ops, self.learning_rate), dtype)))
         group = GroupSettings(
@@ -383,6 +387,7 @@ def _outputs(ops: ArrayBackend, shapes: list, dtype: str, params: list, spares: 
     if spares is None or len(spares) != len(shapes):
         return [ops.empty(shape, dtype, like=w) for shape, w in zip(shapes, params)]
     outputs = []
+    target = np.dtype(dtype)
     for index, (shape, w) in enumerate(zip(shapes, params)):
         spare = spares[index]
         spares[index] = None  # the list's reference: gone, so the count below is the others'
@@ -391,13 +396,13 @@ def _outputs(ops: ArrayBackend, shapes: list, dtype: str, params: list, spares: 
             and sys.getrefcount(spare) == 2  # this local and getrefcount's argument: nobody else
             and spare.base is None
             and spare.shape == shape
-            and spare.dtype == np.dtype(dtype)
-            and spare.flags.writeable
-            and spare.flags.c_contiguous
+            and spare.dtype == target
         ):
-            outputs.append(spare)
-        else:
-            outputs.append(ops.empty(shape, dtype, like=w))
+            flags = spare.flags
+            if flags.writeable and flags.c_contiguous:
+                outputs.append(spare)
+                continue
+        outputs.append(ops.empty(shape, dtype, like=w))
     return outputs
 
 
