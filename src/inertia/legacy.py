@@ -159,7 +159,7 @@ class SGD(_KerasSGD):
         elif isinstance(lr, Variable):
             lr_t = ops.cast(lr.value, dtype)
         else:
-            value = lr()
+            value = self._called_learning_rate()
             value = value.value if isinstance(value, Variable) else value
             lr_t = ops.cast(ops.asarray(value, dtype="float32", like=variable.value), dtype)
         if self._initial_decay > 0:

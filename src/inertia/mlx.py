@@ -27,6 +27,8 @@ from inertia.rule import SGDRule, sgd_update
 __all__ = ["SGD"]
 
 _LEAF_CONTAINERS = (dict, list, tuple)
+_PLAIN_RULE = SGDRule(lr_in_velocity=False)
+_NESTEROV_RULE = SGDRule(nesterov=True, lr_in_velocity=False)
 
 
 def _step_dtype(ops: ArrayBackend) -> str:
@@ -110,7 +112,6 @@ class SGD:
         self.weight_decay = weight_decay
         self.dampening = dampening
         self.nesterov = nesterov
-        self._rule = SGDRule(nesterov=nesterov, lr_in_velocity=False)
         self._ops: ArrayBackend = backends.default()
         self._schedulers: dict[str, Callable[[Any], Any]] = {}
         self._plans: dict = {}  # the host kernel's plan, by dtype and shapes
@@ -120,6 +121,11 @@ class SGD:
             self._state["learning_rate"] = self._rate_array(learning_rate(self.step))
         else:
             self._state["learning_rate"] = self._rate_array(learning_rate)
+
+    @property
+    def _rule(self) -> SGDRule:
+        # Read at every step, as MLX reads `nesterov`: setting it later takes effect on every path.
+        return _NESTEROV_RULE if self.nesterov else _PLAIN_RULE
 
     # --- state ---------------------------------------------------------------------------
     @property
@@ -264,7 +270,7 @@ class SGD:
         the reference path."""
         if type(self).apply_single is not SGD.apply_single or not host.enabled() or ops.name not in ("numpy", "torch"):
             return None
-        params = [w for _, _, w in pairs]
+        params = _arrays([w for _, _, w in pairs])
         numpy_arrays = all(map(_is_ndarray, params))
         if not numpy_arrays and any(getattr(w, "requires_grad", False) for w in params):
             return None  # torch: the reference path's new tensors carry autograd history
@@ -280,13 +286,16 @@ class SGD:
         velocities = None
         if momentum:
             states = [_lookup(self._state, path) for path, _, _ in pairs]
-            velocities = [state.get("v") for state in states]
+            velocities = _arrays([state.get("v") for state in states])
             if numpy_arrays:  # the kernel checks each array's dtype and shape itself
                 if not all(map(_is_ndarray, velocities)):
                     return None
             elif any(v is None or not ops.is_array(v) or ops.shape(v) != shape for v, shape in zip(velocities, shapes)):
                 return None
-        learning_rate = float(ops.to_numpy(ops.cast(self._on(ops, self.learning_rate), dtype)))
+        rate = self._on(ops, self.learning_rate)
+        if ops.shape(rate) != ():
+            return None  # a learning rate of another shape, written into `state`: the reference broadcasts it
+        learning_rate = float(ops.to_numpy(ops.cast(rate, dtype)))
         group = GroupSettings(
             learning_rate=learning_rate, momentum=self.momentum, weight_decay=self.weight_decay,
             dampening=self.dampening, nesterov=self.nesterov,
@@ -295,7 +304,7 @@ class SGD:
         weights_out = _outputs(ops, shapes, dtype, params, spare_weights)
         velocities_out = _outputs(ops, shapes, dtype, params, spare_velocities) if momentum else None
         answer = host.run(
-            plan, MLX_STEP, [group], weights=params, grads=[g for _, g, _ in pairs], velocities=velocities,
+            plan, MLX_STEP, [group], weights=params, grads=_arrays([g for _, g, _ in pairs]), velocities=velocities,
             weights_out=weights_out, velocities_out=velocities_out,
             flags=bytes([host.FLAG_DECAY if self.weight_decay != 0 else 0]) * len(params),
         )
@@ -303,6 +312,9 @@ class SGD:
             return None
         # This step's inputs may serve as the next step's outputs, once nobody else holds them.
         self._spares = (params, velocities) if ops.name == "numpy" else (None, None)
+        if numpy_arrays:  # NumPy's arithmetic on 0-d arrays gives scalars: so does the reference path
+            weights_out = [w[()] if w.ndim == 0 else w for w in weights_out]
+            velocities_out = velocities_out and [v[()] if v.ndim == 0 else v for v in velocities_out]
         if momentum:
             for state, velocity in zip(states, velocities_out):
                 state["v"] = velocity
@@ -374,6 +386,11 @@ def _all_plain_numpy_floats(pairs: list) -> bool:
 
 def _is_ndarray(value: Any) -> bool:
     return type(value) is np.ndarray
+
+
+def _arrays(values: list) -> list:
+    """NumPy scalars (the reference path's results for 0-d leaves) as 0-d arrays, for the kernel."""
+    return [np.asarray(v) if isinstance(v, np.generic) else v for v in values]
 
 
 _PLAIN_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))

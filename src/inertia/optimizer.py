@@ -124,6 +124,9 @@ class Optimizer:
     _iterations_dtype = "int32"
     # True only while inertia's own compiled step is traced (engine/compiled.py; see `_fused_update`).
     _in_own_step = False
+    # Within one apply(): a plain callable learning rate's value, once called (see `_called_learning_rate`).
+    _in_apply = False
+    _step_learning_rate: Optional[tuple] = None
     # Python attributes a compiled step bakes in: changing one compiles a new step.
     _compiled_attributes: tuple[str, ...] = (
         "weight_decay", "clipnorm", "clipvalue", "global_clipnorm", "use_ema", "ema_momentum",
@@ -282,8 +285,18 @@ class Optimizer:
         if isinstance(self._learning_rate, Variable):
             return self._learning_rate.value
         if callable(self._learning_rate):
-            return self._learning_rate()
+            return self._called_learning_rate()
         return self._learning_rate
+
+    def _called_learning_rate(self) -> Any:
+        """A plain callable learning rate's value, called once per step: within one ``apply``
+        a fast path that declines (or plans again) and the path that then runs share it."""
+        if self._step_learning_rate is not None:
+            return self._step_learning_rate[0]
+        value = self._learning_rate()
+        if self._in_apply:
+            self._step_learning_rate = (value,)
+        return value
 
     def _learning_rate_array(self) -> Any:
         """The learning rate of this step as a 0-d array (cast to each variable's dtype later)."""
@@ -607,6 +620,13 @@ class Optimizer:
         grads = list(grads)
         if len(grads) == 0:
             return
+        self._in_apply, self._step_learning_rate = True, None
+        try:
+            self._apply(grads, trainable_variables)
+        finally:
+            self._in_apply, self._step_learning_rate = False, None
+
+    def _apply(self, grads: list, trainable_variables: Optional[Sequence[Any]]) -> None:
         if self.jit_compile and (
             self._fused_apply(grads, trainable_variables) or self._compiled.repeat(self, grads, trainable_variables)
         ):

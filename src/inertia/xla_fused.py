@@ -37,6 +37,7 @@ from typing import Any, Optional
 import numpy as np
 
 from inertia import kernels
+from inertia.engine import host
 from inertia.engine.optimizer_host import stock_targets
 from inertia.engine.step import KERAS, MODE_NESTEROV, MODE_NONE, MODE_PLAIN
 
@@ -99,7 +100,7 @@ def fused_update(optimizer: Any, grads: list, variables: list, learning_rate: An
     False, having traced nothing that changes a variable, when the step is not one it covers
     (or every tensor is small: then the reference stages run as usual).
     """
-    if optimizer.describe_step() != KERAS:  # the handler runs the Keras 3 step only
+    if optimizer.describe_step() != KERAS or not host.enabled():  # the handler runs the Keras 3 step only
         return False
     import jax
 

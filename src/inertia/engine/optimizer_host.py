@@ -22,6 +22,9 @@ from inertia.engine.step import StepDescription
 
 __all__ = ["apply"]
 
+_CONSTRAINT_OF = operator.attrgetter("constraint")
+_OVERWRITES_OF = operator.attrgetter("overwrite_with_gradient")
+
 
 class _Plan:
     """The kernel's view of one list of variables (``memory`` None: no fast path for them)."""
@@ -100,7 +103,13 @@ def _current_plan(optimizer: Any, targets: list) -> Optional[_Plan]:
         or (plan.memory is not None and not all(map(operator.is_, (v._value for v in plan.variables), plan.values)))
     ):
         plan = optimizer._fused_plan = _make_plan(optimizer, targets)  # new variables, or an array was replaced
-    return plan if plan.memory is not None else None
+    if plan.memory is None:
+        return None
+    # A constraint or overwrite_with_gradient set since the plan was made: the reference path.
+    wrappers = plan.wrappers
+    if list(map(_CONSTRAINT_OF, wrappers)).count(None) != len(wrappers) or any(map(_OVERWRITES_OF, wrappers)):
+        return None
+    return plan
 
 
 def _run(optimizer: Any, description: StepDescription, plan: _Plan, grads: list) -> int:
