@@ -515,8 +515,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "mlx-rule-starts-with-gradient",
         "src/inertia/mlx.py",
-        "self._rule = SGDRule(nesterov=nesterov, lr_in_velocity=False)",
-        "self._rule = SGDRule(nesterov=nesterov, lr_in_velocity=False, buffer_starts_with_gradient=True)",
+        "_PLAIN_RULE = SGDRule(lr_in_velocity=False)",
+        "_PLAIN_RULE = SGDRule(lr_in_velocity=False, buffer_starts_with_gradient=True)",
         "MLX's velocity would start as the first gradient (torch's way) instead of zero",
         ("tests/test_mlx.py",),
         equivalent="init_single stores a zero 'v' for every leaf before its first update, so the rule "
