@@ -514,9 +514,9 @@ MUTANTS: list[Mutant] = [
     # --- the MLX face (mlx.py) -----------------------------------------------------------------
     Mutant(
         "mlx-rule-starts-with-gradient",
-        "src/inertia/mlx.py",
-        "_PLAIN_RULE = SGDRule(lr_in_velocity=False)",
-        "_PLAIN_RULE = SGDRule(lr_in_velocity=False, buffer_starts_with_gradient=True)",
+        "src/inertia/engine/step.py",
+        'MLX = StepDescription(form="heavy_ball")',
+        'MLX = StepDescription(form="heavy_ball", buffer_starts_with_gradient=True)',
         "MLX's velocity would start as the first gradient (torch's way) instead of zero",
         ("tests/test_mlx.py",),
         equivalent="init_single stores a zero 'v' for every leaf before its first update, so the rule "
@@ -560,16 +560,16 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "torch-maximize-read-from-nesterov",
         "src/inertia/torch.py",
-        '_TORCH_RULES[group["nesterov"], group["maximize"]],',
-        '_TORCH_RULES[group["nesterov"], group["nesterov"]],',
+        'TORCH_STEP.rule(nesterov=group["nesterov"], maximize=group["maximize"]),',
+        'TORCH_STEP.rule(nesterov=group["nesterov"], maximize=group["nesterov"]),',
         "maximize=True is ignored without Nesterov, and nesterov=True always maximizes",
         ("tests/test_torch_face.py",),
     ),
     Mutant(
         "torch-dampening-from-step-one",
-        "src/inertia/torch.py",
-        "SGDRule(nesterov=nesterov, lr_in_velocity=False, buffer_starts_with_gradient=True, maximize=maximize)",
-        "SGDRule(nesterov=nesterov, lr_in_velocity=False, buffer_starts_with_gradient=False, maximize=maximize)",
+        "src/inertia/engine/step.py",
+        'TORCH = StepDescription(form="heavy_ball", fused_multiply_add=True, buffer_starts_with_gradient=True)',
+        'TORCH = StepDescription(form="heavy_ball", fused_multiply_add=True, buffer_starts_with_gradient=False)',
         "the torch face dampens the first momentum buffer (torch.optim.SGD applies dampening from step 2)",
         ("tests/test_torch_face.py",),
     ),
@@ -736,9 +736,9 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "legacy-fast-momentum-not-float32",
-        "src/inertia/legacy.py",
-        "learning_rate=learning_rate, momentum=float(np.float32(self.momentum)), nesterov=self.nesterov,",
-        "learning_rate=learning_rate, momentum=float(self.momentum), nesterov=self.nesterov,",
+        "src/inertia/engine/step.py",
+        "momentum = float(np.float32(self.momentum)) if description.hyperparameters_in_float32 else self.momentum",
+        "momentum = self.momentum",
         "the legacy face's float64 variables use the momentum rounded once from double on the "
         "fast path (tf.keras holds it in float32)",
         ("tests/test_fast_paths.py", "tests/test_legacy_parity.py"),

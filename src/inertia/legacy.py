@@ -15,8 +15,6 @@ from __future__ import annotations
 import warnings
 from typing import Any, Optional, Sequence
 
-import numpy as np
-
 from inertia import pipeline
 from inertia.engine.step import TF_KERAS_LEGACY, GroupSettings
 from inertia.optimizer import _describe, _is_real_number, _positional_arity, check_finite_number
@@ -193,7 +191,7 @@ class SGD(_KerasSGD):
         ops = first.backend
         learning_rate = float(ops.to_numpy(self._decayed_lr(first)))
         group = GroupSettings(
-            learning_rate=learning_rate, momentum=float(np.float32(self.momentum)), nesterov=self.nesterov,
+            learning_rate=learning_rate, momentum=float(self.momentum), nesterov=self.nesterov,
             keeps_buffer=has_buffer,
             clipnorm=None if self.clipnorm is None else float(self.clipnorm),
             clipvalue=None if self.clipvalue is None else float(self.clipvalue),

@@ -27,8 +27,6 @@ from inertia.rule import SGDRule, sgd_update
 __all__ = ["SGD"]
 
 _LEAF_CONTAINERS = (dict, list, tuple)
-_PLAIN_RULE = SGDRule(lr_in_velocity=False)
-_NESTEROV_RULE = SGDRule(nesterov=True, lr_in_velocity=False)
 
 
 def _step_dtype(ops: ArrayBackend) -> str:
@@ -125,7 +123,7 @@ class SGD:
     @property
     def _rule(self) -> SGDRule:
         # Read at every step, as MLX reads `nesterov`: setting it later takes effect on every path.
-        return _NESTEROV_RULE if self.nesterov else _PLAIN_RULE
+        return MLX_STEP.rule(nesterov=self.nesterov)
 
     # --- state ---------------------------------------------------------------------------
     @property

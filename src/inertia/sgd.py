@@ -8,12 +8,11 @@ from typing import Any, Optional, Sequence
 from inertia.engine.step import KERAS as KERAS_STEP
 from inertia.engine.step import GroupSettings, StepDescription
 from inertia.optimizer import Optimizer, _is_real_number, check_finite_number
-from inertia.rule import KERAS, SGDRule, sgd_update
+from inertia.rule import SGDRule, sgd_update
 from inertia.variable import Variable
 
 __all__ = ["SGD"]
 
-_NESTEROV = SGDRule(nesterov=True)
 
 
 class SGD(Optimizer):
@@ -150,7 +149,7 @@ class SGD(Optimizer):
     @property
     def _rule(self) -> SGDRule:
         # Read at every step, so that setting `nesterov` takes effect like `momentum` does.
-        return _NESTEROV if self.nesterov else KERAS
+        return self.step_description.rule(nesterov=self.nesterov)
 
     def _momentum_scalar(self, variable: Variable) -> Any:
         """The momentum as a 0-d array of the variable's dtype."""

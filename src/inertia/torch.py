@@ -29,7 +29,7 @@ from inertia.backend import get as _get_backend
 from inertia.engine import host
 from inertia.engine.step import MODE_NONE, GroupSettings
 from inertia.engine.step import TORCH as TORCH_STEP
-from inertia.rule import SGDRule, sgd_update
+from inertia.rule import sgd_update
 
 __all__ = ["SGD"]
 
@@ -37,14 +37,6 @@ _GROUP_EXTRAS = {"clipnorm": None, "clipvalue": None}
 _GRAD = operator.attrgetter("grad")
 _DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
 _OPTIMIZER_WIDE = ("global_clipnorm", "use_ema", "ema_momentum", "ema_overwrite_frequency", "gradient_accumulation_steps")
-
-
-# torch's settings of the shared rule, by (nesterov, maximize).
-_TORCH_RULES = {
-    (nesterov, maximize): SGDRule(nesterov=nesterov, lr_in_velocity=False, buffer_starts_with_gradient=True, maximize=maximize)
-    for nesterov in (False, True)
-    for maximize in (False, True)
-}
 
 
 def _torch_add_scaled(y: torch.Tensor, x: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -351,9 +343,14 @@ class SGD(torch.optim.Optimizer):
         for position, index in enumerate(group_of):
             if settings[index].weight_decay != 0:
                 flags[position] = host.FLAG_DECAY
-        buffers = self._slots(params, states, "momentum_buffer", fresh) if with_momentum.pop() else None
+        # A fresh buffer takes the gradient where the step says so (torch); else it starts at zero.
+        starts_with_gradient = TORCH_STEP.buffer_starts_with_gradient
+        buffers = (
+            self._slots(params, states, "momentum_buffer", fresh, zeros=not starts_with_gradient)
+            if with_momentum.pop() else None
+        )
         averages = self._slots(params, states, "average", fresh) if self.use_ema else None
-        for position in fresh["momentum_buffer"]:
+        for position in fresh["momentum_buffer"] if starts_with_gradient else ():
             flags[position] |= host.FLAG_FRESH_BUFFER
         for position in fresh["average"]:
             flags[position] |= host.FLAG_FRESH_AVERAGE
@@ -498,7 +495,7 @@ class SGD(torch.optim.Optimizer):
         would otherwise sync the device for every parameter)."""
         momentum, weight_decay = _number(group["momentum"]), _number(group["weight_decay"])
         return (
-            _TORCH_RULES[group["nesterov"], group["maximize"]],
+            TORCH_STEP.rule(nesterov=group["nesterov"], maximize=group["maximize"]),
             _number(group["lr"]),
             momentum if momentum != 0 else None,
             weight_decay if weight_decay != 0 else None,

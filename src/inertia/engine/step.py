@@ -16,7 +16,12 @@ Example (torch.optim.SGD's step, as the torch face describes it):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Optional
+
+import numpy as np
+
+from inertia.rule import SGDRule
 
 __all__ = ["StepDescription", "GroupSettings", "KERAS", "TF_KERAS_LEGACY", "TORCH", "MLX"]
 
@@ -39,14 +44,15 @@ class StepDescription:
         buffer_starts_with_gradient: heavy-ball only: a fresh buffer takes the gradient
             (torch), instead of decaying a zero buffer (MLX).
         hyperparameters_in_float32: the hyperparameters are float32 values cast to the
-            variable's dtype (tf.keras legacy); otherwise they are rounded to the dtype once.
+            variable's dtype (tf.keras legacy: momentum here; its learning rate arrives already
+            in the dtype); otherwise they are rounded to the dtype once.
         value_clip_first: clipvalue and a norm clip combine, clipvalue first (tf.keras
             legacy); otherwise one clipping mode at most.
         global_reciprocal_in_dtype: the global norm clip's ``1/c`` is formed in the dtype
             (``tf.clip_by_global_norm``) instead of rounded once from double (Keras 3).
-        fresh_average_copies: an EMA average is created as a copy of the weights after the
-            first update (the torch face); otherwise it starts at zero with an EMA momentum of
-            0 on the first step (Keras: the same value except for the sign of a zero).
+
+    The reference path reads the same description: :meth:`rule` is the
+    :class:`inertia.rule.SGDRule` each face hands to ``sgd_update``.
     """
 
     form: str = "keras"
@@ -55,16 +61,27 @@ class StepDescription:
     hyperparameters_in_float32: bool = False
     value_clip_first: bool = False
     global_reciprocal_in_dtype: bool = False
-    fresh_average_copies: bool = False
 
     @property
     def global_clip_code(self) -> int:
         return GLOBAL_RECIPROCAL_IN_DTYPE if self.global_reciprocal_in_dtype else GLOBAL_KERAS
 
+    def rule(self, nesterov: bool = False, maximize: bool = False) -> SGDRule:
+        """The reference path's settings of the shared rule for this form."""
+        return _rule(self.form, self.buffer_starts_with_gradient, bool(nesterov), bool(maximize))
+
+
+@lru_cache(maxsize=None)
+def _rule(form: str, buffer_starts_with_gradient: bool, nesterov: bool, maximize: bool) -> SGDRule:
+    return SGDRule(
+        nesterov=nesterov, lr_in_velocity=form == "keras", buffer_starts_with_gradient=buffer_starts_with_gradient,
+        maximize=maximize,
+    )
+
 
 KERAS = StepDescription()
 TF_KERAS_LEGACY = StepDescription(hyperparameters_in_float32=True, value_clip_first=True, global_reciprocal_in_dtype=True)
-TORCH = StepDescription(form="heavy_ball", fused_multiply_add=True, buffer_starts_with_gradient=True, fresh_average_copies=True)
+TORCH = StepDescription(form="heavy_ball", fused_multiply_add=True, buffer_starts_with_gradient=True)
 MLX = StepDescription(form="heavy_ball")
 
 
@@ -97,10 +114,17 @@ class GroupSettings:
         return MODE_NESTEROV if self.nesterov else MODE_PLAIN
 
     def row(self, description: StepDescription) -> tuple:
-        """The kernel's row for this group (``GROUP_FIELDS`` float64 values, ``_kernels.c``)."""
+        """The kernel's row for this group (``GROUP_FIELDS`` float64 values, ``_kernels.c``),
+        with the description's precision: momentum held in float32 where the face holds it so."""
         clip = (CLIPS_BY_NORM if self.clipnorm is not None else 0) | (CLIPS_BY_VALUE if self.clipvalue is not None else 0)
+        if clip == CLIPS_BY_NORM | CLIPS_BY_VALUE and not description.value_clip_first:
+            raise ValueError(
+                f"clipnorm and clipvalue combine only in a face that clips by value first. Received: "
+                f"clipnorm={self.clipnorm}, clipvalue={self.clipvalue}"
+            )
+        momentum = float(np.float32(self.momentum)) if description.hyperparameters_in_float32 else self.momentum
         return (
-            self.learning_rate, self.momentum, self.weight_decay, 1.0 - self.dampening,
+            self.learning_rate, momentum, self.weight_decay, 1.0 - self.dampening,
             self.clipnorm or 0.0, self.clipvalue or 0.0, _FORMS[description.form], self.mode,
             int(description.fused_multiply_add), int(self.maximize), clip,
         )
