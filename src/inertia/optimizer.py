@@ -514,9 +514,7 @@ class Optimizer:
         at any step); returns their wrappers. The base slots (EMA averages, accumulators) are
         made for them; a subclass makes its own. Checked before anything changes."""
         variables = list(variables)
-        ops = self._check_targets(self._trainable_variables + variables, "var_list")
-        if ops is not self._backend:
-            raise ValueError(f"All variables of one optimizer must use one backend; the new ones are on {ops.name}.")
+        ops = self._check_targets(self._trainable_variables + variables, "var_list")  # one backend, no repeats
         start = len(self._trainable_variables)
         wrappers = [
             v if isinstance(v, Variable) else Variable._alias(v, ops, f"param_{start + i}") for i, v in enumerate(variables)

@@ -21,7 +21,8 @@ Example:
     >>> from inertia.engine import host
     >>> from inertia.engine.step import KERAS, GroupSettings
     >>> w, g = np.ones(3, np.float32), np.full(3, 2.0, np.float32)
-    >>> plan = host.plan_memory(host.numpy_backend(), "float32", [[w]])
+    >>> from inertia import backend
+    >>> plan = host.plan_memory(backend.get("numpy"), "float32", [[w]])
     >>> host.run(plan, KERAS, [GroupSettings(learning_rate=0.25)], weights=[w], grads=[g]) == host.DONE
     True
     >>> w
@@ -67,20 +68,11 @@ def enabled() -> bool:
     return not getattr(_state, "disabled", False)
 
 
-def numpy_backend() -> Any:
-    from inertia.backend import get
-
-    return get("numpy")
-
-
 class MemoryPlan:
     """Where a step's written arrays live: their sizes and shapes, their addresses as the plan
     saw them, and the sorted byte intervals they cover (checked not to overlap)."""
 
     __slots__ = ("ops", "dtype", "is_double", "sizes", "shapes", "offsets", "shape_tuples", "expected", "written", "count")
-
-    def matches(self, shapes: Sequence[tuple]) -> bool:
-        return self.shape_tuples == shapes
 
 
 def plan_memory(ops: Any, dtype: str, lists: Sequence[Optional[Sequence[Any]]]) -> Optional[MemoryPlan]:
