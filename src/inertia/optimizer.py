@@ -499,12 +499,18 @@ class Optimizer:
         ops = self._check_targets(variables, "var_list")
         if ops is not self._backend:
             self._move_own_variables(ops, variables[0])
-        wrappers = [
-            v if isinstance(v, Variable) else Variable._alias(v, ops, f"param_{i}") for i, v in enumerate(variables)
-        ]
-        self._trainable_variables = wrappers
+        self._trainable_variables = []
         self._trainable_variables_indices = {}
-        for index, (target, wrapper) in enumerate(zip(variables, wrappers)):
+        return self._index_trainables(variables, ops)
+
+    def _index_trainables(self, variables: list, ops: ArrayBackend) -> list[Variable]:
+        """Append ``variables`` (checked) to the trainable list and index them."""
+        start = len(self._trainable_variables)
+        wrappers = [
+            v if isinstance(v, Variable) else Variable._alias(v, ops, f"param_{start + i}") for i, v in enumerate(variables)
+        ]
+        self._trainable_variables = self._trainable_variables + wrappers
+        for index, (target, wrapper) in enumerate(zip(variables, wrappers), start=start):
             self._trainable_variables_indices[id(target)] = index
             self._trainable_variables_indices[id(wrapper)] = index
         return wrappers
@@ -515,14 +521,7 @@ class Optimizer:
         made for them; a subclass makes its own. Checked before anything changes."""
         variables = list(variables)
         ops = self._check_targets(self._trainable_variables + variables, "var_list")  # one backend, no repeats
-        start = len(self._trainable_variables)
-        wrappers = [
-            v if isinstance(v, Variable) else Variable._alias(v, ops, f"param_{start + i}") for i, v in enumerate(variables)
-        ]
-        self._trainable_variables = self._trainable_variables + wrappers
-        for index, (target, wrapper) in enumerate(zip(variables, wrappers), start=start):
-            self._trainable_variables_indices[id(target)] = index
-            self._trainable_variables_indices[id(wrapper)] = index
+        wrappers = self._index_trainables(variables, ops)
         if self.use_ema:
             self._model_variables_moving_average = self._model_variables_moving_average + self.add_optimizer_variables(wrappers, "average")
         if self.gradient_accumulation_steps:

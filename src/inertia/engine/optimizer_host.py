@@ -38,6 +38,11 @@ class _Plan:
         self.memory: Optional[host.MemoryPlan] = None
 
 
+def _values_of(variables: Optional[list]) -> Optional[list]:
+    """The arrays the variables hold now (None for a slot list that is not kept)."""
+    return None if variables is None else [v._value for v in variables]
+
+
 def _exclusions(optimizer: Any) -> tuple:
     return (optimizer._exclude_from_weight_decay_ids, optimizer._exclude_from_weight_decay_pattern, optimizer.weight_decay)
 
@@ -85,10 +90,9 @@ def _make_plan(optimizer: Any, targets: list) -> _Plan:
     plan.variables = wrappers + [v for kept in lists if kept is not None for v in kept]
     plan.values = [v._value for v in plan.variables]
     ops, dtype = wrappers[0].backend, wrappers[0].dtype
-    values = lambda variables: None if variables is None else [v._value for v in variables]  # noqa: E731
-    plan.memory = host.plan_memory(ops, dtype, [values(wrappers)] + [values(kept) for kept in lists])
+    plan.memory = host.plan_memory(ops, dtype, [_values_of(wrappers)] + [_values_of(kept) for kept in lists])
     if plan.accumulators is not None:
-        plan.accumulator_memory = host.plan_memory(ops, dtype, [values(plan.accumulators)])
+        plan.accumulator_memory = host.plan_memory(ops, dtype, [_values_of(plan.accumulators)])
     decays = optimizer.weight_decay is not None
     plan.flags = bytes(host.FLAG_DECAY if decays and optimizer._use_weight_decay(w) else 0 for w in wrappers)
     return plan
@@ -117,11 +121,10 @@ def _run(optimizer: Any, description: StepDescription, plan: _Plan, grads: list)
     unscale = optimizer.loss_scale_factor
     steps = optimizer.gradient_accumulation_steps
     iterations = optimizer._iterations
-    values = lambda variables: None if variables is None else [v._value for v in variables]  # noqa: E731
     if steps and (int(iterations.value) + 1) % steps != 0:
         if unscale is not None or plan.accumulator_memory is None:
             return host.DECLINED  # micro-steps then store unscaled gradients: the reference path does
-        answer = host.accumulate(plan.accumulator_memory, values(plan.accumulators), grads)
+        answer = host.accumulate(plan.accumulator_memory, _values_of(plan.accumulators), grads)
         if answer == host.DONE:
             iterations.assign(iterations.value + 1)
         return answer
@@ -129,8 +132,8 @@ def _run(optimizer: Any, description: StepDescription, plan: _Plan, grads: list)
     steps_taken = int(optimizer._steps_taken())
     done = host.run(
         memory, description, groups,
-        weights=values(plan.wrappers), grads=grads, velocities=values(plan.velocities),
-        averages=values(plan.averages), accumulators=values(plan.accumulators) if steps else None,
+        weights=_values_of(plan.wrappers), grads=grads, velocities=_values_of(plan.velocities),
+        averages=_values_of(plan.averages), accumulators=_values_of(plan.accumulators) if steps else None,
         flags=plan.flags, global_clipnorm=global_clipnorm,
         unscale=float(unscale) if unscale is not None else 1.0, accumulation_steps=steps or 1,
         ema_momentum=0.0 if steps_taken == 0 else float(optimizer.ema_momentum),
