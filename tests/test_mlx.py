@@ -844,6 +844,11 @@ BAD_CALLS = {
         ValueError,
         "no entry at ['b'][0]",
     ),
+    "path missing above a nested leaf: the missing key named": (
+        lambda: ({"w": ones(2, 2), "deep": {"inner": [ones(2)]}}, GOOD_PARAMS),
+        ValueError,
+        "no entry at ['deep']",
+    ),
     "integer parameter": (
         lambda: ({"w": ones(2, 2), "b": ones(2)}, {"w": ones(2, 2), "b": ones(2, dtype=np.int64)}),
         TypeError,

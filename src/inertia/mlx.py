@@ -11,7 +11,9 @@ L2 weight decay is added to the gradient, the learning rate stays outside the ve
 from __future__ import annotations
 
 import math
+import operator
 import sys
+from itertools import repeat
 from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
@@ -190,12 +192,15 @@ class SGD:
         ops = backends.of(parameter)
         state["v"] = ops.zeros(ops.shape(parameter), ops.dtype_name(parameter), like=parameter)
 
-    def _complete_state(self, tree: Any, entries: list) -> None:
-        _mirror(tree, self._state)  # lists and tuples below the top stay lists and tuples, as in MLX
-        for path, leaf in entries:
-            node = _lookup(self._state, path)
+    def _complete_state(self, tree: Any, entries: list) -> list:
+        """Each entry's state node (``entries``: (path, leaf) in the tree's order), made where
+        there is none yet."""
+        nodes: list = []
+        _mirror(tree, self._state, nodes)  # lists and tuples below the top stay lists and tuples, as in MLX
+        for (_, leaf), node in zip(entries, nodes):
             if not node:
                 self.init_single(leaf, node)
+        return nodes
 
     # --- update ------------------------------------------------------------------------------
     def apply_single(self, gradient: Any, parameter: Any, state: dict) -> Any:
@@ -237,13 +242,10 @@ class SGD:
         ``parameters`` may hold more than ``gradients`` (frozen parts are left out of the
         result). Everything is checked before the step count or any state changes.
         """
-        grad_entries = list(_leaves(gradients))
-        if not grad_entries:  # nothing to apply: a no-op, the step count included
-            return _rebuild(gradients, (), {})
-        pairs = []
-        for path, gradient in grad_entries:
-            parameter = _lookup(parameters, path)
-            pairs.append((path, gradient, parameter))
+        pairs: list = []
+        _paired_leaves(gradients, parameters, (), pairs)
+        if not pairs:  # nothing to apply: a no-op, the step count included
+            return _rebuild(gradients, iter(()))
         if not _all_plain_numpy_floats(pairs):  # the common case, checked in one pass
             ops = self._backend_of([(p, w) for p, _, w in pairs], "parameters")
             for path, gradient, parameter in pairs:
@@ -251,16 +253,16 @@ class SGD:
         else:
             ops = backends.get("numpy")
         self._adopt_backend(ops)
-        self._complete_state(gradients, grad_entries)
+        states = self._complete_state(gradients, [(path, g) for path, g, _ in pairs])
         for name, scheduler in self._schedulers.items():
             self._state[name] = self._rate_array(scheduler(self.step))
-        updated = self._fast_apply(ops, pairs)
+        updated = self._fast_apply(ops, pairs, states)
         self._state["step"] = self.step + 1
         if updated is None:
-            updated = {path: self.apply_single(g, w, _lookup(self._state, path)) for path, g, w in pairs}
-        return _rebuild(gradients, (), updated)
+            updated = [self.apply_single(g, w, state) for (_, g, w), state in zip(pairs, states)]
+        return _rebuild(gradients, iter(updated))
 
-    def _fast_apply(self, ops: ArrayBackend, pairs: list) -> Optional[dict]:
+    def _fast_apply(self, ops: ArrayBackend, pairs: list, states: list) -> Optional[list]:
         """The step of every leaf in one call of inertia's host kernel, writing new arrays
         (weights and velocities; the given ones are only read, as MLX's arrays are
         immutable); None, having changed nothing, where the kernel does not cover it (the
@@ -269,7 +271,7 @@ class SGD:
         if type(self).apply_single is not SGD.apply_single or not host.enabled() or ops.name not in ("numpy", "torch"):
             return None
         params = _arrays([w for _, _, w in pairs])
-        numpy_arrays = all(map(_is_ndarray, params))
+        numpy_arrays = _all_ndarrays(params)
         if not numpy_arrays and any(getattr(w, "requires_grad", False) for w in params):
             return None  # torch: the reference path's new tensors carry autograd history
         dtype = ops.dtype_name(params[0])
@@ -283,10 +285,9 @@ class SGD:
         momentum = self.momentum > 0
         velocities = None
         if momentum:
-            states = [_lookup(self._state, path) for path, _, _ in pairs]
             velocities = _arrays([state.get("v") for state in states])
             if numpy_arrays:  # the kernel checks each array's dtype and shape itself
-                if not all(map(_is_ndarray, velocities)):
+                if not _all_ndarrays(velocities):
                     return None
             elif any(v is None or not ops.is_array(v) or ops.shape(v) != shape for v, shape in zip(velocities, shapes)):
                 return None
@@ -316,7 +317,7 @@ class SGD:
         if momentum:
             for state, velocity in zip(states, velocities_out):
                 state["v"] = velocity
-        return {path: weight for (path, _, _), weight in zip(pairs, weights_out)}
+        return weights_out
 
     def update(self, model: Any, gradients: Any) -> None:
         """Apply ``gradients`` to ``model`` in place: an ``mlx.nn.Module`` (its own
@@ -370,28 +371,41 @@ def _all_plain_numpy_floats(pairs: list) -> bool:
         return False
     grads = [g for _, g, _ in pairs]
     params = [w for _, _, w in pairs]
-    if not (all(map(_is_ndarray, grads)) and all(map(_is_ndarray, params))):
+    if not (_all_ndarrays(grads) and _all_ndarrays(params)):
         return False
     dtype = params[0].dtype
     if dtype not in _PLAIN_FLOATS:
         return False
     return (
-        all(g.dtype == dtype for g in grads)
-        and all(w.dtype == dtype for w in params)
-        and all(g.shape == w.shape for g, w in zip(grads, params))
+        all(map(dtype.__eq__, map(_DTYPE_OF, grads)))
+        and all(map(dtype.__eq__, map(_DTYPE_OF, params)))
+        and list(map(_SHAPE_OF, grads)) == list(map(_SHAPE_OF, params))
     )
 
 
-def _is_ndarray(value: Any) -> bool:
-    return type(value) is np.ndarray
+def _all_ndarrays(values: list) -> bool:
+    """Whether every value is a NumPy array itself (no subclass), checked in one C-level pass."""
+    return all(map(operator.is_, map(type, values), repeat(np.ndarray)))
 
 
 def _arrays(values: list) -> list:
     """NumPy scalars (the reference path's results for 0-d leaves) as 0-d arrays, for the kernel."""
+    if _all_ndarrays(values):
+        return values
     return [np.asarray(v) if isinstance(v, np.generic) else v for v in values]
 
 
 _PLAIN_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+_BASE_OF = operator.attrgetter("base")
+_DTYPE_OF = operator.attrgetter("dtype")
+_SHAPE_OF = operator.attrgetter("shape")
+_FLAGS_OF = operator.attrgetter("flags")
+
+
+def _writable_contiguous(flags: Any) -> bool:
+    return flags.writeable and flags.c_contiguous
 
 
 def _outputs(ops: ArrayBackend, shapes: list, dtype: str, params: list, spares: Optional[list]) -> list:
@@ -401,8 +415,19 @@ def _outputs(ops: ArrayBackend, shapes: list, dtype: str, params: list, spares: 
     every page in again. Torch tensors are never reused (a view does not count as a holder)."""
     if spares is None or len(spares) != len(shapes):
         return [ops.empty(shape, dtype, like=w) for shape, w in zip(shapes, params)]
-    outputs = []
     target = np.dtype(dtype)
+    if (  # the usual case, checked a list at a time: every spare is free (2: the list's reference and the call's)
+        all(map(operator.is_, map(type, spares), repeat(np.ndarray)))
+        and all(map((2).__eq__, map(sys.getrefcount, spares)))
+        and all(map(operator.is_, map(_BASE_OF, spares), repeat(None)))
+        and all(map(target.__eq__, map(_DTYPE_OF, spares)))
+        and list(map(_SHAPE_OF, spares)) == shapes
+        and all(map(_writable_contiguous, map(_FLAGS_OF, spares)))
+    ):
+        outputs = spares[:]
+        spares[:] = [None] * len(spares)
+        return outputs
+    outputs = []
     for index, (shape, w) in enumerate(zip(shapes, params)):
         spare = spares[index]
         spares[index] = None  # the list's reference: gone, so the count below is the others'
@@ -456,24 +481,27 @@ def _check_gradient(ops: ArrayBackend, path: tuple, gradient: Any, parameter: An
         )
 
 
-def _mirror(tree: Any, state: Any) -> Any:
+def _mirror(tree: Any, state: Any, leaves: list) -> Any:
     """``state`` completed to mirror ``tree``'s containers (``None``: none yet); a leaf's
     state is a dict, ``{}`` until ``init_single`` fills it. A dict state node (the top one)
-    is keyed by list indices where ``tree`` has a list."""
+    is keyed by list indices where ``tree`` has a list. Each leaf's state node is appended to
+    ``leaves``, in the tree's order."""
     if isinstance(tree, (list, tuple)) and not isinstance(state, dict):
         items = list(state) if isinstance(state, (list, tuple)) else []
         for index, value in enumerate(tree):
             if index < len(items):
-                items[index] = _mirror(value, items[index])
+                items[index] = _mirror(value, items[index], leaves)
             else:
-                items.append(_mirror(value, None))
+                items.append(_mirror(value, None, leaves))
         return items if isinstance(tree, list) else _like_tuple(tree, items)
     if isinstance(tree, _LEAF_CONTAINERS):
         state = {} if state is None else state
         for key, value in (tree.items() if isinstance(tree, dict) else enumerate(tree)):
-            state[key] = _mirror(value, state.get(key))
+            state[key] = _mirror(value, state.get(key), leaves)
         return state
-    return {} if state is None else state
+    node = {} if state is None else state
+    leaves.append(node)
+    return node
 
 
 def _like_tuple(tree: tuple, items: list) -> tuple:
@@ -481,26 +509,59 @@ def _like_tuple(tree: tuple, items: list) -> tuple:
     return type(tree)(*items) if hasattr(tree, "_fields") else type(tree)(items)
 
 
-def _lookup(tree: Any, path: tuple) -> Any:
-    node = tree
-    for depth, key in enumerate(path):
-        try:
-            node = node[key]
-        except (KeyError, IndexError, TypeError):
-            raise ValueError(
-                f"Argument `parameters` has no entry at {_describe_path(path[: depth + 1])}, where "
-                "`gradients` has one: the parameters must contain every gradient's path."
-            ) from None
-    return node
+class _Missing:
+    """Where ``parameters`` has no entry on a gradient's path: the path down to the missing key."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: tuple) -> None:
+        self.path = path
 
 
-def _rebuild(tree: Any, path: tuple, leaves: dict) -> Any:
+def _child(node: Any, key: Any, path: tuple) -> Any:
+    if type(node) is _Missing:
+        return node
+    try:
+        return node[key]
+    except (KeyError, IndexError, TypeError):
+        return _Missing(path)
+
+
+def _paired_leaves(gradients: Any, parameters: Any, path: tuple, pairs: list) -> None:
+    """Append (path, gradient, parameter) for each leaf of ``gradients``, in the tree's order,
+    the parameter found along the same path in ``parameters`` (which may hold more)."""
+    if isinstance(gradients, dict):
+        for key, value in gradients.items():
+            inner = path + (key,)
+            parameter = _child(parameters, key, inner)
+            if isinstance(value, _LEAF_CONTAINERS) or type(parameter) is _Missing:
+                _paired_leaves(value, parameter, inner, pairs)
+            else:  # a leaf: appended here, saving a call per leaf of the usual dict of arrays
+                pairs.append((inner, value, parameter))
+    elif isinstance(gradients, (list, tuple)):
+        for index, value in enumerate(gradients):
+            inner = path + (index,)
+            _paired_leaves(value, _child(parameters, index, inner), inner, pairs)
+    elif type(parameters) is _Missing:
+        raise ValueError(
+            f"Argument `parameters` has no entry at {_describe_path(parameters.path)}, where "
+            "`gradients` has one: the parameters must contain every gradient's path."
+        )
+    else:
+        pairs.append((path, gradients, parameters))
+
+
+def _rebuild(tree: Any, leaves: Iterator) -> Any:
+    """``tree``'s containers with its leaves replaced, in order, by those of ``leaves``."""
     if isinstance(tree, dict):
-        return {key: _rebuild(value, path + (key,), leaves) for key, value in tree.items()}
+        return {
+            key: _rebuild(value, leaves) if isinstance(value, _LEAF_CONTAINERS) else next(leaves)
+            for key, value in tree.items()
+        }
     if isinstance(tree, (list, tuple)):
-        items = [_rebuild(value, path + (index,), leaves) for index, value in enumerate(tree)]
+        items = [_rebuild(value, leaves) for value in tree]
         return items if isinstance(tree, list) else _like_tuple(tree, items)
-    return leaves[path]
+    return next(leaves)
 
 
 def _merge_into(target: Any, updates: Any) -> None:

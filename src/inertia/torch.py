@@ -18,7 +18,7 @@ import contextlib
 import math
 import numbers
 import operator
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
@@ -418,7 +418,7 @@ class SGD(torch.optim.Optimizer):
 
     def _memory_plan(self, lists: list) -> Optional[host.MemoryPlan]:
         """The kernel's plan for these tensor lists: the last one while they are the same objects."""
-        objects = [t for tensors in lists if tensors is not None for t in tensors]
+        objects = list(chain.from_iterable(tensors for tensors in lists if tensors is not None))
         key = tuple(tensors is not None for tensors in lists)  # micro-steps and updates plan apart
         plans = getattr(self, "_fast_plans", None)
         if plans is None:

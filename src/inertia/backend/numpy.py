@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+from itertools import repeat
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -14,10 +16,6 @@ except ImportError:  # pragma: no cover - exercised only without ml_dtypes
     _ml_dtypes = None
 
 _EXTRA_FLOATS = ("bfloat16",)
-
-
-def _is_ndarray(value: Any) -> bool:
-    return type(value) is np.ndarray
 
 
 def _np_dtype(dtype: str) -> np.dtype:
@@ -116,7 +114,7 @@ class NumpyBackend(ArrayBackend):
     def kernel_operands(self, arrays: Sequence[Any], dtype: str, shapes: Sequence[tuple], writable: bool) -> list | None:
         # NumPy's own arrays only (subclasses and other libraries' buffers take the reference
         # path): the kernel reads each one's pointer, flags, dtype and shape itself.
-        return list(arrays) if all(map(_is_ndarray, arrays)) else None
+        return list(arrays) if all(map(operator.is_, map(type, arrays), repeat(np.ndarray))) else None
 
     def value_and_grad(
         self, function: Callable[[list[Array]], Array], values: list[Array]

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from itertools import chain
 from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
@@ -186,7 +187,7 @@ def run(
     )
     if done == DONE:
         written = (weights_out or weights, velocities_out or velocities, averages, accumulators)
-        ops.kernel_wrote([a for arrays in written if arrays is not None for a in arrays])
+        ops.kernel_wrote(list(chain.from_iterable(arrays for arrays in written if arrays is not None)))
     return done
 
 

@@ -24,6 +24,7 @@ __all__ = ["apply"]
 
 _CONSTRAINT_OF = operator.attrgetter("constraint")
 _OVERWRITES_OF = operator.attrgetter("overwrite_with_gradient")
+_VALUE_OF = operator.attrgetter("_value")
 
 
 class _Plan:
@@ -40,7 +41,7 @@ class _Plan:
 
 def _values_of(variables: Optional[list]) -> Optional[list]:
     """The arrays the variables hold now (None for a slot list that is not kept)."""
-    return None if variables is None else [v._value for v in variables]
+    return None if variables is None else list(map(_VALUE_OF, variables))
 
 
 def _exclusions(optimizer: Any) -> tuple:
@@ -88,7 +89,7 @@ def _make_plan(optimizer: Any, targets: list) -> _Plan:
     plan.wrappers = wrappers
     plan.velocities, plan.averages, plan.accumulators = lists
     plan.variables = wrappers + [v for kept in lists if kept is not None for v in kept]
-    plan.values = [v._value for v in plan.variables]
+    plan.values = _values_of(plan.variables)
     ops, dtype = wrappers[0].backend, wrappers[0].dtype
     plan.memory = host.plan_memory(ops, dtype, [_values_of(wrappers)] + [_values_of(kept) for kept in lists])
     if plan.accumulators is not None:
@@ -104,7 +105,7 @@ def _current_plan(optimizer: Any, targets: list) -> Optional[_Plan]:
         plan is None
         or not (len(plan.targets) == len(targets) and all(map(operator.is_, plan.targets, targets)))
         or plan.exclusions != _exclusions(optimizer)
-        or (plan.memory is not None and not all(map(operator.is_, (v._value for v in plan.variables), plan.values)))
+        or (plan.memory is not None and not all(map(operator.is_, map(_VALUE_OF, plan.variables), plan.values)))
     ):
         plan = optimizer._fused_plan = _make_plan(optimizer, targets)  # new variables, or an array was replaced
     if plan.memory is None:
