@@ -341,19 +341,22 @@ def _torch_nesterov_writing_gradients(steps: int) -> list:
 
 
 # inertia's other faces, each against the rule of the API it copies, written out (float64).
-def _torch_optim_sgd(config: str, steps: int) -> list:
+def _torch_optim_sgd(config: str, steps: int, joint_clip: bool = False) -> list:
     """torch.optim.SGD's own steps, in float64: the rule of inertia.torch.SGD. With everything
-    on: torch's L2 weight decay, each gradient first clipped to norm 1 (the EMA moves no weight)."""
+    on: torch's L2 weight decay, each gradient first clipped to norm 1, or all of them to a
+    joint norm of 1 (``joint_clip``: the flat buffer's norm); the EMA moves no weight."""
     import torch
 
     weights, grads = bench._data(AGREEMENT_SHAPES)
     options = {"lr": 0.01, "momentum": 0.9, "nesterov": config == "nesterov", "weight_decay": 1e-4 if config == "everything" else 0.0}
     params = [torch.tensor(w, dtype=torch.float64, requires_grad=True) for w in weights]
     optimizer = torch.optim.SGD(params, foreach=False, **options)
+    joint = float(np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads)))
     for _ in range(steps):
         for p, g in zip(params, grads):
             g = torch.tensor(g, dtype=torch.float64)
-            p.grad = g * min(1.0, 1.0 / float(g.norm())) if config == "everything" else g
+            norm = joint if joint_clip else float(g.norm())
+            p.grad = g * min(1.0, 1.0 / norm) if config == "everything" else g
         optimizer.step()
     return [p.detach().numpy() for p in params]
 
@@ -388,7 +391,12 @@ def _mlx_heavy_ball(config: str, steps: int) -> list:
     return out
 
 
-FACE_REFERENCES = {"inertia-torch-face": _torch_optim_sgd, "inertia-legacy": _keras_form, "inertia-mlx-face": _mlx_heavy_ball}
+FACE_REFERENCES = {
+    "inertia-torch-face": _torch_optim_sgd,
+    "inertia-torch-flat": lambda config, steps: _torch_optim_sgd(config, steps, joint_clip=True),
+    "inertia-legacy": _keras_form,
+    "inertia-mlx-face": _mlx_heavy_ball,
+}
 
 
 def _assert_same_displacement(name: str, config: str, got: list, steps: int) -> None:

@@ -11,8 +11,9 @@ import pytest
 SOURCE = Path(__file__).resolve().parent.parent / "src" / "inertia"
 FACES = {"inertia.sgd", "inertia.legacy", "inertia.mlx", "inertia.torch", "inertia.loss_scale"}
 FRAMEWORKS = {"torch", "jax", "jaxlib", "tensorflow", "mlx", "keras", "tf_keras"}
-# Modules allowed to import a framework at module level: its backend and the torch face.
-FRAMEWORK_MODULES = {"inertia.backend.torch", "inertia.backend.jax", "inertia.backend.mlx", "inertia.torch"}
+# Modules allowed to import a framework at module level: its backend, and the torch face and
+# its flat buffers (both imported only by users of torch).
+FRAMEWORK_MODULES = {"inertia.backend.torch", "inertia.backend.jax", "inertia.backend.mlx", "inertia.torch", "inertia.torch_flat"}
 
 
 def _module_name(path: Path) -> str:

@@ -370,7 +370,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "fused-replaced-array-not-rechecked",
         "src/inertia/engine/optimizer_host.py",
-        "        or (plan.memory is not None and not all(map(operator.is_, (v._value for v in plan.variables), plan.values)))\n",
+        "        or (plan.memory is not None and not all(map(operator.is_, map(_VALUE_OF, plan.variables), plan.values)))\n",
         "",
         "after a variable's or slot's array is replaced (set_weights, load_own_variables, assign "
         "of another array), the kernel keeps writing into the old array",
@@ -776,6 +776,42 @@ MUTANTS: list[Mutant] = [
         "the MLX face's big float32 outputs lose the last elements of a block that is not a whole "
         "number of vectors (left uninitialised)",
         ("tests/test_fast_paths.py",),
+    ),
+    # --- torch_flat.py ---------------------------------------------------------------------------
+    Mutant(
+        "flat-stray-gradient-dropped",
+        "src/inertia/torch_flat.py",
+        "fresh.copy_(grad.detach().clone())",
+        "pass",
+        "a gradient put outside the buffer (model.zero_grad() then backward, an assigned .grad) "
+        "is never copied in: the step applies the buffer's stale values",
+        ("tests/test_torch_flat.py",),
+    ),
+    Mutant(
+        "flat-moved-parameter-unchecked",
+        "src/inertia/torch_flat.py",
+        "        if self._holds(self.members, self.addresses):\n            return\n",
+        "        return\n",
+        "after model.to(), model.half() or p.data = ..., the optimizer keeps stepping the buffer the "
+        "model no longer reads: training silently stops",
+        ("tests/test_torch_flat.py",),
+    ),
+    Mutant(
+        "flat-gradient-view-trusted",
+        "src/inertia/torch_flat.py",
+        " and self._holds(self.views, self.view_addresses, ours=True)",
+        "",
+        "a gradient view transposed or resized in place is applied in memory order, not as torch "
+        "applies it",
+        ("tests/test_torch_flat.py",),
+    ),
+    Mutant(
+        "flat-zero-grad-keeps-values",
+        "src/inertia/torch_flat.py",
+        "        if zero:\n            self.grad.zero_()\n",
+        "",
+        "zero_grad leaves the gradient buffer as it was: the next backward adds to the old gradients",
+        ("tests/test_torch_flat.py",),
     ),
     # --- loss_scale.py -------------------------------------------------------------------------
     Mutant(

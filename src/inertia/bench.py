@@ -15,7 +15,10 @@ Contenders: inertia's Keras face (``inertia.SGD``'s ``apply``) on each backend
 peers: ``inertia-torch-face`` (``inertia.torch.SGD``'s ``step()`` on CPU torch parameters
 with ``.grad`` set; with everything on, torch's L2 weight decay as the torch peers, clipnorm
 and its EMA), ``inertia-legacy`` (``inertia.legacy.SGD``'s ``apply_gradients`` on
-``inertia.Variable``s of NumPy arrays) and ``inertia-mlx-face`` (``inertia.mlx.SGD``'s
+``inertia.Variable``s of NumPy arrays), ``inertia-torch-flat`` (the torch face stepping the
+same parameters placed in one buffer by ``inertia.torch.FlatParameters``; with everything
+on, its clipnorm is the buffer's, so it takes ``global_clipnorm`` as the torch peers'
+``clip_grad_norm_``) and ``inertia-mlx-face`` (``inertia.mlx.SGD``'s
 ``apply_gradients`` on a dict of NumPy arrays, the returned tree kept for the next step); and
 the peers: torch.optim.SGD (``torch-foreach``, ``torch-fused``, ``torch-compile``), optax.sgd,
 Keras 3 SGD (``keras-torch``, ``keras-jax``) and mlx.optimizers.SGD (``mlx``). A contender
@@ -58,7 +61,8 @@ __all__ = ["WORKLOADS", "CONFIGS", "run", "markdown", "resnet50_shapes"]
 LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, CLIPNORM, EMA_MOMENTUM = 0.01, 0.9, 1e-4, 1.0, 0.99
 CONFIGS = ("plain", "nesterov", "everything")
 ALL_CONTENDERS = (
-    "inertia-numpy", "inertia-torch", "inertia-jax", "inertia-torch-face", "inertia-legacy", "inertia-mlx-face",
+    "inertia-numpy", "inertia-torch", "inertia-jax", "inertia-torch-face", "inertia-torch-flat", "inertia-legacy",
+    "inertia-mlx-face",
     "torch-foreach", "torch-fused", "torch-compile", "optax", "keras-torch", "keras-jax", "mlx",
 )
 DEFAULT_CONTENDERS = ALL_CONTENDERS
@@ -161,21 +165,23 @@ def _check_supported(name: str, config: str) -> None:
         raise ValueError(f"{name} does not run {config!r}: {reason}")
 
 
-def _make_torch_face(shapes: list, config: str) -> tuple:
+def _make_torch_face(shapes: list, config: str, flat: bool = False) -> tuple:
     """``inertia.torch.SGD``, the torch.optim.Optimizer drop-in: ``step()`` on parameters
-    whose ``.grad`` is set, with torch's L2 weight decay as the torch peers."""
+    whose ``.grad`` is set, with torch's L2 weight decay as the torch peers; ``flat``: the
+    parameters and gradients placed in one buffer first (``inertia.torch.FlatParameters``)."""
     import torch
 
     import inertia.torch
 
     weights, grads = _data(shapes)
-    params = [torch.from_numpy(w).requires_grad_() for w in weights]
+    params = [torch.nn.Parameter(torch.from_numpy(w)) for w in weights]
     for p, g in zip(params, grads):
         p.grad = torch.from_numpy(g)
     options: dict[str, Any] = dict(lr=LEARNING_RATE, momentum=MOMENTUM, nesterov=config == "nesterov")
     if config == "everything":
-        options.update(weight_decay=WEIGHT_DECAY, clipnorm=CLIPNORM, use_ema=True, ema_momentum=EMA_MOMENTUM)
-    optimizer = inertia.torch.SGD(params, **options)
+        clip = {"global_clipnorm": CLIPNORM} if flat else {"clipnorm": CLIPNORM}
+        options.update(weight_decay=WEIGHT_DECAY, use_ema=True, ema_momentum=EMA_MOMENTUM, **clip)
+    optimizer = inertia.torch.SGD(inertia.torch.FlatParameters(params) if flat else params, **options)
     return optimizer.step, lambda: None, lambda: [p.detach().numpy().copy() for p in params]
 
 
@@ -336,6 +342,7 @@ FACTORIES: dict[str, Callable[[list, str], tuple]] = {
     "inertia-torch": lambda s, c: _make_inertia("torch", s, c),
     "inertia-jax": lambda s, c: _make_inertia("jax", s, c),
     "inertia-torch-face": _make_torch_face,
+    "inertia-torch-flat": lambda s, c: _make_torch_face(s, c, flat=True),
     "inertia-legacy": _make_legacy,
     "inertia-mlx-face": _make_mlx_face,
     "torch-foreach": lambda s, c: _make_torch("foreach", s, c),
@@ -596,7 +603,7 @@ def run(
 
 
 def _available(name: str) -> bool:
-    module = {"inertia-torch": "torch", "inertia-jax": "jax", "inertia-torch-face": "torch",
+    module = {"inertia-torch": "torch", "inertia-jax": "jax", "inertia-torch-face": "torch", "inertia-torch-flat": "torch",
               "torch-foreach": "torch", "torch-fused": "torch",
               "torch-compile": "torch", "optax": "optax", "keras-torch": "keras", "keras-jax": "keras",
               "mlx": "mlx.optimizers"}.get(name)

@@ -30,8 +30,9 @@ from inertia.engine import host
 from inertia.engine.step import MODE_NONE, GroupSettings
 from inertia.engine.step import TORCH as TORCH_STEP
 from inertia.rule import sgd_update
+from inertia.torch_flat import FlatParameters
 
-__all__ = ["SGD"]
+__all__ = ["SGD", "FlatParameters"]
 
 _GROUP_EXTRAS = {"clipnorm": None, "clipvalue": None}
 _GRAD = operator.attrgetter("grad")
@@ -106,7 +107,9 @@ class SGD(torch.optim.Optimizer):
     Parameters whose ``.grad`` is None are skipped, as in torch.
 
     Args:
-        params: parameters, ``(name, parameter)`` pairs, or param-group dicts.
+        params: parameters, ``(name, parameter)`` pairs, or param-group dicts; or a
+            :class:`FlatParameters`, whose flat buffers are then stepped (one tensor per
+            buffer, for models of many small tensors; see its trade-offs).
         lr, momentum, dampening, weight_decay, nesterov, maximize: as torch.optim.SGD
             (also per param group).
         foreach / fused: None (the default), True: float32 / float64 CPU steps run in one call
@@ -197,7 +200,8 @@ class SGD(torch.optim.Optimizer):
         self._micro_steps = 0
         self._updates = 0
         self._ema_swapped = False
-        super().__init__(params, defaults)
+        self._flat: Optional[FlatParameters] = params if isinstance(params, FlatParameters) else None
+        super().__init__(params.param_groups() if self._flat is not None else params, defaults)
 
     # --- groups and state ------------------------------------------------------------------
     def add_param_group(self, param_group: dict) -> None:
@@ -216,6 +220,7 @@ class SGD(torch.optim.Optimizer):
         self.__dict__.setdefault("_micro_steps", 0)
         self.__dict__.setdefault("_updates", 0)
         self.__dict__.setdefault("_ema_swapped", False)
+        self.__dict__.setdefault("_flat", None)
         for group in self.param_groups:  # groups saved by torch.optim.SGD lack inertia's keys
             for key, value in {"nesterov": False, "maximize": False, "foreach": None, "differentiable": False, "fused": False}.items():
                 group.setdefault(key, value)
@@ -224,7 +229,7 @@ class SGD(torch.optim.Optimizer):
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
-        for key in _OPTIMIZER_WIDE + ("_micro_steps", "_updates", "_ema_swapped"):
+        for key in _OPTIMIZER_WIDE + ("_micro_steps", "_updates", "_ema_swapped", "_flat"):
             state[key] = getattr(self, key)
         return state
 
@@ -254,6 +259,26 @@ class SGD(torch.optim.Optimizer):
         super().load_state_dict(torch_part)
         self._micro_steps, self._updates = int(counters["micro_steps"]), int(counters["updates"])
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """As torch.optim's ``zero_grad``; the gradients of :class:`FlatParameters` buffers
+        are zeroed in place instead (the model's gradients are views of them)."""
+        if self._flat is None:
+            super().zero_grad(set_to_none)
+            return
+        self._flat.zero_grad()
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None or self._flat.owns(param):
+                    continue
+                if set_to_none:
+                    param.grad = None
+                else:
+                    if param.grad.grad_fn is not None:
+                        param.grad.detach_()
+                    else:
+                        param.grad.requires_grad_(False)
+                    param.grad.zero_()
+
     # --- the step ---------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
@@ -267,6 +292,8 @@ class SGD(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._flat is not None:
+            self._flat.sync()  # raises, changing nothing, if a model parameter left its buffer
         steps = self.gradient_accumulation_steps
         updating = not steps or (self._micro_steps + 1) % steps == 0
         if self._fast_step(updating):
