@@ -366,10 +366,8 @@ class SGD(torch.optim.Optimizer):
         with_momentum = {settings[i].mode != MODE_NONE for i in set(group_of)}
         if len(with_momentum) != 1:
             return False  # groups with and without momentum: the reference path
-        flags = bytearray(len(params))
-        for position, index in enumerate(group_of):
-            if settings[index].weight_decay != 0:
-                flags[position] = host.FLAG_DECAY
+        decays = bytes(host.FLAG_DECAY if group.weight_decay != 0 else 0 for group in settings)
+        flags = bytearray(map(decays.__getitem__, group_of))
         # A fresh buffer takes the gradient where the step says so (torch); else it starts at zero.
         starts_with_gradient = TORCH_STEP.buffer_starts_with_gradient
         buffers = (
