@@ -218,3 +218,151 @@ def test_the_callers_gradients_are_left_as_they_were(torch, steps_taken):
         optimizer.apply([gradient], [w])
         assert torch.equal(gradient, torch.tensor([1.0, 2.0]))
     assert steps_taken[0] >= 2  # the later steps took the path
+
+
+# --- inertia.torch.SGD (the heavy-ball step) on the multi-tensor path ------------------------
+TORCH_FACE_GROUPS = {  # three param groups each, so every run mixes groups
+    "plain": [dict(), dict(lr=0.2), dict(lr=0.05)],
+    "momentum, dampening": [dict(momentum=0.9, dampening=0.5), dict(momentum=0.5), dict()],
+    "nesterov, decay": [dict(momentum=0.9, nesterov=True, weight_decay=0.1), dict(momentum=0.8, weight_decay=0.01), dict()],
+    "maximize": [dict(momentum=0.9, maximize=True, weight_decay=0.05), dict(maximize=True), dict(momentum=0.7)],
+    "clipnorm, clipvalue": [dict(momentum=0.9, clipnorm=0.5), dict(momentum=0.9, clipvalue=0.2), dict(momentum=0.9)],
+}
+TORCH_FACE_WIDE = {  # optimizer-wide extras, over the "nesterov, decay" groups
+    "global_clipnorm": dict(global_clipnorm=1.0),
+    "ema": dict(use_ema=True, ema_momentum=0.8, ema_overwrite_frequency=3),
+}
+
+
+@pytest.fixture
+def heavy_ball_steps(monkeypatch, torch):
+    """Forces the path on CPU tensors, keeps the fused kernel out, counts the torch face's
+    group steps on it."""
+    monkeypatch.setattr(multi_tensor, "_ON_CPU_TOO", True)
+    monkeypatch.setattr(kernels, "_tried", True)
+    monkeypatch.setattr(kernels, "_loaded", None)
+    count = [0]
+    original = multi_tensor.heavy_ball_group
+
+    def counted(*args):
+        count[0] += 1
+        return original(*args)
+
+    monkeypatch.setattr(multi_tensor, "heavy_ball_group", counted)
+    return count
+
+
+def _torch_face_run(torch, groups: list, wide: dict, dtype: str, foreach, missing: bool = False) -> list:
+    """Parameters and state after each step of ``inertia.torch.SGD`` over three groups."""
+    from inertia.torch import SGD
+
+    weights, grads = _data(dtype)
+    params = [torch.nn.Parameter(torch.tensor(w)) for w in weights]
+    spans = [params[:2], params[2:4], params[4:]]
+    optimizer = SGD([{"params": span, **settings} for span, settings in zip(spans, groups)], lr=0.1,
+                    foreach=foreach, **wide)
+    history = []
+    for number, step in enumerate(grads):
+        for k, (p, g) in enumerate(zip(params, step)):
+            p.grad = None if missing and k == (number % len(params)) else torch.tensor(g)
+        optimizer.step()
+        state = [t for p in params for t in optimizer.state[p].values()] if optimizer.state else []
+        history.append([p.detach().numpy().copy() for p in params] + [t.numpy().copy() for t in state])
+    return history
+
+
+# the optimizer-wide extras run over the "nesterov, decay" groups
+TORCH_FACE_RUNS = [(case, None) for case in TORCH_FACE_GROUPS] + [("nesterov, decay", wide) for wide in TORCH_FACE_WIDE]
+
+
+@pytest.mark.parametrize("missing", [False, True], ids=["every gradient", "one missing each step"])
+@pytest.mark.parametrize("case, wide", TORCH_FACE_RUNS, ids=[f"{c}+{w}" if w else c for c, w in TORCH_FACE_RUNS])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_torch_face_multi_tensor_path_equals_its_reference_path(torch, heavy_ball_steps, case, wide, dtype, missing):
+    groups, extras = TORCH_FACE_GROUPS[case], TORCH_FACE_WIDE.get(wide, {})
+    fast = _torch_face_run(torch, groups, extras, dtype, foreach=None, missing=missing)
+    assert heavy_ball_steps[0] >= STEPS  # a call per group with gradients, every step
+    taken = heavy_ball_steps[0]
+    reference = _torch_face_run(torch, groups, extras, dtype, foreach=False, missing=missing)
+    assert heavy_ball_steps[0] == taken  # foreach=False: the per-parameter reference path
+    norm = wide == "global_clipnorm" or case == "clipnorm, clipvalue"
+    _compare(fast, reference, NORM_TOLERANCES[dtype] if norm else None)
+
+
+def test_torch_face_multi_tensor_path_equals_torch_foreach(torch, heavy_ball_steps):
+    """torch.optim.SGD(foreach=True) itself, on the same groups: the same numbers."""
+    for case in ("plain", "momentum, dampening", "nesterov, decay", "maximize"):
+        groups = TORCH_FACE_GROUPS[case]
+        fast = _torch_face_run(torch, groups, {}, "float32", foreach=None)
+        weights, grads = _data("float32")
+        params = [torch.nn.Parameter(torch.tensor(w)) for w in weights]
+        spans = [params[:2], params[2:4], params[4:]]
+        optimizer = torch.optim.SGD([{"params": s, **g} for s, g in zip(spans, groups)], lr=0.1, foreach=True)
+        for number, step in enumerate(grads):
+            for p, g in zip(params, step):
+                p.grad = torch.tensor(g)
+            optimizer.step()
+            for p, got in zip(params, fast[number]):
+                assert np.array_equal(p.detach().numpy(), got), (case, number)
+
+
+def test_torch_face_multi_tensor_path_leaves_gradients_alone_and_bumps_versions(torch, heavy_ball_steps):
+    from inertia.torch import SGD
+
+    w = torch.nn.Parameter(torch.ones(4))
+    g = torch.full((4,), 0.5)
+    optimizer = SGD([w], lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1, maximize=True, clipnorm=0.3)
+    w.grad = g
+    version = w._version
+    optimizer.step()
+    optimizer.step()
+    assert heavy_ball_steps[0] == 2
+    assert torch.equal(g, torch.full((4,), 0.5)) and w.grad is g
+    assert w._version > version
+    assert optimizer.state[w]["momentum_buffer"].data_ptr() != g.data_ptr()
+
+
+@pytest.mark.parametrize("problem", ["accumulation", "foreach=False", "mixed dtypes", "sparse gradient"])
+def test_torch_face_steps_the_multi_tensor_path_does_not_cover(torch, heavy_ball_steps, problem):
+    from inertia.torch import SGD
+
+    params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2, dtype=torch.float64))]
+    if problem != "mixed dtypes":
+        params[1] = torch.nn.Parameter(torch.ones(2))
+    options = dict(lr=0.1, momentum=0.9)
+    if problem == "accumulation":
+        options["gradient_accumulation_steps"] = 2
+    if problem == "foreach=False":
+        options["foreach"] = False
+    optimizer = SGD(params, **options)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    if problem == "sparse gradient":
+        params[0].grad = torch.ones(3).to_sparse()
+        with pytest.raises(ValueError, match="sparse"):
+            optimizer.step()
+    else:
+        optimizer.step()
+        optimizer.step()
+    assert heavy_ball_steps[0] == 0
+
+
+def test_torch_face_on_cuda_equals_the_cpu_reference(torch):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from inertia.torch import SGD
+
+    for dtype in ("float32", "float64"):
+        weights, grads = _data(dtype, seed=5)
+        results = []
+        for device, foreach in (("cuda", None), ("cpu", False)):
+            params = [torch.nn.Parameter(torch.tensor(w, device=device)) for w in weights]
+            optimizer = SGD([{"params": params[:3], "weight_decay": 0.1, "clipnorm": 0.5}, {"params": params[3:]}],
+                            lr=0.1, momentum=0.9, nesterov=True, foreach=foreach, use_ema=True, ema_momentum=0.8)
+            for step in grads:
+                for p, g in zip(params, step):
+                    p.grad = torch.tensor(g, device=device)
+                optimizer.step()
+            results.append([p.detach().cpu().numpy() for p in params])
+        for a, b in zip(*results):
+            np.testing.assert_allclose(a, b, **NORM_TOLERANCES[dtype])

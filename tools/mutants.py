@@ -813,6 +813,24 @@ MUTANTS: list[Mutant] = [
         "zero_grad leaves the gradient buffer as it was: the next backward adds to the old gradients",
         ("tests/test_torch_flat.py",),
     ),
+    # --- multi_tensor.py: the torch face's heavy-ball step -----------------------------------------
+    Mutant(
+        "multi-tensor-buffer-aliases-gradient",
+        "src/inertia/multi_tensor.py",
+        "buffers[k] = torch.clone(grads[k]).detach()",
+        "buffers[k] = grads[k]",
+        "on CUDA the torch face's first momentum buffer is the user's .grad itself: the next step "
+        "scales the gradient tensor in place",
+        ("tests/test_multi_tensor.py",),
+    ),
+    Mutant(
+        "multi-tensor-dampening-ignored",
+        "src/inertia/multi_tensor.py",
+        "alpha=1 - settings.dampening",
+        "alpha=1",
+        "on CUDA the torch face ignores dampening",
+        ("tests/test_multi_tensor.py",),
+    ),
     # --- loss_scale.py -------------------------------------------------------------------------
     Mutant(
         "loss-scale-growth-off-by-one",

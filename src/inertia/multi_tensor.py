@@ -1,4 +1,7 @@
-"""The multi-tensor fast path of ``inertia.SGD`` for torch tensors off the CPU (CUDA).
+"""The multi-tensor fast paths for torch tensors off the CPU (CUDA): ``inertia.SGD``'s Keras
+step (:func:`multi_tensor_apply`) and the heavy-ball step of ``inertia.torch.SGD``
+(:func:`heavy_ball_group`, :func:`clip_lists`, :func:`ema_lists`), as torch.optim.SGD's own
+``foreach`` implementation phrases it.
 
 The reference path launches about ten small kernels per tensor and step; this one runs the
 whole Keras step as a few torch ``_foreach_*`` calls, each a handful of launches for every
@@ -36,9 +39,9 @@ import numpy as np
 
 from inertia.engine import host
 from inertia.engine.optimizer_host import stock_targets
-from inertia.engine.step import KERAS
+from inertia.engine.step import KERAS, GroupSettings
 
-__all__ = ["multi_tensor_apply"]
+__all__ = ["multi_tensor_apply", "heavy_ball_group", "clip_lists", "ema_lists"]
 
 # Tests set this to run the path on CPU tensors (where the fused kernel is the fast path).
 _ON_CPU_TOO = False
@@ -146,21 +149,107 @@ def _step(optimizer: Any, torch: Any, wrappers: list, indices: list, grads: list
 
 def _clip(optimizer: Any, torch: Any, grads: list, own: bool, rounded: Any) -> tuple[list, bool]:
     """Keras' clipping (the first of clipnorm, global_clipnorm, clipvalue that is > 0)."""
-    if optimizer.clipnorm and optimizer.clipnorm > 0:  # (g * c) / max(|g|, c)
-        c = float(rounded(optimizer.clipnorm))
-        denominators = torch._foreach_clamp_min(torch._foreach_norm(grads), c)
-        grads = torch._foreach_mul(grads, c)
-        torch._foreach_div_(grads, denominators)
-        return grads, True
-    if optimizer.global_clipnorm and optimizer.global_clipnorm > 0:  # g * (c * min(1/|G|, 1/c) + (|G| - |G|))
-        norms = torch._foreach_norm(grads)
-        norm = torch.sqrt(torch.stack(norms).square().sum())
-        c, inverse_c = float(rounded(optimizer.global_clipnorm)), float(rounded(1.0 / optimizer.global_clipnorm))
-        scale = torch.clamp_max(1 / norm, inverse_c) * c + (norm - norm)
-        return torch._foreach_mul(grads, scale), True
+    in_dtype = lambda value: float(rounded(value))  # noqa: E731
+    if optimizer.clipnorm and optimizer.clipnorm > 0:
+        return _norm_clip(torch, grads, optimizer.clipnorm, in_dtype), True
+    if optimizer.global_clipnorm and optimizer.global_clipnorm > 0:
+        return _global_clip(torch, grads, optimizer.global_clipnorm, in_dtype), True
     if optimizer.clipvalue and optimizer.clipvalue > 0:
-        v = float(rounded(optimizer.clipvalue))
-        grads = torch._foreach_clamp_min(grads, -v)
-        torch._foreach_clamp_max_(grads, v)
-        return grads, True
+        return _value_clip(torch, grads, optimizer.clipvalue, in_dtype), True
     return grads, own
+
+
+# --- the heavy-ball step (inertia.torch.SGD), as torch.optim.SGD(foreach=True) runs it ---------
+def heavy_ball_group(torch: Any, settings: GroupSettings, params: list, grads: list, buffers: list, own: bool) -> list:
+    """One param group's step with ``_foreach_*`` calls, in the reference path's order of
+    operations (``inertia.rule.sgd_update`` in the heavy-ball form, each ``y + a*x`` a
+    ``torch.add(alpha=)``): maximize, L2 decay, the buffer (the gradient on a fresh one),
+    Nesterov, the weights. ``buffers``: the group's momentum buffers, None where a param has
+    none yet (ignored without momentum); ``own``: ``grads`` are this step's temporaries (then
+    written in place). Returns the buffers, fresh ones made (``clone`` of the gradient, as
+    torch makes them)."""
+    if settings.maximize:
+        grads, own = torch._foreach_neg(grads), True
+    if settings.weight_decay != 0:
+        if own:
+            torch._foreach_add_(grads, params, alpha=settings.weight_decay)
+        else:
+            grads, own = torch._foreach_add(grads, params, alpha=settings.weight_decay), True
+    if settings.momentum == 0:
+        torch._foreach_add_(params, grads, alpha=-settings.learning_rate)
+        return buffers
+    kept = [k for k, buffer in enumerate(buffers) if buffer is not None]
+    buffers = list(buffers)
+    if kept:
+        held = [buffers[k] for k in kept]
+        torch._foreach_mul_(held, settings.momentum)
+        torch._foreach_add_(held, [grads[k] for k in kept], alpha=1 - settings.dampening)
+    for k, buffer in enumerate(buffers):
+        if buffer is None:
+            buffers[k] = torch.clone(grads[k]).detach()
+    if settings.nesterov:
+        if own:
+            torch._foreach_add_(grads, buffers, alpha=settings.momentum)
+            direction = grads
+        else:
+            direction = torch._foreach_add(grads, buffers, alpha=settings.momentum)
+    else:
+        direction = buffers
+    torch._foreach_add_(params, direction, alpha=-settings.learning_rate)
+    return buffers
+
+
+def clip_lists(torch: Any, grads: list, clipnorm: Optional[float], clipvalue: Optional[float],
+               global_clipnorm: Optional[float]) -> tuple[list, bool]:
+    """The torch face's clipping (one of a group's clipnorm / clipvalue, or the optimizer's
+    global_clipnorm), as :mod:`inertia.pipeline` forms it, with the norms summed by torch.
+    Returns (gradients, whether they are new tensors)."""
+    if not grads:
+        return grads, False
+    rounded = _rounding(torch, grads[0].dtype)
+    if global_clipnorm is not None:
+        return _global_clip(torch, grads, global_clipnorm, rounded), True
+    if clipnorm is not None:
+        return _norm_clip(torch, grads, clipnorm, rounded), True
+    if clipvalue is not None:
+        return _value_clip(torch, grads, clipvalue, rounded), True
+    return grads, False
+
+
+def ema_lists(torch: Any, averages: list, params: list, ema_momentum: float) -> None:
+    """``avg = m*avg + (1-m)*w`` in place, with ``m`` and ``1 - m`` formed in the dtype (as
+    :func:`inertia.pipeline.ema_update` forms them)."""
+    if not averages:
+        return
+    m = torch.tensor(ema_momentum, dtype=averages[0].dtype)
+    kept = torch._foreach_mul(averages, float(m))
+    torch._foreach_add_(kept, torch._foreach_mul(params, float(1 - m)))
+    torch._foreach_copy_(averages, kept)
+
+
+def _rounding(torch: Any, dtype: Any) -> Any:
+    """Python numbers rounded to ``dtype`` first, as a 0-d tensor of it rounds them."""
+    return lambda value: float(torch.tensor(value, dtype=dtype))
+
+
+def _norm_clip(torch: Any, grads: list, clipnorm: float, rounded: Any) -> list:
+    c = rounded(clipnorm)  # (g * c) / max(|g|, c)
+    denominators = torch._foreach_clamp_min(torch._foreach_norm(grads), c)
+    grads = torch._foreach_mul(grads, c)
+    torch._foreach_div_(grads, denominators)
+    return grads
+
+
+def _global_clip(torch: Any, grads: list, clipnorm: float, rounded: Any) -> list:
+    norms = torch._foreach_norm(grads)  # g * (c * min(1/|G|, 1/c) + (|G| - |G|))
+    norm = torch.sqrt(torch.stack(norms).square().sum())
+    c, inverse_c = rounded(clipnorm), rounded(1.0 / clipnorm)
+    scale = torch.clamp_max(1 / norm, inverse_c) * c + (norm - norm)
+    return torch._foreach_mul(grads, scale)
+
+
+def _value_clip(torch: Any, grads: list, clipvalue: float, rounded: Any) -> list:
+    v = rounded(clipvalue)
+    grads = torch._foreach_clamp_min(grads, -v)
+    torch._foreach_clamp_max_(grads, v)
+    return grads

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 import torch
 
-from inertia import pipeline
+from inertia import multi_tensor, pipeline
 from inertia.backend import get as _get_backend
 from inertia.engine import host
 from inertia.engine.step import MODE_NONE, GroupSettings
@@ -114,9 +114,10 @@ class SGD(torch.optim.Optimizer):
             (also per param group).
         foreach / fused: None (the default), True: float32 / float64 CPU steps run in one call
             of inertia's host kernel (the whole step, every param group), with torch's
-            for-loop numbers; False (``foreach``): the per-parameter reference path, as
-            torch's for-loop implementation. Steps the kernel does not cover take the
-            reference path either way.
+            for-loop numbers; tensors off the CPU (CUDA) take torch's multi-tensor calls, as
+            ``torch.optim.SGD(foreach=True)`` does (``inertia.multi_tensor``); False
+            (``foreach``): the per-parameter reference path, as torch's for-loop
+            implementation. Steps neither covers take the reference path either way.
         clipnorm / clipvalue: per-tensor norm or element-wise clipping of the gradient
             before the update (per param group; at most one of them).
         global_clipnorm: clip all gradients together to this joint norm (optimizer-wide;
@@ -296,7 +297,7 @@ class SGD(torch.optim.Optimizer):
             self._flat.sync()  # raises, changing nothing, if a model parameter left its buffer
         steps = self.gradient_accumulation_steps
         updating = not steps or (self._micro_steps + 1) % steps == 0
-        if self._fast_step(updating):
+        if self._fast_step(updating) or self._multi_tensor_step(updating):
             return loss
         work = self._collect(include_accumulated=bool(steps) and updating)
         if not updating:
@@ -396,6 +397,62 @@ class SGD(torch.optim.Optimizer):
                 if accumulator is not None and id(accumulator) not in in_step:
                     accumulator.zero_()
         if self.use_ema:
+            self._overwrite_with_ema_when_due()
+        self._updates += 1
+        self._micro_steps += 1
+        return True
+
+    def _multi_tensor_step(self, updating: bool) -> bool:
+        """The step as torch multi-tensor (``_foreach_*``) calls, for tensors off the CPU
+        (CUDA), with the reference path's numbers (norms aside: torch sums them in its own
+        order); False, having changed nothing, where it does not cover the step (CPU tensors,
+        which the host kernel or the reference path serve; gradient accumulation; tensors of
+        several devices or dtypes; ``foreach=False``)."""
+        if not updating or self.gradient_accumulation_steps or not host.enabled():
+            return False
+        groups = self.param_groups
+        first = next((p for group in groups for p in group["params"] if p.grad is not None), None)
+        if first is None or (first.device.type == "cpu" and not multi_tensor._ON_CPU_TOO):
+            return False
+        if any(group["foreach"] is False for group in groups):
+            return False
+        work = self._collect()  # raises what the reference path raises, before any change
+        device, dtype = first.device, first.dtype
+        every = list(self._parameters()) if self.use_ema else [param for _, param, _ in work]
+        if any(p.device != device or p.dtype != dtype for p in every) or any(
+            g.device != device or g.dtype != dtype for _, _, g in work
+        ):
+            return False
+        by_group: dict[int, list] = {}
+        for group, param, grad in work:
+            by_group.setdefault(id(group), []).append((param, grad))
+        if self.global_clipnorm is not None:
+            clipped, own = multi_tensor.clip_lists(torch, [g for _, _, g in work], None, None, self.global_clipnorm)
+            replacement = iter(clipped)
+            by_group = {key: [(p, next(replacement)) for p, _ in pairs] for key, pairs in by_group.items()}
+        for group in groups:
+            pairs = by_group.get(id(group))
+            if not pairs:
+                continue
+            params, grads = [p for p, _ in pairs], [g for _, g in pairs]
+            if self.global_clipnorm is None:
+                grads, own = multi_tensor.clip_lists(torch, grads, group["clipnorm"], group["clipvalue"], None)
+            settings = self._group_settings(group)
+            momentum = settings.momentum != 0
+            buffers = [self.state[p].get("momentum_buffer") for p in params] if momentum else [None] * len(params)
+            made = multi_tensor.heavy_ball_group(torch, settings, params, grads, buffers, own)
+            if momentum:
+                for param, before, buffer in zip(params, buffers, made):
+                    if before is None:
+                        self.state[param]["momentum_buffer"] = buffer
+        if self.use_ema:
+            params = list(self._parameters())
+            averages = [self.state[p].get("average") for p in params]
+            kept = [k for k, average in enumerate(averages) if average is not None]
+            multi_tensor.ema_lists(torch, [averages[k] for k in kept], [params[k] for k in kept], self.ema_momentum)
+            for param, average in zip(params, averages):
+                if average is None:
+                    self.state[param]["average"] = param.detach().clone(memory_format=torch.preserve_format)
             self._overwrite_with_ema_when_due()
         self._updates += 1
         self._micro_steps += 1
