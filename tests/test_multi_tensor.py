@@ -366,3 +366,54 @@ def test_torch_face_on_cuda_equals_the_cpu_reference(torch):
             results.append([p.detach().cpu().numpy() for p in params])
         for a, b in zip(*results):
             np.testing.assert_allclose(a, b, **NORM_TOLERANCES[dtype])
+
+
+# --- inertia.legacy.SGD (tf.keras legacy: float32 hyperparameters, its clip order) ----------
+LEGACY_CASES = {
+    "plain": dict(learning_rate=0.05),
+    "momentum": dict(momentum=0.9),
+    "nesterov": dict(momentum=0.9, nesterov=True),
+    "clipvalue then clipnorm": dict(momentum=0.9, clipvalue=0.3, clipnorm=0.5),
+    "clipvalue then global_clipnorm": dict(momentum=0.5, clipvalue=0.3, global_clipnorm=1.7),
+    "decay": dict(learning_rate=0.3, momentum=0.9, decay=0.5),
+    "schedule": dict(learning_rate=schedules.ExponentialDecay(0.1, 2, 0.5), momentum=0.9, nesterov=True),
+}
+
+
+def _legacy_run(torch, settings: dict, weights, grads) -> list:
+    import inertia.legacy
+
+    variables = [inertia.Variable(torch.tensor(w), name=f"v{i}") for i, w in enumerate(weights)]
+    optimizer = inertia.legacy.SGD(**settings)
+    history = []
+    for step in grads:
+        optimizer.apply_gradients(zip([torch.tensor(g) for g in step], variables))
+        history.append([np.array(v.numpy(), copy=True) for v in variables + optimizer.weights])
+    return history
+
+
+@pytest.mark.parametrize("case", list(LEGACY_CASES))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_legacy_multi_tensor_path_equals_its_reference_path(torch, steps_taken, monkeypatch, case, dtype):
+    settings = LEGACY_CASES[case]
+    weights, grads = _data(dtype)
+    fast = _legacy_run(torch, settings, weights, grads)
+    assert steps_taken[0] == STEPS - 1  # the first step builds through the reference path
+    monkeypatch.setattr(multi_tensor, "_ON_CPU_TOO", False)
+    reference = _legacy_run(torch, settings, weights, grads)
+    assert steps_taken[0] == STEPS - 1
+    norm = "clipnorm" in settings or "global_clipnorm" in settings
+    _compare(fast, reference, NORM_TOLERANCES[dtype] if norm else None)
+
+
+def test_legacy_global_clip_forms_its_reciprocal_in_the_dtype(torch, steps_taken, monkeypatch):
+    """1/1.7 in float32 differs from 1/1.7 rounded once from double in the last bit: with
+    the gradients' norm under the threshold, the scale is c times that reciprocal."""
+    weights = [np.ones(3, np.float32)]
+    grads = [[np.full(3, 0.1, np.float32)] for _ in range(STEPS)]
+    settings = dict(learning_rate=1.0, global_clipnorm=1.7)
+    fast = _legacy_run(torch, settings, weights, grads)
+    monkeypatch.setattr(multi_tensor, "_ON_CPU_TOO", False)
+    reference = _legacy_run(torch, settings, weights, grads)
+    assert steps_taken[0] == STEPS - 1
+    _compare(fast, reference, None)

@@ -831,6 +831,23 @@ MUTANTS: list[Mutant] = [
         "on CUDA the torch face ignores dampening",
         ("tests/test_multi_tensor.py",),
     ),
+    Mutant(
+        "multi-tensor-legacy-reciprocal-from-double",
+        "src/inertia/multi_tensor.py",
+        "in_dtype, reciprocal_in_dtype=True)",
+        "in_dtype, reciprocal_in_dtype=False)",
+        "on CUDA tf.keras legacy's global_clipnorm rounds 1/c once from double, where "
+        "tf.clip_by_global_norm forms it in the dtype (a last-bit difference for c = 1.7)",
+        ("tests/test_multi_tensor.py",),
+    ),
+    Mutant(
+        "multi-tensor-legacy-clip-order",
+        "src/inertia/multi_tensor.py",
+        "    if description.value_clip_first:\n",
+        "    if False:\n",
+        "on CUDA tf.keras legacy clips by norm only, dropping the clipvalue it applies first",
+        ("tests/test_multi_tensor.py",),
+    ),
     # --- loss_scale.py -------------------------------------------------------------------------
     Mutant(
         "loss-scale-growth-off-by-one",

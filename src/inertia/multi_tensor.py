@@ -16,9 +16,13 @@ EMA), so the numbers are the reference's: bitwise, except the norms of clipnorm 
 global_clipnorm, which torch sums in its own order. CPU tensors take the single-pass kernel
 of :mod:`inertia.engine.host` instead; this path runs there only when a test forces it.
 
-Steps this path does not cover run the reference path: gradient accumulation, constraints,
-missing gradients, float16/bfloat16, variables spread over devices or dtypes, a subset of the
-variables while the EMA is on, and optimizers that do not describe Keras 3's step. Like the
+tf.keras legacy's step (``inertia.legacy.SGD``) takes the same path with its own description:
+float32 hyperparameters cast to the dtype, its learning rate formed per dtype (schedule, then
+``decay``), and its clipping order (clipvalue, then clipnorm or global_clipnorm with ``1/c``
+formed in the dtype). Steps this path does not cover run the reference path: gradient
+accumulation, constraints, missing gradients, float16/bfloat16, variables spread over devices
+or dtypes, a subset of the variables while the EMA is on, a legacy slot not made yet, and
+optimizers that describe no step (their own ``update_step``). Like the
 reference, it allocates temporaries of the gradients' size (``g * lr``).
 
 Example (on a CUDA machine; elsewhere the same call takes the CPU kernel):
@@ -39,7 +43,7 @@ import numpy as np
 
 from inertia.engine import host
 from inertia.engine.optimizer_host import stock_targets
-from inertia.engine.step import KERAS, GroupSettings
+from inertia.engine.step import KERAS, TF_KERAS_LEGACY, GroupSettings
 
 __all__ = ["multi_tensor_apply", "heavy_ball_group", "clip_lists", "ema_lists"]
 
@@ -75,7 +79,8 @@ def _eligible(optimizer: Any, grads: list, targets: list) -> Optional[tuple]:
 def multi_tensor_apply(optimizer: Any, grads: list, trainable_variables: Optional[Sequence[Any]]) -> bool:
     """Run one ``optimizer.apply(grads, trainable_variables)`` step with torch's multi-tensor
     kernels. Returns False, having changed nothing, when the step is not one it covers."""
-    if optimizer.describe_step() != KERAS or optimizer.gradient_accumulation_steps or not host.enabled():
+    description = optimizer.describe_step()
+    if description not in (KERAS, TF_KERAS_LEGACY) or optimizer.gradient_accumulation_steps or not host.enabled():
         return False
     targets = optimizer._trainable_variables if trainable_variables is None else list(trainable_variables)
     # An unbuilt optimizer's first step takes the reference path, which checks and builds.
@@ -90,23 +95,32 @@ def multi_tensor_apply(optimizer: Any, grads: list, trainable_variables: Optiona
     if found is None:
         return False
     torch, wrappers, indices = found
+    if optimizer.momentums and any(optimizer.momentums[i] is None for i in indices):
+        return False  # a slot not made yet (tf.keras legacy makes them as gradients first arrive)
     with torch.no_grad():
-        _step(optimizer, torch, wrappers, indices, list(grads))
+        _step(optimizer, description, torch, wrappers, indices, list(grads))
     return True
 
 
-def _step(optimizer: Any, torch: Any, wrappers: list, indices: list, grads: list) -> None:
+def _step(optimizer: Any, description: Any, torch: Any, wrappers: list, indices: list, grads: list) -> None:
     ops = wrappers[0].backend
     dtype = wrappers[0].dtype
     rounded = np.dtype(dtype).type  # Python numbers are cast to the dtype first, as in Keras
+    if description.hyperparameters_in_float32:  # tf.keras legacy: float32 values, cast to the dtype
+        rounded = lambda value, in_dtype=rounded: in_dtype(np.float32(value))  # noqa: E731
     weights = [w.value for w in wrappers]
     own = False  # whether `grads` are temporaries of this step (then updated in place)
 
     if optimizer.loss_scale_factor is not None:
         grads, own = torch._foreach_div(grads, float(rounded(optimizer.loss_scale_factor))), True
-    grads, own = _clip(optimizer, torch, grads, own, rounded)
+    if description.value_clip_first:
+        grads, own = _legacy_clip(optimizer, torch, grads, own, np.dtype(dtype).type)
+    else:
+        grads, own = _clip(optimizer, torch, grads, own, rounded)
 
-    learning_rate = ops.cast(optimizer._learning_rate_array(), dtype)
+    rate = optimizer._learning_rate_array()
+    # tf.keras legacy forms its rate per dtype (the schedule on a float step, then `decay`)
+    learning_rate = ops.cast(rate, dtype) if rate is not None else optimizer._decayed_lr(wrappers[0])
     if optimizer.weight_decay is not None:
         decaying = [v for v, w in zip(weights, wrappers) if optimizer._use_weight_decay(w)]
         if decaying:  # w - (w * wd) * lr
@@ -145,6 +159,19 @@ def _step(optimizer: Any, torch: Any, wrappers: list, indices: list, grads: list
             optimizer._overwrite_model_variables_with_average_value(optimizer._trainable_variables)
     iterations = optimizer._iterations
     iterations.assign(iterations.value + 1)
+
+
+def _legacy_clip(optimizer: Any, torch: Any, grads: list, own: bool, rounded: Any) -> tuple[list, bool]:
+    """tf.keras legacy's clipping: clipvalue, then clipnorm or global_clipnorm (``1/c`` formed
+    in the dtype, as ``tf.clip_by_global_norm``)."""
+    in_dtype = lambda value: float(rounded(value))  # noqa: E731
+    if optimizer.clipvalue is not None:
+        grads, own = _value_clip(torch, grads, optimizer.clipvalue, in_dtype), True
+    if optimizer.clipnorm is not None:
+        grads, own = _norm_clip(torch, grads, optimizer.clipnorm, in_dtype), True
+    if optimizer.global_clipnorm is not None:
+        grads, own = _global_clip(torch, grads, optimizer.global_clipnorm, in_dtype, reciprocal_in_dtype=True), True
+    return grads, own
 
 
 def _clip(optimizer: Any, torch: Any, grads: list, own: bool, rounded: Any) -> tuple[list, bool]:
@@ -240,10 +267,11 @@ def _norm_clip(torch: Any, grads: list, clipnorm: float, rounded: Any) -> list:
     return grads
 
 
-def _global_clip(torch: Any, grads: list, clipnorm: float, rounded: Any) -> list:
+def _global_clip(torch: Any, grads: list, clipnorm: float, rounded: Any, reciprocal_in_dtype: bool = False) -> list:
     norms = torch._foreach_norm(grads)  # g * (c * min(1/|G|, 1/c) + (|G| - |G|))
     norm = torch.sqrt(torch.stack(norms).square().sum())
-    c, inverse_c = rounded(clipnorm), rounded(1.0 / clipnorm)
+    c = rounded(clipnorm)
+    inverse_c = float(1 / torch.tensor(c, dtype=norm.dtype)) if reciprocal_in_dtype else rounded(1.0 / clipnorm)
     scale = torch.clamp_max(1 / norm, inverse_c) * c + (norm - norm)
     return torch._foreach_mul(grads, scale)
 
