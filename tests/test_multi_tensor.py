@@ -417,3 +417,53 @@ def test_legacy_global_clip_forms_its_reciprocal_in_the_dtype(torch, steps_taken
     reference = _legacy_run(torch, settings, weights, grads)
     assert steps_taken[0] == STEPS - 1
     _compare(fast, reference, None)
+
+
+# --- inertia.mlx.SGD (new tensors, two roundings) on torch trees -----------------------------
+MLX_CASES = {
+    "plain": dict(learning_rate=0.05),
+    "momentum": dict(learning_rate=0.1, momentum=0.9),
+    "nesterov": dict(learning_rate=0.1, momentum=0.9, nesterov=True),
+    "decay, dampening": dict(learning_rate=0.1, momentum=0.8, weight_decay=0.05, dampening=0.3),
+    "schedule": dict(learning_rate=lambda step: 0.1 * 0.5 ** step, momentum=0.9, weight_decay=0.01),
+}
+
+
+def _mlx_run(torch, settings: dict, dtype: str) -> list:
+    from inertia.mlx import SGD
+
+    weights, grads = _data("float64")
+    to = getattr(torch, dtype)
+    params = {"layer": {f"w{i}": torch.tensor(w, dtype=to) for i, w in enumerate(weights)}}
+    optimizer = SGD(**settings)
+    history = []
+    for step in grads:
+        gradients = {"layer": {f"w{i}": torch.tensor(g, dtype=to) for i, g in enumerate(step)}}
+        params = optimizer.apply_gradients(gradients, params)
+        leaves = [params["layer"][f"w{i}"] for i in range(len(weights))]
+        if "v" in optimizer.state["layer"]["w0"]:
+            leaves += [optimizer.state["layer"][f"w{i}"]["v"] for i in range(len(weights))]
+        history.append([t.float().numpy().copy() if t.dtype == torch.bfloat16 else t.numpy().copy() for t in leaves])
+    return history
+
+
+@pytest.mark.parametrize("case", list(MLX_CASES))
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+def test_mlx_face_multi_tensor_path_equals_its_reference_path(torch, monkeypatch, case, dtype):
+    monkeypatch.setattr(multi_tensor, "_ON_CPU_TOO", True)
+    count = [0]
+    original = multi_tensor.heavy_ball_out_of_place
+
+    def counted(*args):
+        count[0] += 1
+        return original(*args)
+
+    monkeypatch.setattr(multi_tensor, "heavy_ball_out_of_place", counted)
+    fast = _mlx_run(torch, MLX_CASES[case], dtype)
+    assert count[0] == STEPS
+    from inertia.engine import host
+
+    with host.disabled():
+        reference = _mlx_run(torch, MLX_CASES[case], dtype)
+    assert count[0] == STEPS
+    _compare(fast, reference, None)

@@ -848,6 +848,15 @@ MUTANTS: list[Mutant] = [
         "on CUDA tf.keras legacy clips by norm only, dropping the clipvalue it applies first",
         ("tests/test_multi_tensor.py",),
     ),
+    Mutant(
+        "multi-tensor-mlx-fused-decay",
+        "src/inertia/multi_tensor.py",
+        "grads = torch._foreach_add(grads, torch._foreach_mul(params, rounded(settings.weight_decay)))",
+        "grads = torch._foreach_add(grads, params, alpha=settings.weight_decay)",
+        "on CUDA the MLX face's weight decay rounds once (torch's add(alpha=)), where MLX rounds the "
+        "product and the sum",
+        ("tests/test_multi_tensor.py",),
+    ),
     # --- loss_scale.py -------------------------------------------------------------------------
     Mutant(
         "loss-scale-growth-off-by-one",

@@ -20,6 +20,7 @@ import numpy as np
 
 from inertia import backend as backends
 from inertia.backend.base import ArrayBackend
+from inertia import multi_tensor
 from inertia.engine import host
 from inertia.engine.step import MLX as MLX_STEP
 from inertia.engine.step import GroupSettings
@@ -274,6 +275,8 @@ class SGD:
         numpy_arrays = _all_ndarrays(params)
         if not numpy_arrays and any(getattr(w, "requires_grad", False) for w in params):
             return None  # torch: the reference path's new tensors carry autograd history
+        if not numpy_arrays and (params[0].device.type != "cpu" or multi_tensor._ON_CPU_TOO):
+            return self._multi_tensor_apply(ops, pairs, states, params)
         dtype = ops.dtype_name(params[0])
         shapes = [w.shape for w in params] if numpy_arrays else [ops.shape(w) for w in params]
         plan = getattr(self, "_plans", {}).get(dtype, {}).get(tuple(shapes))
@@ -318,6 +321,35 @@ class SGD:
             for state, velocity in zip(states, velocities_out):
                 state["v"] = velocity
         return weights_out
+
+    def _multi_tensor_apply(self, ops: ArrayBackend, pairs: list, states: list, params: list) -> Optional[list]:
+        """The step of every leaf as torch multi-tensor calls, for torch trees off the CPU
+        (``inertia.multi_tensor``), new tensors as the reference path makes them; None where
+        it does not cover the step (tensors of several devices or dtypes, a learning rate
+        that is not a scalar)."""
+        import torch
+
+        grads = [g for _, g, _ in pairs]
+        device, dtype = params[0].device, params[0].dtype
+        momentum = self.momentum > 0
+        velocities = [state.get("v") for state in states] if momentum else []
+        tensors = params + grads + velocities
+        if not all(isinstance(t, torch.Tensor) and t.device == device and t.dtype == dtype for t in tensors):
+            return None
+        if any(g.shape != w.shape for g, w in zip(grads, params)) or any(v.shape != w.shape for v, w in zip(velocities, params)):
+            return None
+        rate = self._on(ops, self.learning_rate)
+        if ops.shape(rate) != ():
+            return None
+        group = GroupSettings(
+            learning_rate=float(ops.to_numpy(ops.cast(rate, ops.dtype_name(params[0])))), momentum=self.momentum,
+            weight_decay=self.weight_decay, dampening=self.dampening, nesterov=self.nesterov,
+        )
+        with torch.no_grad():
+            weights, velocities = multi_tensor.heavy_ball_out_of_place(torch, group, params, grads, velocities)
+        for state, velocity in zip(states, velocities or ()):
+            state["v"] = velocity
+        return weights
 
     def update(self, model: Any, gradients: Any) -> None:
         """Apply ``gradients`` to ``model`` in place: an ``mlx.nn.Module`` (its own

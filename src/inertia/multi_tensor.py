@@ -1,7 +1,8 @@
 """The multi-tensor fast paths for torch tensors off the CPU (CUDA): ``inertia.SGD``'s Keras
-step (:func:`multi_tensor_apply`) and the heavy-ball step of ``inertia.torch.SGD``
-(:func:`heavy_ball_group`, :func:`clip_lists`, :func:`ema_lists`), as torch.optim.SGD's own
-``foreach`` implementation phrases it.
+step and tf.keras legacy's (:func:`multi_tensor_apply`), the heavy-ball step of
+``inertia.torch.SGD`` (:func:`heavy_ball_group`, :func:`clip_lists`, :func:`ema_lists`), as
+torch.optim.SGD's own ``foreach`` implementation phrases it, and MLX's, with new tensors
+(:func:`heavy_ball_out_of_place`).
 
 The reference path launches about ten small kernels per tensor and step; this one runs the
 whole Keras step as a few torch ``_foreach_*`` calls, each a handful of launches for every
@@ -45,7 +46,7 @@ from inertia.engine import host
 from inertia.engine.optimizer_host import stock_targets
 from inertia.engine.step import KERAS, TF_KERAS_LEGACY, GroupSettings
 
-__all__ = ["multi_tensor_apply", "heavy_ball_group", "clip_lists", "ema_lists"]
+__all__ = ["multi_tensor_apply", "heavy_ball_group", "heavy_ball_out_of_place", "clip_lists", "ema_lists"]
 
 # Tests set this to run the path on CPU tensors (where the fused kernel is the fast path).
 _ON_CPU_TOO = False
@@ -224,6 +225,28 @@ def heavy_ball_group(torch: Any, settings: GroupSettings, params: list, grads: l
         direction = buffers
     torch._foreach_add_(params, direction, alpha=-settings.learning_rate)
     return buffers
+
+
+def heavy_ball_out_of_place(torch: Any, settings: GroupSettings, params: list, grads: list,
+                            velocities: list) -> tuple[list, Optional[list]]:
+    """MLX's heavy-ball step (``inertia.mlx.SGD``) with new tensors, as its reference path
+    forms it: every ``y + a*x`` a product then a sum (two roundings), every Python number
+    rounded to the dtype first, the buffer decaying from zeros (no fresh-buffer rule).
+    Returns (new weights, new velocities or None without momentum)."""
+    rounded = _rounding(torch, params[0].dtype)
+    if settings.weight_decay != 0:
+        grads = torch._foreach_add(grads, torch._foreach_mul(params, rounded(settings.weight_decay)))
+    step = -settings.learning_rate  # already in the dtype: its negation is exact
+    if settings.momentum == 0:
+        return torch._foreach_add(params, torch._foreach_mul(grads, step)), None
+    momentum = rounded(settings.momentum)
+    velocities = torch._foreach_add(
+        torch._foreach_mul(velocities, momentum), torch._foreach_mul(grads, rounded(1.0 - settings.dampening))
+    )
+    direction = (
+        torch._foreach_add(grads, torch._foreach_mul(velocities, momentum)) if settings.nesterov else velocities
+    )
+    return torch._foreach_add(params, torch._foreach_mul(direction, step)), velocities
 
 
 def clip_lists(torch: Any, grads: list, clipnorm: Optional[float], clipvalue: Optional[float],
