@@ -1292,6 +1292,28 @@ def test_mlx_face_never_writes_arrays_the_caller_still_holds(spy):
     assert len(set(ids)) == 2  # two arrays take turns
 
 
+def test_mlx_face_a_read_only_input_is_never_written_when_it_comes_back_as_a_spare(spy):
+    """A read-only array the caller dropped after the first step comes back as a spare at
+    the second: the kernel refuses to write it (the step takes the reference path, with the
+    same numbers), the spares are dropped, and the third step is the kernel's again."""
+    rng = np.random.default_rng([SEED, 78])
+    start = rng.standard_normal(70_000).astype(np.float32)
+    grads = [{"w": np.full(70_000, k + 1.0, np.float32)} for k in range(4)]
+    results = []
+    for fast in (True, False):
+        opt = inertia.mlx.SGD(learning_rate=0.1, momentum=0.9)
+        frozen = start.copy()
+        frozen.flags.writeable = False
+        tree = {"w": frozen}
+        del frozen  # only the tree holds it now
+        with contextlib.nullcontext() if fast else reference_path(spy):
+            for g in grads:
+                tree = opt.apply_gradients(g, tree)
+        results.append(tree["w"].copy())
+    assert np.array_equal(results[0], results[1])
+    assert [answer for _, answer in spy.answers] == [host.DONE, host.DECLINED, host.DONE, host.DONE]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_mlx_face_streams_big_outputs_with_the_reference_numbers(spy, dtype):
     """Outputs bigger than the caches (over 8 MiB) are stored non-temporally, in blocks, with

@@ -433,12 +433,6 @@ _PLAIN_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _BASE_OF = operator.attrgetter("base")
 _DTYPE_OF = operator.attrgetter("dtype")
 _SHAPE_OF = operator.attrgetter("shape")
-_FLAGS_OF = operator.attrgetter("flags")
-
-
-def _writable_contiguous(flags: Any) -> bool:
-    return flags.writeable and flags.c_contiguous
-
 
 def _outputs(ops: ArrayBackend, shapes: list, dtype: str, params: list, spares: Optional[list]) -> list:
     """New arrays for a step's results. A NumPy array the previous step read and that only
@@ -454,8 +448,7 @@ def _outputs(ops: ArrayBackend, shapes: list, dtype: str, params: list, spares: 
         and all(map(operator.is_, map(_BASE_OF, spares), repeat(None)))
         and all(map(target.__eq__, map(_DTYPE_OF, spares)))
         and list(map(_SHAPE_OF, spares)) == shapes
-        and all(map(_writable_contiguous, map(_FLAGS_OF, spares)))
-    ):
+    ):  # writability and contiguity: the kernel checks them, and a step it declines has used the spares up
         outputs = spares[:]
         spares[:] = [None] * len(spares)
         return outputs
@@ -529,7 +522,13 @@ def _mirror(tree: Any, state: Any, leaves: list) -> Any:
     if isinstance(tree, _LEAF_CONTAINERS):
         state = {} if state is None else state
         for key, value in (tree.items() if isinstance(tree, dict) else enumerate(tree)):
-            state[key] = _mirror(value, state.get(key), leaves)
+            if isinstance(value, _LEAF_CONTAINERS):
+                state[key] = _mirror(value, state.get(key), leaves)
+            else:  # a leaf, handled here: a call saved per leaf of the usual dict of arrays
+                node = state.get(key)
+                if node is None:
+                    node = state[key] = {}
+                leaves.append(node)
         return state
     node = {} if state is None else state
     leaves.append(node)
