@@ -240,6 +240,18 @@ def test_a_face_without_a_configurations_options_is_reported_not_run_for_it(scri
     assert all(f"Not run: {name} ({reason})." in text for name, reason in reasons.items())
 
 
+def test_a_peer_that_is_not_installed_is_listed_not_dropped(scripted_run, monkeypatch):
+    run, made, logged = scripted_run
+    monkeypatch.setattr(bench, "_available", lambda name: name not in ("optax", "keras-jax"))
+    report = run(contenders=["inertia-numpy", "optax", "keras-jax"])
+    assert [name for _, name, _ in made["contenders"]] == ["inertia-numpy", "inertia-numpy"]
+    assert report["not_run"] == [
+        {"workload": "W3", "config": config, "contender": name, "reason": f"not installed: pip install {package}"}
+        for config in ("plain", "everything") for name, package in (("optax", "optax"), ("keras-jax", "keras"))
+    ]
+    assert "Not run: keras-jax (not installed: pip install keras)." in bench.markdown(report)
+
+
 def test_every_contender_has_a_factory_and_every_exclusion_names_a_contender():
     assert set(bench.FACTORIES) == set(bench.ALL_CONTENDERS) and set(bench.DEFAULT_CONTENDERS) <= set(bench.ALL_CONTENDERS)
     assert all(name in bench.ALL_CONTENDERS and workload in bench.WORKLOADS for name, workload in bench.NOT_RUN)
@@ -290,10 +302,28 @@ def test_cli_runs_the_benchmark_and_writes_its_report(monkeypatch, tmp_path, cap
     assert cli.main(["bench"]) == 0 and asked["contenders"] is None  # every installed contender
 
 
-def test_cli_rejects_unknown_names(capsys):
-    assert cli.main(["bench", "--workloads", "W9"]) == 2
-    assert "W9" in capsys.readouterr().err
+def test_cli_rejects_each_unknown_name_with_its_own_error(capsys):
+    assert cli.main(["bench", "--workloads", "W9,W1", "--configs", "fast", "--contenders", "optax,torch-slow"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "inertia bench: error: --workloads: unknown name 'W9' (choose from W1, W2, W3)",
+        "inertia bench: error: --configs: unknown name 'fast' (choose from plain, nesterov, everything)",
+        f"inertia bench: error: --contenders: unknown name 'torch-slow' (choose from {', '.join(bench.ALL_CONTENDERS)})",
+    ]
     assert cli.main(["bench", "--scale", "2"]) == 2
+    assert capsys.readouterr().err.splitlines() == ["inertia bench: error: --scale: must be in (0, 1], got 2.0"]
+
+
+def test_cli_help_lists_workloads_configurations_and_contenders(monkeypatch, capsys):
+    monkeypatch.setattr(bench, "_available", lambda name: name != "mlx")
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--help"])
+    text = capsys.readouterr().out
+    assert "about 10 minutes on 2 cores" in text
+    assert "W3: 2000 tensor(s), 8.2M parameters" in text and "W2: 161 tensor(s), 25.6M parameters" in text
+    assert all(f"  {config}: " in text for config in bench.CONFIGS)
+    assert all(f"  {name}: " in text for name in bench.ALL_CONTENDERS)
+    assert "  mlx: needs mlx, not installed (pip install mlx)" in text
+    assert "  torch-fused: needs torch, installed" in text and "  inertia-numpy: installed" in text
 
 
 # Every contender does the work it is timed for: after the same steps, its weights match

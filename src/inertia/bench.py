@@ -23,7 +23,8 @@ on, its clipnorm is the buffer's, so it takes ``global_clipnorm`` as the torch p
 the peers: torch.optim.SGD (``torch-foreach``, ``torch-fused``, ``torch-compile``), optax.sgd,
 Keras 3 SGD (``keras-torch``, ``keras-jax``) and mlx.optimizers.SGD (``mlx``). A contender
 that cannot run a workload (``NOT_RUN``) or a configuration (``NOT_RUN_CONFIGS``: an API
-without the options), or that fails to set up, is reported as not run with the reason.
+without the options), whose library is not installed, or that fails to set up, is reported as
+not run with the reason (``inertia bench --help`` lists them all, installed or not).
 
 Reported per contender: median step time over clean rounds and its spread (min-max of the
 round medians, relative), effective GB/s (the minimal bytes of the configuration: 20 per
@@ -56,7 +57,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-__all__ = ["WORKLOADS", "CONFIGS", "run", "markdown", "resnet50_shapes"]
+__all__ = ["WORKLOADS", "CONFIGS", "ALL_CONTENDERS", "run", "markdown", "resnet50_shapes", "describe_choices"]
 
 LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, CLIPNORM, EMA_MOMENTUM = 0.01, 0.9, 1e-4, 1.0, 0.99
 CONFIGS = ("plain", "nesterov", "everything")
@@ -549,7 +550,9 @@ def run(
     """Run the benchmark; returns the JSON-ready report (``markdown(report)`` renders it)."""
     workloads = list(workloads or WORKLOADS)
     configs = list(configs or CONFIGS)
-    names = [c for c in (contenders or DEFAULT_CONTENDERS) if _available(c)]
+    requested = list(contenders or DEFAULT_CONTENDERS)
+    names = [c for c in requested if _available(c)]
+    missing = [c for c in requested if c not in names]
     results: list[Result] = []
     not_run: list[dict] = []
     bandwidth: dict[str, float] = {}
@@ -559,6 +562,9 @@ def run(
         probe = _Probe(elements)
         for config in configs:
             log(f"{workload} {config}: setting up {', '.join(names)}")
+            for name in missing:  # listed, never silently absent
+                reason = f"not installed: pip install {_LIBRARIES[name][1]}"
+                not_run.append({"workload": workload, "config": config, "contender": name, "reason": reason})
             active = []
             for name in names:
                 reason = NOT_RUN.get((name, workload)) or NOT_RUN_CONFIGS.get((name, config))
@@ -602,11 +608,35 @@ def run(
     return report
 
 
+# The library each peer needs, and the pip distribution that provides it.
+_LIBRARIES = {
+    "inertia-torch": ("torch", "torch"), "inertia-jax": ("jax", "jax"), "inertia-torch-face": ("torch", "torch"),
+    "inertia-torch-flat": ("torch", "torch"), "torch-foreach": ("torch", "torch"), "torch-fused": ("torch", "torch"),
+    "torch-compile": ("torch", "torch"), "optax": ("optax", "optax"), "keras-torch": ("keras", "keras"),
+    "keras-jax": ("keras", "keras"), "mlx": ("mlx.optimizers", "mlx"),
+}
+
+
+def describe_choices() -> str:
+    """The workloads, configurations and contenders (with what each needs, and whether it is
+    installed here), for ``inertia bench --help``."""
+    sizes = {name: int(sum(int(np.prod(s)) for s in make())) for name, make in WORKLOADS.items()}
+    counts = {name: len(make()) for name, make in WORKLOADS.items()}
+    lines = ["workloads (float32):"]
+    lines += [f"  {name}: {counts[name]} tensor(s), {sizes[name] / 1e6:.1f}M parameters" for name in WORKLOADS]
+    lines += ["configurations:", "  plain: momentum 0.9", "  nesterov: Nesterov momentum 0.9",
+              "  everything: momentum, weight decay, clipnorm and an EMA of the weights"]
+    lines.append("contenders:")
+    for name in ALL_CONTENDERS:
+        library = _LIBRARIES.get(name)
+        status = "installed" if _available(name) else f"not installed (pip install {library[1]})"
+        needs = f"needs {library[1]}, " if library else ""
+        lines.append(f"  {name}: {needs}{status}")
+    return "\n".join(lines)
+
+
 def _available(name: str) -> bool:
-    module = {"inertia-torch": "torch", "inertia-jax": "jax", "inertia-torch-face": "torch", "inertia-torch-flat": "torch",
-              "torch-foreach": "torch", "torch-fused": "torch",
-              "torch-compile": "torch", "optax": "optax", "keras-torch": "keras", "keras-jax": "keras",
-              "mlx": "mlx.optimizers"}.get(name)
+    module = _LIBRARIES.get(name, (None, None))[0]
     if module is None:
         return True
     import importlib.util

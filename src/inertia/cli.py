@@ -83,10 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench",
         help="time inertia's SGD step beside torch.optim, optax, Keras and MLX",
-        description="Time one SGD step of inertia (NumPy, torch, JAX) and of the installed peers on "
-        "three workloads (W1: one 32M tensor; W2: ResNet-50's 161 tensors; W3: 2000 x 4096) for "
-        "plain momentum, Nesterov and everything on, interleaved in rounds beside a bandwidth "
-        "probe. Prints Markdown; --json writes every figure.",
+        description="Time one SGD step of every face of inertia and of the installed peers on "
+        "three workloads for plain momentum, Nesterov and everything on, interleaved in rounds "
+        "beside a bandwidth probe. Prints Markdown; --json writes every figure. A default run "
+        "takes about 10 minutes on 2 cores with every peer installed (torch-compile compiles for "
+        "about 25 s a configuration); --workloads W3 --configs plain --scale 0.1 takes seconds.",
+        epilog=_bench_choices(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench.add_argument("--workloads", default="W1,W2,W3", help="comma-separated subset of W1,W2,W3")
     bench.add_argument("--configs", default="plain,nesterov,everything", help="comma-separated configurations")
@@ -99,15 +102,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bench_choices() -> str:
+    from inertia import bench as benchmark
+
+    return benchmark.describe_choices()
+
+
 def _bench(args: argparse.Namespace) -> int:
     from inertia import bench as benchmark
 
     split = lambda text: [item.strip() for item in text.split(",") if item.strip()]
-    unknown = [w for w in split(args.workloads) if w not in benchmark.WORKLOADS]
-    unknown += [c for c in split(args.configs) if c not in benchmark.CONFIGS]
-    unknown += [c for c in split(args.contenders or "") if c not in benchmark.ALL_CONTENDERS]
-    if unknown or not 0 < args.scale <= 1:
-        print(f"inertia bench: error: unknown names {unknown} or scale outside (0, 1]: {args.scale}", file=sys.stderr)
+    errors = []
+    for option, given, known in (
+        ("--workloads", args.workloads, list(benchmark.WORKLOADS)),
+        ("--configs", args.configs, list(benchmark.CONFIGS)),
+        ("--contenders", args.contenders or "", list(benchmark.ALL_CONTENDERS)),
+    ):
+        errors += [f"{option}: unknown name {name!r} (choose from {', '.join(known)})"
+                   for name in split(given) if name not in known]
+    if not 0 < args.scale <= 1:
+        errors.append(f"--scale: must be in (0, 1], got {args.scale}")
+    if errors:
+        for error in errors:
+            print(f"inertia bench: error: {error}", file=sys.stderr)
         return 2
     report = benchmark.run(
         workloads=split(args.workloads), configs=split(args.configs),
