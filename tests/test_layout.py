@@ -22,12 +22,18 @@ def _module_name(path: Path) -> str:
 
 
 def _top_level_imports(path: Path) -> set[str]:
-    """Modules imported when ``path`` is imported: module-level statements only (imports
-    inside functions run lazily, when called)."""
+    """Modules imported when ``path`` is imported: module-level statements only, those in
+    module-level ``try`` / ``if`` blocks included (imports inside functions run lazily, when
+    called)."""
     tree = ast.parse(path.read_text())
     package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rsplit(".", 1)[0]
     names: set[str] = set()
-    for node in tree.body:
+    statements = list(tree.body)
+    for node in statements:
+        if isinstance(node, ast.Try):
+            statements += node.body + node.orelse + node.finalbody + [s for h in node.handlers for s in h.body]
+        elif isinstance(node, ast.If):
+            statements += node.body + node.orelse
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
