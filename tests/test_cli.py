@@ -39,7 +39,7 @@ def test_demo_help() -> None:
     done = _inertia("demo", "--help")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: inertia demo ")
-    for option in ("--epochs", "--seed", "--quiet", "inertia[demo]"):
+    for option in ("--epochs", "--seed", "--ema-momentum", "--quiet", "inertia[demo]"):
         assert option in done.stdout
 
 
@@ -63,13 +63,15 @@ def test_demo_end_to_end() -> None:
     assert done.stderr == ""
     assert "\r" not in done.stdout  # a pipe is not a terminal: no redrawing
     lines = done.stdout.splitlines()
-    assert len(lines) == 5, done.stdout
+    assert len(lines) == 6, done.stdout
     assert lines[0].startswith(f"inertia {inertia.__version__} demo: MLP 64-64-10")
     assert lines[1].startswith("optimizer: SGD(learning_rate=CosineDecay(")
-    assert re.fullmatch(r"epoch 1/1 \[=+\] 43/43 loss \d+\.\d{4} - lr \d\.\d{4}", lines[2]), lines[2]
-    assert re.match(r"train loss \d+\.\d{4} \(train accuracy \d+\.\d\d%\) after 1 epoch, 43 steps", lines[3])
-    accuracy = re.match(r"test accuracy (\d+\.\d\d)% \(\d+/450\)", lines[4])
-    assert accuracy, lines[4]
+    assert lines[2].startswith("ema_momentum 0.900 is derived from the run's 43 steps")
+    figures = r"loss: \d\.\d{4} - accuracy: \d\.\d{4} - val_loss: \d\.\d{4} - val_accuracy: \d\.\d{4} - lr: \d\.\d{4}"
+    assert re.fullmatch(r"Epoch 1/1 - 43/43 - \d+\.\d\ds \d+[mu]s/step - " + figures, lines[3]), lines[3]
+    assert re.match(r"train loss \d+\.\d{4} \(train accuracy \d+\.\d\d%\) after 1 epoch, 43 steps", lines[4])
+    accuracy = re.match(r"test accuracy (\d+\.\d\d)% \(\d+/450\)", lines[5])
+    assert accuracy, lines[5]
     assert float(accuracy.group(1)) >= 85.0
 
 
@@ -118,3 +120,8 @@ def test_console_script_is_declared() -> None:
         pytest.skip("inertia is not installed, so it has no console script")
     scripts = [ep for ep in distribution.entry_points if ep.group == "console_scripts"]
     assert [(ep.name, ep.value) for ep in scripts] == [("inertia", "inertia.cli:main")]
+
+
+def test_demo_rejects_an_ema_momentum_outside_its_range() -> None:
+    done = _inertia("demo", "--ema-momentum", "1.5")
+    assert done.returncode == 2 and "--ema-momentum: must be in [0, 1), got '1.5'" in done.stderr

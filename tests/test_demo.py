@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from inertia import demo
-from inertia.progress import EpochProgress
+from inertia.progress import FitProgress, format_metrics
 
 # The `demo` extra; the tests that never reach the data, below, run without it.
 needs_sklearn = pytest.mark.usefixtures("sklearn")  # fails instead of skipping in CI
@@ -63,11 +63,32 @@ def test_printed_report() -> None:
     lines = text.splitlines()
     assert lines[0].startswith("inertia ") and "digits" in lines[0]
     assert lines[1].startswith("optimizer: SGD(") and "nesterov=True" in lines[1]
-    assert lines[2].startswith("epoch 1/2 [") and f"loss {result['history'][0]:.4f}" in lines[2]
-    assert lines[3].startswith("epoch 2/2 [") and f"loss {result['history'][1]:.4f}" in lines[3]
-    assert lines[4].startswith(f"train loss {result['loss']:.4f}")
-    assert lines[5].startswith(f"test accuracy {result['test_accuracy']:.2%}")
-    assert len(lines) == 6
+    assert lines[2] == (  # a derived setting is printed, with how to set it
+        f"ema_momentum {result['ema_momentum']:.3f} is derived from the run's {result['steps']} steps (the average "
+        "spans about the last tenth of them; --ema-momentum sets it)"
+    )
+    for epoch, line in enumerate(lines[3:5], start=1):
+        figures = result["metrics"][epoch - 1]
+        assert line.startswith(f"Epoch {epoch}/2 - 43/43 - ") and "s/step - " in line
+        assert line.endswith(
+            f"loss: {figures['loss']:.4f} - accuracy: {figures['accuracy']:.4f} - val_loss: {figures['val_loss']:.4f} - "
+            f"val_accuracy: {figures['val_accuracy']:.4f} - lr: {figures['lr']:.4f}"
+        )
+        assert figures["loss"] == result["history"][epoch - 1]
+    assert lines[5].startswith(f"train loss {result['loss']:.4f}")
+    assert lines[6].startswith(f"test accuracy {result['test_accuracy']:.2%}")
+    assert len(lines) == 7
+    last = result["metrics"][-1]  # the epoch's figures are those of the weights it ended with
+    assert 0.9 < last["val_accuracy"] <= 1 and 0.5 < last["accuracy"] <= 1 and last["lr"] < 0.05
+
+
+@needs_sklearn
+def test_a_given_ema_momentum_is_used_and_not_announced_as_derived() -> None:
+    out = io.StringIO()
+    result = demo.run(epochs=1, seed=0, stream=out, ema_momentum=0.5)
+    assert result["ema_momentum"] == 0.5 and "ema_momentum=0.500" in out.getvalue()
+    assert "derived" not in out.getvalue()
+    assert demo.run(epochs=1, seed=0, quiet=True, ema_momentum=0.5)["test_accuracy"] == result["test_accuracy"]
 
 
 @pytest.mark.parametrize("kwargs", [{"epochs": 0}, {"epochs": -1}, {"epochs": 1.5}, {"epochs": True}, {"seed": -1}])
@@ -83,7 +104,23 @@ def test_missing_scikit_learn_is_explained(monkeypatch: pytest.MonkeyPatch) -> N
         demo.run(epochs=1, quiet=True)
 
 
-# --- progress bar ------------------------------------------------------------------------
+# --- progress display --------------------------------------------------------------------
+
+
+def test_progress_off_a_terminal_writes_one_keras_line_per_epoch() -> None:
+    out = io.StringIO()
+    progress = FitProgress(epochs=2, steps=4, stream=out)
+    assert not progress.interactive
+    for epoch in (1, 2):
+        progress.start_epoch(epoch)
+        for step in range(1, 5):
+            progress.update(step, {"loss": 1.0 / step})
+        progress.end_epoch({"loss": 0.25, "accuracy": 0.5, "val_loss": 0.125, "lr": 0.1}, seconds=0.5)
+    progress.close()
+    assert out.getvalue() == (
+        "Epoch 1/2 - 4/4 - 0.50s 125ms/step - loss: 0.2500 - accuracy: 0.5000 - val_loss: 0.1250 - lr: 0.1000\n"
+        "Epoch 2/2 - 4/4 - 0.50s 125ms/step - loss: 0.2500 - accuracy: 0.5000 - val_loss: 0.1250 - lr: 0.1000\n"
+    )
 
 
 class _Terminal(io.StringIO):
@@ -91,61 +128,48 @@ class _Terminal(io.StringIO):
         return True
 
 
-def test_progress_off_a_terminal_writes_one_line_per_epoch() -> None:
-    out = io.StringIO()
-    bar = EpochProgress(epochs=2, steps=4, stream=out, width=8)
-    assert not bar.interactive
+def test_progress_on_a_terminal_draws_live_bars_that_stay(monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.delenv("TERM", raising=False)
+    out = _Terminal()
+    progress = FitProgress(epochs=2, steps=4, stream=out)
+    assert progress.interactive
     for epoch in (1, 2):
-        bar.start_epoch(epoch)
+        progress.start_epoch(epoch)
         for step in range(1, 5):
-            bar.update(step, loss=1.0 / step)
-        bar.end_epoch(loss=0.25, extra="lr 0.1000")
-    assert out.getvalue() == (
-        "epoch 1/2 [========] 4/4 loss 0.2500 - lr 0.1000\n"
-        "epoch 2/2 [========] 4/4 loss 0.2500 - lr 0.1000\n"
-    )
-
-
-def test_progress_on_a_terminal_redraws_in_place() -> None:
-    out = _Terminal()
-    bar = EpochProgress(epochs=1, steps=4, stream=out, width=8, min_interval=0.0)
-    assert bar.interactive
-    bar.start_epoch(1)
-    bar.update(1, loss=12.5)
-    bar.update(2, loss=0.5)
-    bar.end_epoch(loss=0.5)
+            progress.update(step, {"loss": 0.5, "accuracy": 0.75})
+        progress.end_epoch({"loss": 0.5, "accuracy": 0.75, "val_accuracy": 0.875}, seconds=0.4)
+    progress.close()
     text = out.getvalue()
-    frames = text.rstrip("\n").split("\r")[1:]
-    assert frames[0] == "epoch 1/1 [........] 0/4"
-    assert frames[1] == "epoch 1/1 [==>.....] 1/4 loss 12.5000"
-    # The shorter redraw is padded so no digit of the longer one is left on screen.
-    assert frames[2] == "epoch 1/1 [====>...] 2/4 loss 0.5000 "
-    assert frames[3].startswith("epoch 1/1 [========] 4/4 loss 0.5000")
-    assert text.endswith("\n") and text.count("\n") == 1
+    # both epochs' bars are left on screen, each with its final figures
+    assert "Epoch 1/2" in text and "Epoch 2/2" in text and "4/4" in text and "100ms/step" in text
+    assert text.count("val_accuracy: 0.8750") >= 2 and "ETA" in text
 
 
-def test_progress_throttles_redraws_but_always_draws_the_last_step() -> None:
-    out = _Terminal()
-    bar = EpochProgress(epochs=1, steps=1000, stream=out, min_interval=3600.0)
-    bar.start_epoch(1)
-    for step in range(1, 1001):
-        bar.update(step, loss=1.0)
-    frames = out.getvalue().split("\r")[1:]
-    assert len(frames) == 3  # the empty bar, the first step, the last step
-    assert "1000/1000" in frames[-1]
+def test_progress_close_is_safe_when_interrupted_or_repeated() -> None:
+    out = io.StringIO()
+    progress = FitProgress(epochs=3, steps=10, stream=out, interactive=True)
+    progress.start_epoch(1)
+    progress.update(3, {"loss": 1.0})
+    progress.close()
+    progress.close()
+    assert "Epoch 1/3" in out.getvalue()
 
 
-def test_progress_close_ends_a_half_drawn_bar() -> None:
-    out = _Terminal()
-    bar = EpochProgress(epochs=3, steps=10, stream=out)
-    bar.start_epoch(1)
-    bar.close()
-    bar.close()  # idempotent
-    assert out.getvalue().endswith("\n") and out.getvalue().count("\n") == 1
+def test_metrics_are_listed_as_keras_lists_them() -> None:
+    assert format_metrics({"loss": 0.12345, "val_accuracy": 1.0}) == "loss: 0.1235 - val_accuracy: 1.0000"
+
+
+def test_time_per_step_under_a_millisecond_is_in_microseconds() -> None:
+    out = io.StringIO()
+    progress = FitProgress(epochs=1, steps=100, stream=out)
+    progress.start_epoch(1)
+    progress.end_epoch({"loss": 1.0}, seconds=0.042)
+    assert out.getvalue() == "Epoch 1/1 - 100/100 - 0.04s 420us/step - loss: 1.0000\n"
 
 
 def test_progress_rejects_empty_loops() -> None:
     with pytest.raises(ValueError):
-        EpochProgress(epochs=0, steps=1)
+        FitProgress(epochs=0, steps=1)
     with pytest.raises(ValueError):
-        EpochProgress(epochs=1, steps=0)
+        FitProgress(epochs=1, steps=0)

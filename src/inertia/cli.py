@@ -40,6 +40,16 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
 
 
+def _ema_momentum(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``inertia`` command, with one sub-parser per command."""
     parser = argparse.ArgumentParser(
@@ -71,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_SEED,
         metavar="S",
         help=f"seed of the split, the initial weights and the shuffling (default: {DEFAULT_SEED})",
+    )
+    demo.add_argument(
+        "--ema-momentum",
+        type=_ema_momentum,
+        default=None,
+        metavar="M",
+        help="momentum of the moving average of the weights, in [0, 1) (default: derived from the "
+        "run's length, so that it spans about its last tenth; the header prints the value)",
     )
     demo.add_argument(
         "-q",
@@ -144,7 +162,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     try:
-        result = demo.run(epochs=args.epochs, seed=args.seed, quiet=args.quiet)
+        result = demo.run(epochs=args.epochs, seed=args.seed, quiet=args.quiet, ema_momentum=args.ema_momentum)
     except demo.MissingDependencyError as error:
         print(f"inertia demo: error: {error}", file=sys.stderr)
         return 1

@@ -26,7 +26,7 @@ import numpy as np
 
 import inertia
 from inertia import schedules
-from inertia.progress import EpochProgress
+from inertia.progress import FitProgress
 
 __all__ = ["run", "format_summary", "MissingDependencyError", "DEFAULT_EPOCHS", "DEFAULT_SEED"]
 
@@ -58,6 +58,7 @@ def run(
     seed: int = DEFAULT_SEED,
     quiet: bool = False,
     stream: TextIO | None = None,
+    ema_momentum: float | None = None,
 ) -> dict[str, Any]:
     """Train the demo model and return what it reached.
 
@@ -67,12 +68,18 @@ def run(
         seed: seeds the split, the initial weights and the shuffling.
         quiet: print nothing (the caller reports the returned numbers itself).
         stream: where to print; ``sys.stdout`` when ``None``.
+        ema_momentum: the moving average's momentum; ``None`` derives it from the run's
+            length (it spans about the last tenth of the steps, between 0.9 and 0.99), and
+            the printed header says so.
 
     Returns:
         A dict with ``loss`` (mean cross-entropy of the final model on the training set),
         ``train_accuracy``, ``test_loss``, ``test_accuracy``, ``history`` (the mean
-        training loss over the steps of each epoch), ``epochs``, ``seed``, ``steps``,
-        ``n_train``, ``n_test`` and ``seconds`` (wall time of the training loop).
+        training loss over the steps of each epoch), ``metrics`` (per epoch: ``loss`` and
+        ``accuracy`` over its steps, ``val_loss`` and ``val_accuracy`` of the weights at its
+        end on the test split, and the learning rate ``lr`` reached), ``epochs``, ``seed``,
+        ``steps``, ``ema_momentum``, ``n_train``, ``n_test`` and ``seconds`` (wall time of
+        the training loop).
 
     Raises:
         MissingDependencyError: scikit-learn is not installed.
@@ -82,6 +89,8 @@ def run(
         raise ValueError(f"`epochs` must be an integer >= 1. Received: epochs={epochs!r}")
     if isinstance(seed, bool) or int(seed) != seed or seed < 0:
         raise ValueError(f"`seed` must be an integer >= 0. Received: seed={seed!r}")
+    if ema_momentum is not None and (isinstance(ema_momentum, bool) or not 0.0 <= float(ema_momentum) < 1.0):
+        raise ValueError(f"`ema_momentum` must be in [0, 1). Received: ema_momentum={ema_momentum!r}")
     epochs, seed = int(epochs), int(seed)
     out = sys.stdout if stream is None else stream
 
@@ -97,7 +106,9 @@ def run(
 
     steps_per_epoch = math.ceil(len(x_train) / BATCH_SIZE)
     total_steps = epochs * steps_per_epoch
-    ema_momentum = min(MAX_EMA_MOMENTUM, max(MIN_EMA_MOMENTUM, 1.0 - 10.0 / total_steps))
+    derived = ema_momentum is None
+    if derived:
+        ema_momentum = min(MAX_EMA_MOMENTUM, max(MIN_EMA_MOMENTUM, 1.0 - 10.0 / total_steps))
     schedule = schedules.CosineDecay(LEARNING_RATE, decay_steps=total_steps, alpha=0.01)
     optimizer = inertia.SGD(
         learning_rate=schedule,
@@ -119,35 +130,51 @@ def run(
             f"optimizer: SGD(learning_rate=CosineDecay({LEARNING_RATE:g}, {total_steps} steps), "
             f"momentum={MOMENTUM:g}, nesterov=True, weight_decay={WEIGHT_DECAY:g} on kernels, "
             f"use_ema=True, ema_momentum={ema_momentum:.3f}), batch {BATCH_SIZE}\n"
+            + (
+                f"ema_momentum {ema_momentum:.3f} is derived from the run's {total_steps} steps (the average "
+                "spans about the last tenth of them; --ema-momentum sets it)\n"
+                if derived else ""
+            )
         )
         out.flush()
-    progress = None if quiet else EpochProgress(epochs, steps_per_epoch, stream=out)
+    progress = None if quiet else FitProgress(epochs, steps_per_epoch, stream=out)
+    one_hot_test = _one_hot(y_test, 10)
 
     history: list[float] = []
+    metrics: list[dict[str, float]] = []
     start = time.perf_counter()
     try:
         for epoch in range(1, epochs + 1):
             if progress:
                 progress.start_epoch(epoch)
+            began = time.perf_counter()
             order = rng.permutation(len(x_train))
-            total = 0.0
+            total, correct, seen = 0.0, 0, 0
             for step in range(steps_per_epoch):
                 batch = order[step * BATCH_SIZE : (step + 1) * BATCH_SIZE]
-                loss, grads = loss_and_grads(
-                    [v.value for v in variables], x_train[batch], one_hot_train[batch]
-                )
+                weights = [v.value for v in variables]
+                loss, grads = loss_and_grads(weights, x_train[batch], one_hot_train[batch])
+                # accuracy of the weights the step started from, as Keras' fit counts it
+                correct += int(np.sum(np.argmax(_logits(weights, x_train[batch]), axis=1) == y_train[batch]))
+                seen += len(batch)
                 optimizer.apply_gradients(
                     zip([np.asarray(g, dtype=np.float32) for g in grads], variables)
                 )
                 total += float(loss)
                 if progress:
-                    progress.update(step + 1, total / (step + 1))
+                    progress.update(step + 1, {"loss": total / (step + 1), "accuracy": correct / seen})
+            seconds_in_epoch = time.perf_counter() - began
             history.append(total / steps_per_epoch)
             if not math.isfinite(history[-1]):
                 raise FloatingPointError(f"the training loss diverged in epoch {epoch}")
+            weights = [v.numpy() for v in variables]
+            metrics.append({
+                "loss": history[-1], "accuracy": correct / seen,
+                "val_loss": float(_loss(weights, x_test, one_hot_test)), "val_accuracy": _accuracy(weights, x_test, y_test),
+                "lr": float(schedule(epoch * steps_per_epoch)),
+            })
             if progress:
-                learning_rate = float(schedule(epoch * steps_per_epoch))
-                progress.end_epoch(history[-1], extra=f"lr {learning_rate:.4f}")
+                progress.end_epoch(metrics[-1], seconds=seconds_in_epoch)
     finally:
         if progress:
             progress.close()
@@ -163,6 +190,8 @@ def run(
         "n_train": len(x_train),
         "n_test": len(x_test),
         "history": history,
+        "metrics": metrics,
+        "ema_momentum": ema_momentum,
         "loss": float(_loss(weights, x_train, one_hot_train)),
         "train_accuracy": _accuracy(weights, x_train, y_train),
         "test_loss": float(_loss(weights, x_test, _one_hot(y_test, 10))),

@@ -1,125 +1,114 @@
-"""A tiny per-epoch progress bar (standard library only).
+"""The demo's progress display, in Keras ``fit``'s habits, drawn with ``rich``.
 
-On a terminal the bar of the current epoch is redrawn in place with ``'\\r'`` as the steps
-go by; anywhere else (a pipe, a file, a CI log) nothing is drawn mid-epoch and each epoch
-ends in exactly one line, so logs stay readable and diffable.
+On a terminal each epoch gets a live bar (steps done, ETA, ms per step, the running loss and
+accuracy) that stays on screen with the epoch's validation figures once it ends, as Keras
+leaves one line per epoch. Anywhere else (a pipe, a file, a CI log) nothing is drawn
+mid-epoch and each epoch ends in exactly one plain line, so logs stay readable and diffable.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Mapping, Optional, TextIO
 
-__all__ = ["EpochProgress"]
+__all__ = ["FitProgress", "format_metrics"]
 
 
-class EpochProgress:
-    """Progress of a training loop, one bar per epoch.
+def _per_step(seconds: float) -> str:
+    """Time per step as Keras prints it: ``5ms/step``, or ``420us/step`` under a millisecond."""
+    return f"{seconds * 1e3:.0f}ms/step" if seconds >= 1e-3 else f"{seconds * 1e6:.0f}us/step"
+
+
+def format_metrics(metrics: Mapping[str, float]) -> str:
+    """``loss: 0.1234 - accuracy: 0.9650``, Keras' way of listing an epoch's figures.
+
+    Example:
+        >>> format_metrics({"loss": 0.5, "accuracy": 0.875})
+        'loss: 0.5000 - accuracy: 0.8750'
+    """
+    return " - ".join(f"{name}: {value:.4f}" for name, value in metrics.items())
+
+
+class FitProgress:
+    """Progress of a training loop, one line per epoch.
 
     Args:
         epochs: the number of epochs the loop will run.
         steps: the number of steps (mini-batches) in one epoch.
         stream: where to write; ``sys.stdout`` (looked up at construction) when ``None``.
-        width: the number of characters inside the bar's brackets.
-        interactive: redraw in place; when ``None``, whether ``stream`` is a TTY.
-        min_interval: the least time in seconds between two redraws on a terminal.
+        interactive: draw live bars; when ``None``, whether ``stream`` is a terminal.
 
-    Example:
+    Example (off a terminal: one plain line per epoch):
         >>> import io
         >>> out = io.StringIO()
-        >>> bar = EpochProgress(epochs=2, steps=10, stream=out, width=10)
-        >>> bar.start_epoch(1)
-        >>> bar.update(10, loss=0.5)
-        >>> bar.end_epoch(loss=0.5)
+        >>> progress = FitProgress(epochs=2, steps=10, stream=out)
+        >>> progress.start_epoch(1)
+        >>> progress.update(10, {"loss": 0.5})
+        >>> progress.end_epoch({"loss": 0.5, "val_loss": 0.25}, seconds=0.02)
         >>> out.getvalue()
-        'epoch 1/2 [==========] 10/10 loss 0.5000\\n'
+        'Epoch 1/2 - 10/10 - 0.02s 2ms/step - loss: 0.5000 - val_loss: 0.2500\\n'
     """
 
-    def __init__(
-        self,
-        epochs: int,
-        steps: int,
-        stream: TextIO | None = None,
-        width: int = 30,
-        interactive: bool | None = None,
-        min_interval: float = 0.05,
-    ) -> None:
+    def __init__(self, epochs: int, steps: int, stream: Optional[TextIO] = None, interactive: Optional[bool] = None) -> None:
         if epochs < 1 or steps < 1:
             raise ValueError(f"`epochs` and `steps` must be >= 1. Received: epochs={epochs}, steps={steps}")
-        self.epochs = int(epochs)
-        self.steps = int(steps)
+        from rich.console import Console
+
+        self.epochs, self.steps = int(epochs), int(steps)
         self.stream = sys.stdout if stream is None else stream
-        self.width = int(width)
-        self.interactive = _isatty(self.stream) if interactive is None else bool(interactive)
-        self.min_interval = float(min_interval)
+        self.console = Console(file=self.stream, highlight=False)
+        self.interactive = self.console.is_terminal if interactive is None else bool(interactive)
+        self._live = None
+        self._task = None
         self._epoch = 0
-        self._last_draw = float("-inf")
-        # Length of the line now on screen, so a shorter redraw can blank out the leftovers.
-        self._drawn = 0
+        self._started = 0.0
+
+    def _progress(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        if self._live is None:
+            self._live = Progress(
+                TextColumn("Epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[per_step]}"),
+                TextColumn("{task.fields[metrics]}"), console=self.console, transient=False,
+            )
+            self._live.start()
+        return self._live
 
     def start_epoch(self, epoch: int) -> None:
         """Begin epoch ``epoch`` (1-based)."""
-        self._epoch = int(epoch)
-        self._last_draw = float("-inf")
+        self._epoch, self._started = int(epoch), time.perf_counter()
         if self.interactive:
-            self._draw(self._line(0, None))
+            self._task = self._progress().add_task(
+                "", total=self.steps, epoch=f"{epoch}/{self.epochs}", per_step="", metrics=""
+            )
 
-    def update(self, step: int, loss: float | None = None) -> None:
-        """``step`` steps of the current epoch are done; ``loss`` is their running mean.
+    def update(self, step: int, metrics: Mapping[str, float]) -> None:
+        """``step`` steps of the current epoch are done; ``metrics`` are their running means.
+        Off a terminal it does nothing (rich throttles the redraws on one)."""
+        if self.interactive and self._task is not None:
+            per_step = (time.perf_counter() - self._started) / max(step, 1)
+            self._progress().update(
+                self._task, completed=step, per_step=_per_step(per_step), metrics=format_metrics(metrics)
+            )
 
-        Cheap to call every step: off a terminal it does nothing, and on one it redraws at
-        most once per ``min_interval`` seconds (writing to a terminal is slower than a step
-        of a small model).
-        """
-        if not self.interactive:
-            return
-        now = time.monotonic()
-        if now - self._last_draw < self.min_interval and step < self.steps:
-            return
-        self._last_draw = now
-        self._draw(self._line(step, loss))
-
-    def end_epoch(self, loss: float | None = None, extra: str = "") -> None:
-        """Finish the current epoch: draw the full bar with its final ``loss``, then a newline."""
-        line = self._line(self.steps, loss)
-        if extra:
-            line = f"{line} - {extra}"
-        if self.interactive:
-            self._draw(line)
-            self.stream.write("\n")
+    def end_epoch(self, metrics: Mapping[str, float], seconds: Optional[float] = None) -> None:
+        """Finish the current epoch with its final figures (validation ones included)."""
+        seconds = time.perf_counter() - self._started if seconds is None else seconds
+        per_step = _per_step(seconds / self.steps)
+        if self.interactive and self._task is not None:
+            self._progress().update(self._task, completed=self.steps, per_step=per_step, metrics=format_metrics(metrics))
+            self._task = None
         else:
-            self.stream.write(line + "\n")
-        self._drawn = 0
-        self.stream.flush()
+            self.stream.write(
+                f"Epoch {self._epoch}/{self.epochs} - {self.steps}/{self.steps} - {seconds:.2f}s {per_step} - "
+                f"{format_metrics(metrics)}\n"
+            )
+            self.stream.flush()
 
     def close(self) -> None:
-        """End a bar left half drawn (training interrupted), so the next output starts clean."""
-        if self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._drawn = 0
-
-    def _line(self, step: int, loss: float | None) -> str:
-        filled = self.width * step // self.steps
-        bar = "=" * filled + (">" if filled < self.width and step else "")
-        bar = bar.ljust(self.width, ".")
-        digits = len(str(self.epochs))
-        step_digits = len(str(self.steps))
-        text = f"epoch {self._epoch:>{digits}}/{self.epochs} [{bar}] {step:>{step_digits}}/{self.steps}"
-        if loss is not None:
-            text += f" loss {loss:.4f}"
-        return text
-
-    def _draw(self, line: str) -> None:
-        padding = " " * max(0, self._drawn - len(line))
-        self.stream.write("\r" + line + padding)
-        self.stream.flush()
-        self._drawn = len(line)
-
-
-def _isatty(stream: TextIO) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):  # no isatty, or a closed stream
-        return False
+        """Stop the live display (also when training was interrupted), so later output starts clean."""
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
