@@ -360,6 +360,8 @@ _WORKER_CONTENDERS = ("keras-torch", "keras-jax")  # Keras picks one backend per
 # ---------------------------------------------------------------------------------------------
 # measuring
 # ---------------------------------------------------------------------------------------------
+# Memory is read from /proc, not psutil: the peak a step adds needs the high-water mark reset
+# first (Linux's clear_refs), which psutil does not offer; elsewhere it is reported as unknown.
 def _rss_bytes(field_name: str) -> int:
     with open("/proc/self/status") as status:
         for line in status:
@@ -381,6 +383,9 @@ def _peak_added(step: Callable[[], None], sync: Callable[[], None]) -> Optional[
         return None
 
 
+# The timing loop is inertia's own, not pyperf's or torch.utils.benchmark's: the contenders
+# (several libraries, Keras in worker processes) must be interleaved round by round beside the
+# bandwidth probe that decides which rounds were noisy, which neither harness does.
 def _time_steps(step: Callable[[], None], sync: Callable[[], None], count: int) -> list[float]:
     times = []
     for _ in range(count):
@@ -701,7 +706,9 @@ def _machine() -> dict:
 
 
 def markdown(report: dict) -> str:
-    """The report as Markdown tables, one per workload and configuration."""
+    """The report as Markdown tables, one per workload and configuration (GitHub pipe tables,
+    written directly: they go into the README and results files, which a terminal-table
+    library such as rich would not produce)."""
     machine = report["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items())
     lines = [
