@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import requires
 
 from inertia import backend as backends
 from inertia import bench, cli
@@ -300,6 +301,19 @@ def test_cli_runs_the_benchmark_and_writes_its_report(monkeypatch, tmp_path, cap
     assert json.loads(json_path.read_text()) == report
     assert markdown_path.read_text() == bench.markdown(report) + "\n"
     assert cli.main(["bench"]) == 0 and asked["contenders"] is None  # every installed contender
+
+
+def test_cli_writes_the_plot_of_the_report(monkeypatch, tmp_path, capsys):
+    requires("matplotlib")
+    report = {"machine": MACHINE, "bandwidth_gbps": {"W3": 5.0}, "not_run": [], "results": [
+        {"workload": "W3", "config": "plain", "contender": "inertia-numpy", "median_ms": 16.0, "spread": 0.1,
+         "gbps": 2.5, "of_bandwidth": 0.5, "first_step_s": 0.1, "peak_added_mb": None, "ratios": {}},
+    ]}
+    monkeypatch.setattr(bench, "run", lambda **options: report)
+    path = tmp_path / "bench.png"
+    assert cli.main(["bench", "--plot", str(path)]) == 0
+    capsys.readouterr()
+    assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
 def test_cli_rejects_each_unknown_name_with_its_own_error(capsys):

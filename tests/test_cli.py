@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import requires
 
 import inertia
 from inertia import cli
@@ -125,3 +126,15 @@ def test_console_script_is_declared() -> None:
 def test_demo_rejects_an_ema_momentum_outside_its_range() -> None:
     done = _inertia("demo", "--ema-momentum", "1.5")
     assert done.returncode == 2 and "--ema-momentum: must be in [0, 1), got '1.5'" in done.stderr
+
+
+@needs_sklearn
+def test_demo_writes_its_plot(tmp_path) -> None:
+    requires("matplotlib")
+    done = subprocess.run(
+        [sys.executable, "-m", "inertia", "demo", "--epochs", "1", "--plot", "demo.png"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "wrote demo.png"
+    assert (tmp_path / "demo.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")

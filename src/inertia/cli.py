@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Sequence
 
-from inertia import __version__, demo
+from inertia import __version__, demo, plots
 from inertia.demo import DEFAULT_EPOCHS, DEFAULT_SEED
 
 __all__ = ["build_parser", "main"]
@@ -91,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
         "run's length, so that it spans about its last tenth; the header prints the value)",
     )
     demo.add_argument(
+        "--plot",
+        default=None,
+        metavar="FILE",
+        help="also write a PNG of the loss and learning rate per step and the accuracy per epoch "
+        "(needs matplotlib: pip install 'inertia[plot]')",
+    )
+    demo.add_argument(
         "-q",
         "--quiet",
         action="store_true",
@@ -116,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--scale", type=float, default=1.0, help="shrink every workload's first dimension (quick checks)")
     bench.add_argument("--json", default=None, metavar="PATH", help="also write the full report as JSON")
     bench.add_argument("--markdown", default=None, metavar="PATH", help="also write the Markdown tables")
+    bench.add_argument("--plot", default=None, metavar="FILE",
+                       help="also write a PNG bar chart of the step times (needs matplotlib: pip install 'inertia[plot]')")
     bench.set_defaults(handler=_bench)
     return parser
 
@@ -140,6 +149,11 @@ def _bench(args: argparse.Namespace) -> int:
                    for name in split(given) if name not in known]
     if not 0 < args.scale <= 1:
         errors.append(f"--scale: must be in (0, 1], got {args.scale}")
+    if args.plot:
+        try:
+            plots._pyplot()
+        except plots.MissingPlotLibraryError as error:
+            errors.append(f"--plot: {error}")
     if errors:
         for error in errors:
             print(f"inertia bench: error: {error}", file=sys.stderr)
@@ -157,18 +171,24 @@ def _bench(args: argparse.Namespace) -> int:
     if args.markdown:
         with open(args.markdown, "w") as handle:
             handle.write(text + "\n")
+    if args.plot:
+        plots.plot_bench(report, args.plot)
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
     try:
+        if args.plot:
+            plots._pyplot()  # a missing matplotlib stops the command before it trains
         result = demo.run(epochs=args.epochs, seed=args.seed, quiet=args.quiet, ema_momentum=args.ema_momentum)
-    except demo.MissingDependencyError as error:
+    except (demo.MissingDependencyError, plots.MissingPlotLibraryError) as error:
         print(f"inertia demo: error: {error}", file=sys.stderr)
         return 1
     if args.quiet:
         # run() printed nothing; the results are still the point of the command.
         print(demo.format_summary(result))
+    if args.plot:
+        print(f"wrote {plots.plot_demo(result, args.plot)}")
     return 0
 
 

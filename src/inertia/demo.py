@@ -78,8 +78,8 @@ def run(
         training loss over the steps of each epoch), ``metrics`` (per epoch: ``loss`` and
         ``accuracy`` over its steps, ``val_loss`` and ``val_accuracy`` of the weights at its
         end on the test split, and the learning rate ``lr`` reached), ``epochs``, ``seed``,
-        ``steps``, ``ema_momentum``, ``n_train``, ``n_test`` and ``seconds`` (wall time of
-        the training loop).
+        ``steps``, ``ema_momentum``, ``step_losses`` and ``step_learning_rates`` (each
+        step's), ``n_train``, ``n_test`` and ``seconds`` (wall time of the training loop).
 
     Raises:
         MissingDependencyError: scikit-learn is not installed.
@@ -142,6 +142,8 @@ def run(
 
     history: list[float] = []
     metrics: list[dict[str, float]] = []
+    step_losses: list[float] = []
+    step_rates: list[float] = []
     start = time.perf_counter()
     try:
         for epoch in range(1, epochs + 1):
@@ -161,6 +163,8 @@ def run(
                     zip([np.asarray(g, dtype=np.float32) for g in grads], variables)
                 )
                 total += float(loss)
+                step_losses.append(float(loss))
+                step_rates.append(float(schedule(len(step_rates))))  # the rate this step used
                 if progress:
                     progress.update(step + 1, {"loss": total / (step + 1), "accuracy": correct / seen})
             seconds_in_epoch = time.perf_counter() - began
@@ -191,6 +195,8 @@ def run(
         "n_test": len(x_test),
         "history": history,
         "metrics": metrics,
+        "step_losses": step_losses,
+        "step_learning_rates": step_rates,
         "ema_momentum": ema_momentum,
         "loss": float(_loss(weights, x_train, one_hot_train)),
         "train_accuracy": _accuracy(weights, x_train, y_train),
