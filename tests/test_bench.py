@@ -243,14 +243,15 @@ def test_a_face_without_a_configurations_options_is_reported_not_run_for_it(scri
 
 def test_a_peer_that_is_not_installed_is_listed_not_dropped(scripted_run, monkeypatch):
     run, made, logged = scripted_run
-    monkeypatch.setattr(bench, "_available", lambda name: name not in ("optax", "keras-jax"))
-    report = run(contenders=["inertia-numpy", "optax", "keras-jax"])
-    assert [name for _, name, _ in made["contenders"]] == ["inertia-numpy", "inertia-numpy"]
+    monkeypatch.setattr(bench, "_found", lambda module: module not in ("optax", "jax"))
+    monkeypatch.setattr(bench, "_available", lambda name: not bench._missing(name))
+    report = run(contenders=["inertia-numpy", "optax", "keras-jax", "inertia-torch"])
+    assert [name for _, name, _ in made["contenders"]] == ["inertia-numpy", "inertia-torch"] * 2
     assert report["not_run"] == [
-        {"workload": "W3", "config": config, "contender": name, "reason": f"not installed: pip install {package}"}
-        for config in ("plain", "everything") for name, package in (("optax", "optax"), ("keras-jax", "keras"))
+        {"workload": "W3", "config": config, "contender": name, "reason": f"not installed: pip install {packages}"}
+        for config in ("plain", "everything") for name, packages in (("optax", "optax jax"), ("keras-jax", "jax"))
     ]
-    assert "Not run: keras-jax (not installed: pip install keras)." in bench.markdown(report)
+    assert "Not run: keras-jax (not installed: pip install jax)." in bench.markdown(report)
 
 
 def test_every_contender_has_a_factory_and_every_exclusion_names_a_contender():
@@ -328,7 +329,7 @@ def test_cli_rejects_each_unknown_name_with_its_own_error(capsys):
 
 
 def test_cli_help_lists_workloads_configurations_and_contenders(monkeypatch, capsys):
-    monkeypatch.setattr(bench, "_available", lambda name: name != "mlx")
+    monkeypatch.setattr(bench, "_found", lambda module: module != "mlx.optimizers")
     with pytest.raises(SystemExit):
         cli.main(["bench", "--help"])
     text = capsys.readouterr().out
@@ -338,6 +339,7 @@ def test_cli_help_lists_workloads_configurations_and_contenders(monkeypatch, cap
     assert all(f"  {name}: " in text for name in bench.ALL_CONTENDERS)
     assert "  mlx: needs mlx, not installed (pip install mlx)" in text
     assert "  torch-fused: needs torch, installed" in text and "  inertia-numpy: installed" in text
+    assert "  keras-jax: needs keras and jax, installed" in text
 
 
 # Every contender does the work it is timed for: after the same steps, its weights match

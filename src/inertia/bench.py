@@ -568,7 +568,7 @@ def run(
         for config in configs:
             log(f"{workload} {config}: setting up {', '.join(names)}")
             for name in missing:  # listed, never silently absent
-                reason = f"not installed: pip install {_LIBRARIES[name][1]}"
+                reason = f"not installed: pip install {' '.join(_missing(name))}"
                 not_run.append({"workload": workload, "config": config, "contender": name, "reason": reason})
             active = []
             for name in names:
@@ -613,12 +613,12 @@ def run(
     return report
 
 
-# The library each peer needs, and the pip distribution that provides it.
-_LIBRARIES = {
-    "inertia-torch": ("torch", "torch"), "inertia-jax": ("jax", "jax"), "inertia-torch-face": ("torch", "torch"),
-    "inertia-torch-flat": ("torch", "torch"), "torch-foreach": ("torch", "torch"), "torch-fused": ("torch", "torch"),
-    "torch-compile": ("torch", "torch"), "optax": ("optax", "optax"), "keras-torch": ("keras", "keras"),
-    "keras-jax": ("keras", "keras"), "mlx": ("mlx.optimizers", "mlx"),
+# The libraries each peer needs: (module to find, pip distribution that provides it).
+_TORCH, _JAX, _KERAS = ("torch", "torch"), ("jax", "jax"), ("keras", "keras")
+_LIBRARIES: dict[str, tuple[tuple[str, str], ...]] = {
+    "inertia-torch": (_TORCH,), "inertia-jax": (_JAX,), "inertia-torch-face": (_TORCH,), "inertia-torch-flat": (_TORCH,),
+    "torch-foreach": (_TORCH,), "torch-fused": (_TORCH,), "torch-compile": (_TORCH,), "optax": (("optax", "optax"), _JAX),
+    "keras-torch": (_KERAS, _TORCH), "keras-jax": (_KERAS, _JAX), "mlx": (("mlx.optimizers", "mlx"),),
 }
 
 
@@ -633,17 +633,23 @@ def describe_choices() -> str:
               "  everything: momentum, weight decay, clipnorm and an EMA of the weights"]
     lines.append("contenders:")
     for name in ALL_CONTENDERS:
-        library = _LIBRARIES.get(name)
-        status = "installed" if _available(name) else f"not installed (pip install {library[1]})"
-        needs = f"needs {library[1]}, " if library else ""
-        lines.append(f"  {name}: {needs}{status}")
+        missing = _missing(name)
+        status = f"not installed (pip install {' '.join(missing)})" if missing else "installed"
+        needs = " and ".join(package for _, package in _LIBRARIES.get(name, ()))
+        lines.append(f"  {name}: {f'needs {needs}, ' if needs else ''}{status}")
     return "\n".join(lines)
 
 
+def _missing(name: str) -> list[str]:
+    """The pip distributions a contender needs that are not installed here."""
+    return [package for module, package in _LIBRARIES.get(name, ()) if not _found(module)]
+
+
 def _available(name: str) -> bool:
-    module = _LIBRARIES.get(name, (None, None))[0]
-    if module is None:
-        return True
+    return not _missing(name)
+
+
+def _found(module: str) -> bool:
     import importlib.util
 
     try:
