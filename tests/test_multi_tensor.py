@@ -467,3 +467,32 @@ def test_mlx_face_multi_tensor_path_equals_its_reference_path(torch, monkeypatch
         reference = _mlx_run(torch, MLX_CASES[case], dtype)
     assert count[0] == STEPS
     _compare(fast, reference, None)
+
+
+def test_mlx_face_gradients_with_autograd_history_keep_the_reference_path(torch, monkeypatch):
+    """Gradients made with create_graph=True carry history the reference path keeps (its new
+    tensors depend on them); no fast path takes them."""
+    from inertia.mlx import SGD
+
+    monkeypatch.setattr(multi_tensor, "_ON_CPU_TOO", True)
+    count = [0]
+    original = multi_tensor.heavy_ball_out_of_place
+    monkeypatch.setattr(multi_tensor, "heavy_ball_out_of_place", lambda *a: (count.__setitem__(0, count[0] + 1), original(*a))[1])
+    w = torch.ones(3)
+    g = torch.full((3,), 0.5, requires_grad=True)
+    new = SGD(learning_rate=0.1, momentum=0.9).apply_gradients({"w": g * 2}, {"w": w})
+    assert count[0] == 0 and new["w"].requires_grad
+
+
+def test_torch_face_half_tensors_keep_the_reference_path(torch, heavy_ball_steps):
+    """float16 / bfloat16: torch's in-place multi-tensor ops round their scalars to the dtype,
+    where the reference's per-parameter ops compute in float32: the path declines."""
+    from inertia.torch import SGD
+
+    for dtype in (torch.float16, torch.bfloat16):
+        w = torch.nn.Parameter(torch.ones(4, dtype=dtype))
+        optimizer = SGD([w], lr=0.1, momentum=0.9)
+        for _ in range(2):
+            w.grad = torch.full((4,), 0.3, dtype=dtype)
+            optimizer.step()
+    assert heavy_ball_steps[0] == 0

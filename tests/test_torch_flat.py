@@ -244,3 +244,109 @@ def test_the_flat_gradient_is_always_the_gradient_buffer():
     optimizer.step()
     reference.step()
     assert_same(net, twin)
+
+
+# --- found in review: copies, gradients read before the step, freezing, versions ----------
+@pytest.mark.parametrize("copy_with", ["deepcopy", "pickle"])
+def test_a_copy_of_model_and_optimizer_trains_the_copied_model(copy_with):
+    import pickle
+
+    net = model()
+    optimizer = SGD(FlatParameters(net.parameters()), lr=0.1, momentum=0.9)
+    loss_of(net, 0).backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    pair = (net, optimizer)
+    copied_net, copied = copy.deepcopy(pair) if copy_with == "deepcopy" else pickle.loads(pickle.dumps(pair))
+    (buffer,) = copied.param_groups[0]["params"]
+    assert all(p.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr() for p in copied_net.parameters())
+    for step in (1, 2):  # the copy and the original take the same steps, each on its own memory
+        for n, o in ((net, optimizer), (copied_net, copied)):
+            loss_of(n, step).backward()
+            o.step()
+            o.zero_grad()
+    assert_same(copied_net, net)
+    assert not any(p.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr() for p in net.parameters())
+
+
+def test_gradients_replaced_by_backward_are_in_the_buffer_before_the_step():
+    """After model.zero_grad() (None gradients), backward's new gradients reach the buffer at
+    once: GradScaler's unscale and clip_grad_norm_ over the optimizer's parameters see them."""
+    net, twin = model(), model()
+    optimizer = SGD(FlatParameters(net.parameters()), lr=0.1, momentum=0.9)
+    reference = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9)
+    scalers = [torch.amp.GradScaler("cpu", init_scale=1024.0) for _ in range(2)]
+    for step in range(3):
+        for n, o, scaler in ((net, optimizer, scalers[0]), (twin, reference, scalers[1])):
+            n.zero_grad()
+            scaler.scale(loss_of(n, step)).backward()
+            scaler.unscale_(o)
+            norm = torch.nn.utils.clip_grad_norm_([p for g in o.param_groups for p in g["params"]], 0.5)
+            scaler.step(o)
+            scaler.update()
+        for a, b in zip(net.parameters(), twin.parameters()):  # one norm over the buffer, or norms of norms
+            torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-6, atol=1e-7)
+    assert float(norm) > 0.5  # the clip was active
+
+
+def test_a_parameter_frozen_or_unfrozen_after_the_buffers_were_made_stops_the_step():
+    net = model()
+    net[2].weight.requires_grad_(False)
+    optimizer = SGD(FlatParameters(net.parameters()), lr=0.1, momentum=0.9)
+    loss_of(net, 0).backward()
+    optimizer.step()
+    buffer = optimizer.param_groups[0]["params"][0]
+    saved = buffer.detach().clone()
+    net[0].weight.requires_grad_(False)
+    with pytest.raises(RuntimeError, match="was frozen"):
+        optimizer.step()
+    net[0].weight.requires_grad_(True)
+    net[2].weight.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="in no buffer"):
+        optimizer.step()
+    assert torch.equal(buffer.detach(), saved) and optimizer.updates == 1
+
+
+def test_the_step_bumps_the_model_parameters_versions_as_torch_does():
+    lin = torch.nn.Linear(3, 1, bias=False)
+    optimizer = SGD(FlatParameters(lin.parameters()), lr=0.5)
+    x = torch.ones(1, 3, requires_grad=True)
+    out = lin(x).sum()
+    out.backward(retain_graph=True)
+    optimizer.step()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.backward()
+
+
+def test_a_parameter_of_a_buffer_cannot_be_added_as_a_group_again():
+    net = model()
+    optimizer = SGD(FlatParameters(net.parameters()), lr=0.1)
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        optimizer.add_param_group({"params": [net[0].bias]})
+    assert len(optimizer.param_groups) == 1
+    extra = torch.nn.Parameter(torch.ones(2))
+    optimizer.add_param_group({"params": [extra], "lr": 0.5})  # a parameter outside the buffers is fine
+    extra.grad = torch.ones(2)
+    optimizer.step()
+    optimizer.zero_grad()
+    assert torch.equal(extra.detach(), torch.full((2,), 0.5)) and extra.grad is None
+
+
+def test_zero_grad_after_the_model_moved_raises_before_zeroing():
+    net = torch.nn.Linear(2, 2)
+    flat = FlatParameters(net.parameters())
+    optimizer = SGD(flat, lr=0.1)
+    net(torch.ones(1, 2)).sum().backward()
+    gradient = flat.parameters()[0].grad.clone()
+    net.double()
+    with pytest.raises(RuntimeError, match="no longer lives in the buffer"):
+        optimizer.zero_grad()
+    assert torch.equal(flat.parameters()[0].grad, gradient)
+
+
+def test_plain_tensors_that_require_grad_are_placed_too():
+    t = torch.ones(3, requires_grad=True)
+    optimizer = SGD(FlatParameters([t]), lr=0.1)
+    (t * 2).sum().backward()
+    optimizer.step()
+    assert torch.equal(t.detach(), torch.full((3,), 0.8))

@@ -273,7 +273,7 @@ class SGD:
             return None
         params = _arrays([w for _, _, w in pairs])
         numpy_arrays = _all_ndarrays(params)
-        if not numpy_arrays and any(getattr(w, "requires_grad", False) for w in params):
+        if not numpy_arrays and any(getattr(t, "requires_grad", False) for t in params + [g for _, g, _ in pairs]):
             return None  # torch: the reference path's new tensors carry autograd history
         if not numpy_arrays and (params[0].device.type != "cpu" or multi_tensor._ON_CPU_TOO):
             return self._multi_tensor_apply(ops, pairs, states, params)

@@ -218,6 +218,16 @@ class SGD(torch.optim.Optimizer):
         """Add a param group (validated: torch's checks and inertia's, for every group)."""
         if isinstance(param_group, dict):
             _check_group({**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}})
+        flat = getattr(self, "_flat", None)  # set before torch's __init__ adds the first groups
+        if flat is not None and isinstance(param_group, dict):
+            given = param_group.get("params")
+            given = [given] if isinstance(given, torch.Tensor) else list(given or ())
+            inside = [p for p in given if isinstance(p, torch.Tensor) and flat.holds(p)]
+            if inside:
+                raise ValueError(
+                    "some parameters appear in more than one parameter group: a parameter of shape "
+                    f"{tuple(inside[0].shape)} already lives in a FlatParameters buffer this optimizer steps."
+                )
         super().add_param_group(param_group)
 
     def __setstate__(self, state: dict) -> None:
@@ -304,6 +314,15 @@ class SGD(torch.optim.Optimizer):
                 loss = closure()
         if self._flat is not None:
             self._flat.sync()  # raises, changing nothing, if a model parameter left its buffer
+            updates = self._updates
+            try:
+                return self._run_step(loss)
+            finally:
+                if self._updates != updates:
+                    self._flat.wrote()
+        return self._run_step(loss)
+
+    def _run_step(self, loss: Any) -> Any:
         steps = self.gradient_accumulation_steps
         updating = not steps or (self._micro_steps + 1) % steps == 0
         if self._fast_step(updating) or self._multi_tensor_step(updating):
@@ -427,6 +446,8 @@ class SGD(torch.optim.Optimizer):
             return False
         work = self._collect()  # raises what the reference path raises, before any change
         device, dtype = first.device, first.dtype
+        if dtype not in _DTYPE_NAMES:
+            return False  # half types: torch's in-place multi-tensor ops round their scalars otherwise
         every = list(self._parameters()) if self.use_ema else [param for _, param, _ in work]
         if any(p.device != device or p.dtype != dtype for p in every) or any(
             g.device != device or g.dtype != dtype for _, _, g in work

@@ -108,12 +108,53 @@ class _Buffer:
             member.grad = view
         self.addresses = list(map(torch.Tensor.data_ptr, members))
         self.view_addresses = list(map(torch.Tensor.data_ptr, self.views))
+        self._watch()
+
+    def _watch(self) -> None:
+        """After each backward, a member's gradient that autograd put elsewhere (its ``.grad``
+        was None, after ``model.zero_grad()``) is copied into the buffer at once, so that what
+        reads the buffer's gradient before the step (``GradScaler.unscale_``,
+        ``clip_grad_norm_``) sees it."""
+        self._hooks = [
+            member.register_post_accumulate_grad_hook(lambda member, index=index: self._gather(index, member))
+            for index, member in enumerate(self.members)
+        ]
+
+    def _gather(self, index: int, member: torch.Tensor) -> None:
+        grad = member.grad
+        if grad is None or grad is self.views[index]:
+            return
+        if grad.layout is not torch.strided:
+            raise TypeError(
+                f"FlatParameters: parameter {index} got a {grad.layout} gradient; flat buffers hold dense gradients only."
+            )
+        fresh = self._view(index)
+        fresh.copy_(grad.detach())
+        member.grad = fresh
+        self.views[index] = fresh
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_hooks", None)  # hooks live on the tensors: made again for the copy
+        return state
 
     def __setstate__(self, state: dict) -> None:
-        # A copy (deepcopy, pickle) has its own memory: the addresses are its own.
+        # A copy (deepcopy, pickle) clones every tensor on its own, so the copied members no
+        # longer view the copied buffer: they are placed in it again (same values), and the
+        # gradients are linked again at the next step.
         self.__dict__.update(state)
+        data = self.parameter.data
+        with torch.no_grad():
+            for index, member in enumerate(self.members):
+                offset = self.offsets[index]
+                view = data[offset : offset + member.numel()].view(self.shapes[index])
+                if member.data_ptr() != view.data_ptr():
+                    view.copy_(member.detach())
+                    member.data = view
+        self.views = [self._view(k) for k in range(len(self.members))]
         self.addresses = list(map(torch.Tensor.data_ptr, self.members))
         self.view_addresses = list(map(torch.Tensor.data_ptr, self.views))
+        self._watch()
 
     def _view(self, index: int) -> torch.Tensor:
         offset = self.offsets[index]
@@ -135,6 +176,14 @@ class _Buffer:
         )
 
     def check_members(self) -> None:
+        frozen = [k for k, member in enumerate(self.members) if not member.requires_grad]
+        if frozen:
+            raise RuntimeError(
+                f"FlatParameters: parameter {frozen[0]} of a flat buffer (shape {tuple(self.shapes[frozen[0]])}) was "
+                "frozen (requires_grad=False) after the buffer was made; the buffer's momentum and weight decay "
+                "would still move it. Nothing was updated; make a new FlatParameters (and optimizer) after "
+                "changing which parameters train."
+            )
         if self._holds(self.members, self.addresses):
             return
         for index, member in enumerate(self.members):
@@ -192,6 +241,7 @@ class FlatParameters:
 
     def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict]) -> None:
         self._groups: list[tuple[dict, list[_Buffer]]] = []
+        self._frozen: list[torch.Tensor] = []  # left out: a step raises if one starts to train
         seen: set[int] = set()
         for number, group in enumerate(_param_groups(params)):
             members = group.pop("params", None)
@@ -200,17 +250,21 @@ class FlatParameters:
             for index, member in enumerate(members):
                 where = f"param group {number}, parameter {index}"
                 if not isinstance(member, torch.Tensor):
-                    raise TypeError(f"FlatParameters takes nn.Parameter objects; {where} is a {type(member).__name__}.")
+                    raise TypeError(f"FlatParameters takes tensors (nn.Parameter); {where} is a {type(member).__name__}.")
                 if id(member) in seen:
                     raise ValueError(f"FlatParameters: {where} appears twice.")
                 seen.add(id(member))
                 if not member.requires_grad:
+                    self._frozen.append(member)
                     continue
-                if type(member) is not torch.nn.Parameter or member.layout is not torch.strided or not member.dtype.is_floating_point:
-                    raise TypeError(
-                        f"FlatParameters: {where} is a {member.layout} {member.dtype} {type(member).__name__}; "
-                        "flat buffers hold dense floating-point parameters."
-                    )
+                problem = (
+                    f"a {type(member).__name__} (a tensor subclass)" if type(member) not in (torch.Tensor, torch.nn.Parameter)
+                    else f"a {member.layout} tensor" if member.layout is not torch.strided
+                    else f"of dtype {member.dtype}" if not member.dtype.is_floating_point
+                    else None
+                )
+                if problem:
+                    raise TypeError(f"FlatParameters: {where} is {problem}; flat buffers hold dense floating-point tensors.")
                 buckets.setdefault((member.dtype, member.device), []).append(member)
             self._groups.append((group, [_Buffer(bucket) for bucket in buckets.values()]))
 
@@ -228,14 +282,34 @@ class FlatParameters:
         buffers = [buffer for _, group in self._groups for buffer in group]
         for buffer in buffers:
             buffer.check_members()
+        unfrozen = [p for p in self._frozen if p.requires_grad]
+        if unfrozen:
+            raise RuntimeError(
+                f"FlatParameters: a parameter of shape {tuple(unfrozen[0].shape)} that was frozen when the buffers "
+                "were made now requires a gradient; it is in no buffer, so no step would train it. Nothing was "
+                "updated; make a new FlatParameters (and optimizer) after changing which parameters train."
+            )
         for buffer in buffers:
             buffer.link_gradients(zero=False)
 
     def zero_grad(self) -> None:
-        """Zero every gradient buffer in place (the model's gradients stay views of it)."""
-        for _, buffers in self._groups:
-            for buffer in buffers:
-                buffer.link_gradients(zero=True)
+        """Zero every gradient buffer in place (the model's gradients stay views of it);
+        raises first, changing nothing, if a model parameter left its buffer."""
+        buffers = [buffer for _, group in self._groups for buffer in group]
+        for buffer in buffers:
+            buffer.check_members()
+        for buffer in buffers:
+            buffer.link_gradients(zero=True)
+
+    def wrote(self) -> None:
+        """After a step wrote the buffers: bump the model parameters' autograd version
+        counters, as torch's in-place updates of them would (a backward through a graph saved
+        before the step then raises instead of using the new weights)."""
+        torch._C._increment_version([m for _, buffers in self._groups for buffer in buffers for m in buffer.members])
+
+    def holds(self, tensor: torch.Tensor) -> bool:
+        """Whether ``tensor`` is one of the model parameters placed in a buffer."""
+        return any(tensor is member for _, buffers in self._groups for buffer in buffers for member in buffer.members)
 
     def owns(self, tensor: torch.Tensor) -> bool:
         """Whether ``tensor`` is one of the flat parameters."""
