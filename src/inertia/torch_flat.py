@@ -19,10 +19,17 @@ Trade-offs (what differs from stepping the parameters one by one):
 - The optimizer's ``state_dict`` holds one momentum buffer per flat buffer, not one per model
   parameter.
 - The model's parameters must stay in the buffer: ``model.to(...)``, ``model.half()`` or
-  ``p.data = ...`` move a parameter out; the next step then raises, before anything changes.
-  Gradients that were replaced (``model.zero_grad()``, an assigned ``.grad``) are copied into
-  the buffer at the next step, so they are never lost.
+  ``p.data = ...`` move a parameter out; the next step (or ``zero_grad``) then raises, before
+  anything changes. Gradients that backward puts elsewhere (after ``model.zero_grad()``) are
+  copied into the buffer as soon as each is accumulated, so what reads the buffer's gradient
+  before the step (``GradScaler.unscale_``, ``clip_grad_norm_``) sees them; an assigned
+  ``.grad`` is copied in at the next step.
 - Frozen parameters (``requires_grad=False``) are left where they are, and out of the buffer.
+  Freezing or unfreezing a parameter afterwards makes the next step raise (the buffer's
+  momentum would still move a frozen one, and an unfrozen one is in no buffer): make a new
+  ``FlatParameters`` after changing which parameters train.
+- Copies (``copy.deepcopy``, ``pickle``, ``torch.save``) of the model together with the
+  optimizer keep the copied parameters in the copied buffer.
 
 Example:
     >>> import torch, inertia.torch
