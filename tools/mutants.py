@@ -813,6 +813,24 @@ MUTANTS: list[Mutant] = [
         "zero_grad leaves the gradient buffer as it was: the next backward adds to the old gradients",
         ("tests/test_torch_flat.py",),
     ),
+    Mutant(
+        "flat-backward-gradients-not-gathered",
+        "src/inertia/torch_flat.py",
+        "        if grad is None or grad is self.views[index]:\n            return\n",
+        "        return\n",
+        "after model.zero_grad(), backward's new gradients reach the buffer only at the step: "
+        "GradScaler unscales and clip_grad_norm_ measures stale gradients",
+        ("tests/test_torch_flat.py",),
+    ),
+    Mutant(
+        "flat-versions-not-bumped",
+        "src/inertia/torch.py",
+        "                    self._flat.wrote()\n",
+        "                    pass\n",
+        "a backward through a graph saved before a flat step uses the new weights silently "
+        "instead of raising as torch does",
+        ("tests/test_torch_flat.py",),
+    ),
     # --- multi_tensor.py: the torch face's heavy-ball step -----------------------------------------
     Mutant(
         "multi-tensor-buffer-aliases-gradient",
