@@ -41,16 +41,17 @@ def torch():
     return requires("torch")
 
 
-def _count_steps(monkeypatch) -> list:
-    """A one-item list that counts the steps the path takes from now on."""
+def _count_steps(monkeypatch, function: str = "_step") -> list:
+    """A one-item list that counts the calls of ``multi_tensor.<function>`` from now on (the
+    Keras step by default)."""
     count = [0]
-    original = multi_tensor._step
+    original = getattr(multi_tensor, function)
 
     def counted(*args):
         count[0] += 1
         return original(*args)
 
-    monkeypatch.setattr(multi_tensor, "_step", counted)
+    monkeypatch.setattr(multi_tensor, function, counted)
     return count
 
 
@@ -241,15 +242,7 @@ def heavy_ball_steps(monkeypatch, torch):
     monkeypatch.setattr(multi_tensor, "_ON_CPU_TOO", True)
     monkeypatch.setattr(kernels, "_tried", True)
     monkeypatch.setattr(kernels, "_loaded", None)
-    count = [0]
-    original = multi_tensor.heavy_ball_group
-
-    def counted(*args):
-        count[0] += 1
-        return original(*args)
-
-    monkeypatch.setattr(multi_tensor, "heavy_ball_group", counted)
-    return count
+    return _count_steps(monkeypatch, "heavy_ball_group")
 
 
 def _torch_face_run(torch, groups: list, wide: dict, dtype: str, foreach, missing: bool = False) -> list:
@@ -451,14 +444,7 @@ def _mlx_run(torch, settings: dict, dtype: str) -> list:
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
 def test_mlx_face_multi_tensor_path_equals_its_reference_path(torch, monkeypatch, case, dtype):
     monkeypatch.setattr(multi_tensor, "_ON_CPU_TOO", True)
-    count = [0]
-    original = multi_tensor.heavy_ball_out_of_place
-
-    def counted(*args):
-        count[0] += 1
-        return original(*args)
-
-    monkeypatch.setattr(multi_tensor, "heavy_ball_out_of_place", counted)
+    count = _count_steps(monkeypatch, "heavy_ball_out_of_place")
     fast = _mlx_run(torch, MLX_CASES[case], dtype)
     assert count[0] == STEPS
     from inertia.engine import host
@@ -475,9 +461,7 @@ def test_mlx_face_gradients_with_autograd_history_keep_the_reference_path(torch,
     from inertia.mlx import SGD
 
     monkeypatch.setattr(multi_tensor, "_ON_CPU_TOO", True)
-    count = [0]
-    original = multi_tensor.heavy_ball_out_of_place
-    monkeypatch.setattr(multi_tensor, "heavy_ball_out_of_place", lambda *a: (count.__setitem__(0, count[0] + 1), original(*a))[1])
+    count = _count_steps(monkeypatch, "heavy_ball_out_of_place")
     w = torch.ones(3)
     g = torch.full((3,), 0.5, requires_grad=True)
     new = SGD(learning_rate=0.1, momentum=0.9).apply_gradients({"w": g * 2}, {"w": w})

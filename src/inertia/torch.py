@@ -22,16 +22,14 @@ from itertools import chain, repeat
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
+from inertia._optional import missing_torch
+
 try:
     import torch
-except ModuleNotFoundError as error:  # only torch's absence: a broken install keeps its own error
+except ModuleNotFoundError as error:
     if error.name != "torch":
         raise
-    raise ModuleNotFoundError(
-        "inertia.torch (the torch.optim drop-in) needs PyTorch, which is not installed: `pip install 'inertia[torch]'` "
-        "(for the CPU-only build, first `pip install torch --index-url https://download.pytorch.org/whl/cpu`).",
-        name="torch",
-    ) from error
+    raise missing_torch("inertia.torch (the torch.optim drop-in)") from error
 
 from inertia import multi_tensor, pipeline
 from inertia.backend import get as _get_backend

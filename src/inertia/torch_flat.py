@@ -51,16 +51,14 @@ import operator
 from itertools import repeat
 from typing import Any, Iterable
 
+from inertia._optional import missing_torch
+
 try:
     import torch
-except ModuleNotFoundError as error:  # only torch's absence: a broken install keeps its own error
+except ModuleNotFoundError as error:
     if error.name != "torch":
         raise
-    raise ModuleNotFoundError(
-        "inertia.torch_flat (FlatParameters) needs PyTorch, which is not installed: `pip install 'inertia[torch]'` "
-        "(for the CPU-only build, first `pip install torch --index-url https://download.pytorch.org/whl/cpu`).",
-        name="torch",
-    ) from error
+    raise missing_torch("inertia.torch_flat (FlatParameters)") from error
 
 __all__ = ["FlatParameters"]
 
