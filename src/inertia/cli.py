@@ -151,7 +151,7 @@ def _bench(args: argparse.Namespace) -> int:
         errors.append(f"--scale: must be in (0, 1], got {args.scale}")
     if args.plot:
         try:
-            plots._pyplot()
+            plots.pyplot()
         except plots.MissingPlotLibraryError as error:
             errors.append(f"--plot: {error}")
     if errors:
@@ -179,7 +179,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     try:
         if args.plot:
-            plots._pyplot()  # a missing matplotlib stops the command before it trains
+            plots.pyplot()  # a missing matplotlib stops the command before it trains
         result = demo.run(epochs=args.epochs, seed=args.seed, quiet=args.quiet, ema_momentum=args.ema_momentum)
     except (demo.MissingDependencyError, plots.MissingPlotLibraryError) as error:
         print(f"inertia demo: error: {error}", file=sys.stderr)

@@ -6,14 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Union
 
-__all__ = ["MissingPlotLibraryError", "plot_demo", "plot_bench"]
+__all__ = ["MissingPlotLibraryError", "pyplot", "plot_demo", "plot_bench"]
 
 
 class MissingPlotLibraryError(ImportError):
     """matplotlib is not installed."""
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib's pyplot, drawing to files only; MissingPlotLibraryError (naming the extra)
+    when matplotlib is not installed, so a command can check before it starts its work."""
     try:
         import matplotlib
     except ModuleNotFoundError as error:
@@ -31,7 +33,7 @@ def _pyplot() -> Any:
 def plot_demo(result: dict, path: Union[str, Path]) -> Path:
     """Loss and learning rate per step, accuracy per epoch (train and validation) of a
     :func:`inertia.demo.run` result, as a PNG at ``path``."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, (losses, accuracy, rates) = plt.subplots(3, 1, figsize=(8, 9), sharex=False)
     steps = range(1, len(result["step_losses"]) + 1)
     losses.plot(steps, result["step_losses"], linewidth=0.8, label="training loss (each step)")
@@ -65,7 +67,7 @@ def plot_bench(report: dict, path: Union[str, Path]) -> Path:
     """Step time per contender, one panel per workload and configuration of an
     :func:`inertia.bench.run` report (inertia's faces in blue), with the memory's floor for the
     configuration's bytes at the probe's bandwidth drawn as a line; as a PNG at ``path``."""
-    plt = _pyplot()
+    plt = pyplot()
     cells = list(dict.fromkeys((r["workload"], r["config"]) for r in report["results"]))
     if not cells:
         raise ValueError("The report holds no results to plot.")

@@ -66,6 +66,7 @@ __all__ = ["FlatParameters"]
 
 _GRAD = operator.attrgetter("grad")
 _DTYPE_OF = operator.attrgetter("dtype")
+_REQUIRES_GRAD = operator.attrgetter("requires_grad")
 _ALIGNMENT_BYTES = 64  # each slice starts on a cache line, as the kernels of the model's own layers like
 
 
@@ -183,10 +184,10 @@ class _Buffer:
         )
 
     def check_members(self) -> None:
-        frozen = [k for k, member in enumerate(self.members) if not member.requires_grad]
-        if frozen:
+        if not all(map(_REQUIRES_GRAD, self.members)):  # every step: a list at a time
+            frozen = next(k for k, member in enumerate(self.members) if not member.requires_grad)
             raise RuntimeError(
-                f"FlatParameters: parameter {frozen[0]} of a flat buffer (shape {tuple(self.shapes[frozen[0]])}) was "
+                f"FlatParameters: parameter {frozen} of a flat buffer (shape {tuple(self.shapes[frozen])}) was "
                 "frozen (requires_grad=False) after the buffer was made; the buffer's momentum and weight decay "
                 "would still move it. Nothing was updated; make a new FlatParameters (and optimizer) after "
                 "changing which parameters train."
@@ -312,11 +313,14 @@ class FlatParameters:
         """After a step wrote the buffers: bump the model parameters' autograd version
         counters, as torch's in-place updates of them would (a backward through a graph saved
         before the step then raises instead of using the new weights)."""
-        torch._C._increment_version([m for _, buffers in self._groups for buffer in buffers for m in buffer.members])
+        torch._C._increment_version(self._members())
 
     def holds(self, tensor: torch.Tensor) -> bool:
         """Whether ``tensor`` is one of the model parameters placed in a buffer."""
-        return any(tensor is member for _, buffers in self._groups for buffer in buffers for member in buffer.members)
+        return any(tensor is member for member in self._members())
+
+    def _members(self) -> list[torch.Tensor]:
+        return [member for _, buffers in self._groups for buffer in buffers for member in buffer.members]
 
     def owns(self, tensor: torch.Tensor) -> bool:
         """Whether ``tensor`` is one of the flat parameters."""
