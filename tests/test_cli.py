@@ -138,3 +138,40 @@ def test_demo_writes_its_plot(tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "wrote demo.png"
     assert (tmp_path / "demo.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_doctor_reports_the_kernels_the_cache_and_the_libraries(tmp_path) -> None:
+    requires("jax")
+    env_code = (
+        "import os, sys; os.environ['INERTIA_CACHE_DIR'] = sys.argv[1]; os.environ.pop('INERTIA_KERNELS', None)\n"
+        "from inertia import cli; sys.exit(cli.main(['doctor', '--strict']))"
+    )
+    done = subprocess.run([sys.executable, "-c", env_code, str(tmp_path / "cache")], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": _SRC}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in done.stdout.splitlines())
+    assert rows["kernel (NumPy, CPU torch)"].startswith("compiled: ")
+    assert rows["kernel (NumPy, CPU torch)"].endswith(".so")
+    assert rows["kernel (JAX on the CPU)"].startswith(f"compiled: {tmp_path / 'cache'}")
+    assert rows["kernel cache"] == f"{tmp_path / 'cache'} (private)"
+    assert rows["numpy"] == importlib.metadata.version("numpy")
+    assert rows["jax"] == importlib.metadata.version("jax")
+    assert rows["INERTIA_CACHE_DIR"] == repr(str(tmp_path / "cache"))
+
+
+def test_doctor_strict_fails_and_names_the_fix_when_a_kernel_is_unavailable(tmp_path) -> None:
+    requires("jax")
+    env = {**os.environ, "PYTHONPATH": _SRC, "CC": "/nonexistent/cc", "INERTIA_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("INERTIA_KERNELS", None)
+    done = subprocess.run([sys.executable, "-m", "inertia", "doctor", "--strict"], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "kernel (JAX on the CPU)    unavailable: no C compiler (/nonexistent/cc" in done.stdout
+    assert "C compiler                 not found (/nonexistent/cc" in done.stdout
+    assert "slower than it could be: kernel (JAX on the CPU): unavailable: no C compiler" in done.stderr
+    assert "PerformanceWarning" not in done.stderr  # the report says it; no warning on top
+    plain = subprocess.run([sys.executable, "-m", "inertia", "doctor"], capture_output=True, text=True, env=env, timeout=300)
+    assert plain.returncode == 0
+    env["INERTIA_KERNELS"] = "0"  # turned off on purpose: nothing to fix
+    off = subprocess.run([sys.executable, "-m", "inertia", "doctor", "--strict"], capture_output=True, text=True, env=env, timeout=300)
+    assert off.returncode == 0 and "disabled by INERTIA_KERNELS" in off.stdout

@@ -18,9 +18,11 @@ path (``optimizer.py`` / ``pipeline.py`` / ``rule.py``). These tests check that:
 
 from __future__ import annotations
 
+import hashlib
 import importlib.machinery
 import os
 import re
+import stat
 import subprocess
 import sys
 import textwrap
@@ -820,32 +822,46 @@ def test_inertia_kernels_0_disables_the_kernels(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-# the Python extension, and the XLA FFI handler (JAX's fast path): how each is loaded, and its file
-BUILDS = {
-    "extension": ("module = kernels.load()\nprint(module.__file__ if module else kernels.unavailable_reason())",
-                  lambda name: name.endswith(importlib.machinery.EXTENSION_SUFFIXES[0])),
-    "xla": ("library = kernels.load_xla()\nprint(library._name if library else kernels.xla_unavailable_reason())",
-            lambda name: name == "_xla_kernels.so"),
-}
-
-
-@pytest.mark.parametrize("build", list(BUILDS))
-def test_kernels_are_compiled_into_the_cache_once(tmp_path, build):
+def test_the_extension_is_built_with_the_package_and_nothing_is_compiled_at_run_time(tmp_path):
     _kernel_module()  # skip / fail as for the other kernel tests
-    if build == "xla":
-        requires("jax")
-    load, expected_name = BUILDS[build]
     cache = tmp_path / "cache"
-    code = "from inertia import kernels\n" + load
+    out = _python(
+        """
+        import numpy as np, inertia
+        from inertia import kernels, kernel_build
+        w = inertia.Variable(np.ones(3, np.float32))
+        opt = inertia.SGD(learning_rate=0.5, momentum=0.9)
+        for _ in range(2):
+            opt.apply([np.ones(3, np.float32)], [w])
+        module = kernels.load()
+        print(module.__file__)
+        print(module.source_digest == kernel_build.source_digest("_kernels.c"), opt._fused_plan is not None)
+        """,
+        INERTIA_CACHE_DIR=str(cache), INERTIA_KERNELS="1",
+    )
+    path, checks = out.splitlines()
+    assert Path(path).parent == Path(inertia.__file__).parent
+    assert Path(path).name.endswith(importlib.machinery.EXTENSION_SUFFIXES[0])
+    assert checks == "True True"
+    assert not cache.exists()  # a NumPy step compiles nothing and writes no cache
+
+
+def test_the_xla_handler_is_compiled_into_the_cache_once(tmp_path):
+    _kernel_module()
+    requires("jax")
+    cache = tmp_path / "cache"
+    code = "from inertia import kernels\nlibrary = kernels.load_xla()\nprint(library._name if library else kernels.xla_unavailable_reason())"
     first = _python(code, INERTIA_CACHE_DIR=str(cache), INERTIA_KERNELS="1")
     built = [p for p in cache.rglob("*") if p.is_file()]
-    assert [expected_name(p.name) for p in built] == [True], (first, built)
-    assert Path(first) == built[0]
-    stat = built[0].stat()
+    assert len(built) == 1 and Path(first) == built[0], (first, built)
+    digest = hashlib.sha256(built[0].read_bytes()).hexdigest()
+    assert built[0].name == f"_xla_kernels.{digest}.so"  # its name records its bytes' digest
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o700 and stat.S_IMODE(built[0].parent.stat().st_mode) == 0o700
+    before = built[0].stat()
     second = _python(code, INERTIA_CACHE_DIR=str(cache), INERTIA_KERNELS="1")
     assert second == first
     again = built[0].stat()
-    assert (again.st_mtime_ns, again.st_ino) == (stat.st_mtime_ns, stat.st_ino)
+    assert (again.st_mtime_ns, again.st_ino) == (before.st_mtime_ns, before.st_ino)
     assert [p for p in cache.rglob("*") if p.is_file()] == built
 
 

@@ -305,6 +305,47 @@ MUTANTS: list[Mutant] = [
         "wrong variables",
         ("tests/test_optimizer.py",),
     ),
+    # --- kernel builds and the private cache (inertia/kernels.py) -------------------------------
+    Mutant(
+        "cache-build-hash-unchecked",
+        "src/inertia/kernels.py",
+        "if match and owned and hashlib.sha256(path.read_bytes()).hexdigest() == match.group(1):",
+        "if match and owned:",
+        "a truncated or replaced handler in the cache is loaded: SIGBUS, or someone else's code runs",
+        ("tests/test_kernel_builds.py",),
+    ),
+    Mutant(
+        "cache-owner-unchecked",
+        "src/inertia/kernels.py",
+        "if geteuid is not None and info.st_uid != geteuid():",
+        "if False:",
+        "a cache folder owned by another user is used: a library they planted runs as this user",
+        ("tests/test_kernel_builds.py",),
+    ),
+    Mutant(
+        "cache-mode-unchecked",
+        "src/inertia/kernels.py",
+        "if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):\n        return f\"other users",
+        "if info.st_mode & stat.S_IWOTH and False:\n        return f\"other users",
+        "a cache folder other users can write to is used",
+        ("tests/test_kernel_builds.py",),
+    ),
+    Mutant(
+        "stale-extension-loaded",
+        "src/inertia/kernels.py",
+        "    if built_from != installed:",
+        "    if built_from != installed and not built_from:",
+        "an extension built from older sources runs: its numbers or arguments no longer match the Python side",
+        ("tests/test_kernel_builds.py",),
+    ),
+    Mutant(
+        "slow-path-warning-silent",
+        "src/inertia/kernels.py",
+        "            if _reason is not None and _reason != _DISABLED:\n                _warn_slow(",
+        "            if False:\n                _warn_slow(",
+        "without the compiled kernel every step is 6-16x slower, and nothing says so",
+        ("tests/test_kernel_builds.py",),
+    ),
     # --- the C kernel (_sgd_core.h; each `find` lies inside one macro line) ---------------------
     Mutant(
         "kernel-decay-without-lr",

@@ -3,8 +3,8 @@
 Each mutant in ``tools/mutants.py`` is one small change a developer could plausibly make (a
 reassociated formula, a flipped comparison, a missing copy). For each, this script copies the
 repository to a scratch folder, applies the change, and runs the mutant's own test files
-there (``PYTHONPATH`` points at the copy's ``src``, and the C kernels build into a scratch
-cache). The suite must fail: the mutant is **killed**. A mutant whose tests pass is run
+there (``PYTHONPATH`` points at the copy's ``src``; the copy's extension is compiled in place,
+again after each change to a C source; the XLA handler builds into a scratch cache). The suite must fail: the mutant is **killed**. A mutant whose tests pass is run
 again on the whole suite before it is reported **survived**. Mutants known to change no
 behaviour are listed as **equivalent** with the reason, and not run.
 
@@ -62,6 +62,13 @@ def _copy_repository(destination: pathlib.Path) -> None:
         target = destination / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, target)
+
+
+def _build_kernel(copy: pathlib.Path) -> None:
+    """Compile the copy's extension in place, as ``pip install -e .`` does. A mutant that does
+    not compile leaves the previous build, which the loader then refuses (its source digest no
+    longer matches): the kernel tests fail, and the mutant counts as killed."""
+    subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=copy, capture_output=True, timeout=600)
 
 
 def _check_applies(mutant: Mutant) -> str | None:
@@ -126,20 +133,29 @@ def run_mutant(mutant: Mutant, copy: pathlib.Path, cache: pathlib.Path, timeout:
         return {**result, "status": "stale", "detail": problem}
     target = copy / mutant.path
     original = target.read_text()
+    compiled = mutant.path.endswith((".c", ".h"))
     target.write_text(original.replace(mutant.find, mutant.replace, 1))
+    if compiled:
+        _build_kernel(copy)
     try:
         code, summary, seconds = _run_pytest(copy, cache, list(mutant.tests), timeout)
         scope = "its tests"
         if code == PYTEST_ALL_PASSED:
             target.write_text(original)
+            if compiled:
+                _build_kernel(copy)
             if not whole_suite.check():
                 return {**result, "status": "error", "detail": f"the unmutated source fails the whole suite: {whole_suite.summary}"}
             target.write_text(original.replace(mutant.find, mutant.replace, 1))
+            if compiled:
+                _build_kernel(copy)
             code, summary, more = _run_pytest(copy, cache, WHOLE_SUITE, timeout)
             seconds += more
             scope = "the whole suite"
     finally:
         target.write_text(original)
+        if compiled:
+            _build_kernel(copy)
     if code == PYTEST_TESTS_FAILED:
         status = "killed"
     elif code == PYTEST_ALL_PASSED:
@@ -169,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="inertia-mutants-") as scratch:
         copy, cache = pathlib.Path(scratch) / "repo", pathlib.Path(scratch) / "kernel-cache"
         _copy_repository(copy)
+        _build_kernel(copy)
         # The unmutated source must pass the same tests, or a "kill" would mean nothing.
         baseline = sorted({test for mutant in chosen if not mutant.equivalent for test in mutant.tests})
         if not baseline:

@@ -1,6 +1,7 @@
 /* inertia's fused CPU kernels as a Python extension, for NumPy arrays and CPU torch tensors.
  *
- * Built on first use by inertia/kernels.py with the system C compiler and cached on disk.
+ * Built with the package (setup.py, flags from inertia/kernel_build.py) as inertia._kernels;
+ * inertia/kernels.py loads it, after checking that it was built from these sources.
  * One call updates a list of tensors: every pointer, length and shape is checked first, so a
  * call either updates everything or nothing (it then answers "not applicable" and the caller
  * runs the reference path, which raises the proper error). The pipeline itself, per element
@@ -577,10 +578,19 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_inertia_kernels", NULL, -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "inertia._kernels", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__inertia_kernels(void)
+#ifndef INERTIA_SOURCE_DIGEST
+#define INERTIA_SOURCE_DIGEST "" /* setup.py defines it: kernel_build.source_digest("_kernels.c") */
+#endif
+
+PyMODINIT_FUNC PyInit__kernels(void)
 {
     import_array();
-    return PyModule_Create(&module);
+    PyObject *created = PyModule_Create(&module);
+    if (created && PyModule_AddStringConstant(created, "source_digest", INERTIA_SOURCE_DIGEST) < 0) {
+        Py_DECREF(created);
+        return NULL;
+    }
+    return created;
 }

@@ -1,4 +1,4 @@
-"""The ``inertia`` command line: ``inertia demo``, ``inertia --help``, ``inertia --version``.
+"""The ``inertia`` command line: ``inertia demo``, ``inertia bench``, ``inertia doctor``, ``inertia --version``.
 
 Installed as the ``inertia`` console script and run by ``python -m inertia``. Exit codes:
 0 success, 1 the command failed (for example an optional dependency is missing), 2 bad
@@ -126,7 +126,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--plot", default=None, metavar="FILE",
                        help="also write a PNG bar chart of the step times (needs matplotlib: pip install 'inertia[plot]')")
     bench.set_defaults(handler=_bench)
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="show what inertia found: its kernels, the compiler, the cache, the libraries",
+        description="Show whether inertia's compiled kernels load (and why not, with the fix), the "
+        "C compiler, the kernel cache and whether it is private, the INERTIA_* settings, and the "
+        "version of every optional library.",
+    )
+    doctor.add_argument("--strict", action="store_true", help="exit 1 when a kernel is unavailable")
+    doctor.set_defaults(handler=_doctor)
     return parser
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from inertia import doctor
+
+    return doctor.main(strict=args.strict)
 
 
 def _bench_choices() -> str:

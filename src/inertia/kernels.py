@@ -1,20 +1,28 @@
-"""Build, cache and load inertia's fused CPU kernels.
+"""Load inertia's fused CPU kernels; build the one that can only be built at run time.
 
-Two front ends share one pipeline (``_sgd_core.h``): ``_kernels.c``, a Python extension for
-NumPy arrays and CPU torch tensors (:func:`load`, driven by :mod:`inertia.engine.host` for
-every face), and ``_xla_kernels.c``, an XLA FFI handler
-that JAX's jitted step calls on the CPU (:func:`load_xla`, built against jaxlib's headers).
-They are compiled on first use with the machine's C compiler (``$CC``, else ``cc``) for this
-CPU, and cached on disk, so a second process loads them in milliseconds. The cache lives in
-``$INERTIA_CACHE_DIR``, else ``$XDG_CACHE_HOME/inertia``, else ``~/.cache/inertia``; its key
-covers the sources, the compiler and its flags, the CPU, and what the build reads besides (the
-Python ABI and NumPy's version for the extension, which reads arrays through NumPy's C API;
-jaxlib's version for the handler), so a changed source or a different machine never loads a
-stale build. A build is written to a temporary file and renamed into place, so concurrent
-processes never load half a file.
+Two front ends share one pipeline (``_sgd_core.h``):
 
-Without a compiler (or with ``INERTIA_KERNELS=0``), :func:`load` returns None and every
-optimizer keeps the reference path; :func:`unavailable_reason` says why.
+- ``_kernels.c``, the Python extension ``inertia._kernels`` for NumPy arrays and CPU torch
+  tensors (:func:`load`, driven by :mod:`inertia.engine.host` for every face). It is compiled
+  when the package is built (``setup.py``; ``pip install`` and ``pip wheel`` do it once), never
+  at run time. It records the digest of the sources it was built from, and is loaded only when
+  that matches the installed sources (a stale in-place build of a checkout is not run).
+- ``_xla_kernels.c``, an XLA FFI handler that JAX's jitted step calls on the CPU
+  (:func:`load_xla`). It needs the headers of the user's jaxlib, so it is compiled on first use
+  with the machine's C compiler (``$CC``, else Python's, else ``cc``; GCC or clang) and kept in
+  a private cache: ``$INERTIA_CACHE_DIR``, else ``$XDG_CACHE_HOME/inertia``, else
+  ``~/.cache/inertia``. The cache is used only when it belongs to this user and no one else
+  can write to it (it is created 0700). A build's file name carries the SHA-256 of its bytes,
+  checked before the file is loaded: a truncated, emptied or replaced file is deleted and
+  built again, never loaded. Builds go through a temporary file renamed into place, so
+  concurrent first uses never see half a file; temporary files of builds that died are
+  removed. The cache key covers the sources, the compiler, the flags, the CPU and jaxlib's
+  version.
+
+Where a kernel is unavailable every step still runs, on the reference path, and inertia warns
+once (:class:`PerformanceWarning`) with the reason and the fix; :func:`unavailable_reason` and
+:func:`xla_unavailable_reason` say why, and ``inertia doctor`` prints it all.
+``INERTIA_KERNELS=0`` turns both kernels off, silently.
 
 Example:
     >>> from inertia import kernels
@@ -26,26 +34,31 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import importlib.machinery
-import importlib.util
+import importlib
 import os
 import platform
-import shlex
+import re
+import stat
 import subprocess
-import sys
-import sysconfig
 import tempfile
 import threading
+import time
+import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Optional
 
-__all__ = ["load", "load_xla", "unavailable_reason", "xla_unavailable_reason", "cache_dir", "thread_count"]
+from inertia import kernel_build
 
-_MODULE_NAME = "_inertia_kernels"
-_CORE_HEADER = "_sgd_core.h"
-_FLAGS = ["-O2", "-fvect-cost-model=dynamic", "-march=native", "-ffp-contract=off", "-fno-math-errno",
-          "-fPIC", "-shared", "-pthread"]
+__all__ = [
+    "load", "load_xla", "unavailable_reason", "xla_unavailable_reason", "cache_dir", "thread_count",
+    "PerformanceWarning",
+]
+
+
+class PerformanceWarning(UserWarning):
+    """A step takes a slower path than it could: a kernel is missing, with the reason and the fix."""
+
 
 _lock = threading.Lock()
 _loaded: Optional[ModuleType] = None
@@ -54,10 +67,14 @@ _tried = False
 _xla_loaded: Optional[Any] = None
 _xla_reason: Optional[str] = None
 _xla_tried = False
+_DISABLED = "disabled by INERTIA_KERNELS"
+# A temporary build file whose process is gone, or older than this, is left over from a build
+# that died (a kill, a full disk): it is removed.
+_STALE_TEMPORARY_S = 3600.0
 
 
 def cache_dir() -> Path:
-    """Where compiled kernels are kept."""
+    """Where run-time builds (the XLA handler) are kept."""
     explicit = os.environ.get("INERTIA_CACHE_DIR")
     if explicit:
         return Path(explicit)
@@ -80,28 +97,155 @@ def thread_count() -> int:
 
 
 def unavailable_reason() -> Optional[str]:
-    """None when the kernels load; otherwise why they do not (after a :func:`load` attempt)."""
+    """None when the extension loads; otherwise why it does not (after a :func:`load` attempt)."""
     load()
     return _reason
 
 
+def xla_unavailable_reason() -> Optional[str]:
+    """None when the XLA handler loads; otherwise why it does not (after a :func:`load_xla` attempt)."""
+    load_xla()
+    return _xla_reason
+
+
+def _disabled() -> bool:
+    return os.environ.get("INERTIA_KERNELS", "1").strip().lower() in ("0", "false", "off", "no")
+
+
+class _Unavailable(Exception):
+    pass
+
+
+def _warn_slow(what: str, reason: str) -> None:
+    warnings.warn(f"inertia: {what} is unavailable, so steps take the slower reference path: {reason} "
+                  "(`inertia doctor` shows what inertia found; INERTIA_KERNELS=0 silences this)",
+                  PerformanceWarning, stacklevel=4)
+
+
+# ---- the extension, built with the package --------------------------------------------------
 def load() -> Optional[ModuleType]:
-    """The compiled kernel module, building it on first use; None where that is impossible."""
+    """The compiled kernel module ``inertia._kernels``; None where it is unavailable (then one
+    :class:`PerformanceWarning` says why, unless ``INERTIA_KERNELS=0``)."""
     global _loaded, _reason, _tried
     if _tried:
         return _loaded
     with _lock:
         if not _tried:
             try:
-                _loaded = _build_and_import()
+                _loaded = _import_extension()
             except _Unavailable as error:
                 _reason = str(error)
             _tried = True
+            if _reason is not None and _reason != _DISABLED:
+                _warn_slow("the compiled kernel (inertia._kernels)", _reason)
     return _loaded
 
 
-class _Unavailable(Exception):
-    pass
+def _import_extension() -> ModuleType:
+    if _disabled():
+        raise _Unavailable(_DISABLED)
+    try:
+        module = _extension_module()
+    except ImportError as error:
+        if not _extension_files():
+            raise _Unavailable(
+                "inertia was installed without its compiled kernel (the build found no working C compiler); "
+                "install gcc or clang, then reinstall inertia (`pip install --force-reinstall --no-deps --no-binary inertia inertia`, "
+                "or `pip install -e .` in a checkout)") from None
+        raise _Unavailable(f"the compiled kernel does not load ({error}); reinstall inertia") from None
+    built_from = getattr(module, "source_digest", "")
+    try:
+        installed = kernel_build.source_digest("_kernels.c")
+    except OSError:  # the sources are not installed beside it: nothing to compare
+        installed = built_from
+    if built_from != installed:
+        raise _Unavailable(f"the compiled kernel {module.__file__} was built from other sources than the installed ones; "
+                           "rebuild it (`pip install -e .`, or `python setup.py build_ext --inplace` in a checkout)")
+    return module
+
+
+def _extension_module() -> ModuleType:
+    return importlib.import_module("inertia._kernels")
+
+
+def _extension_files() -> list[Path]:
+    here = Path(__file__).parent
+    return sorted(here.glob("_kernels.*.so")) + sorted(here.glob("_kernels.*.pyd"))
+
+
+# ---- the XLA handler, built at run time into a private cache ----------------------------------
+def load_xla() -> Optional[Any]:
+    """The XLA FFI handler library (``_xla_kernels.c``, a ``ctypes.CDLL``), built on first use
+    against jaxlib's FFI headers into the private cache; None where that is impossible (then
+    one :class:`PerformanceWarning` says why, unless ``INERTIA_KERNELS=0``). Only the JAX
+    backend calls this."""
+    global _xla_loaded, _xla_reason, _xla_tried
+    if _xla_tried:
+        return _xla_loaded
+    with _lock:
+        if not _xla_tried:
+            try:
+                _xla_loaded = _build_xla()
+            except _Unavailable as error:
+                _xla_reason = str(error)
+            _xla_tried = True
+            if _xla_reason is not None and _xla_reason != _DISABLED:
+                _warn_slow("JAX's fused CPU kernel (the XLA handler)", _xla_reason)
+    return _xla_loaded
+
+
+def _build_xla() -> Any:
+    import ctypes
+
+    if _disabled():
+        raise _Unavailable(_DISABLED)
+    try:
+        import jax.ffi
+        import jaxlib
+
+        include = jax.ffi.include_dir()
+    except (ImportError, AttributeError) as error:
+        raise _Unavailable(f"jax.ffi unavailable: {error}") from None
+    if not (Path(include) / "xla" / "ffi" / "api" / "c_api.h").exists():
+        raise _Unavailable(f"XLA FFI headers not found in {include!r}")
+    target = _cached_build("_xla_kernels.c", [include], [jaxlib.__version__.encode()])
+    try:
+        return ctypes.CDLL(str(target))
+    except OSError as error:
+        raise _Unavailable(f"cannot load {target}: {error}") from None
+
+
+def private_cache_problem(folder: Path) -> Optional[str]:
+    """Why ``folder`` may not hold code this process loads (None when it may): it must be a
+    folder owned by this user that no other user can write to."""
+    try:
+        info = folder.stat()
+    except OSError as error:
+        return f"cannot read it ({error.strerror or error})"
+    if not stat.S_ISDIR(info.st_mode):
+        return "it is not a folder"
+    geteuid = getattr(os, "geteuid", None)
+    if geteuid is not None and info.st_uid != geteuid():
+        return f"it belongs to user id {info.st_uid}, not to this user ({geteuid()})"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"other users can write to it (mode {stat.S_IMODE(info.st_mode):o}; `chmod 700 {folder}` fixes that)"
+    if not os.access(folder, os.R_OK | os.W_OK | os.X_OK):
+        return "this process cannot read and write it"
+    return None
+
+
+def _private_folder(folder: Path) -> Path:
+    """``folder``, made 0700 if it is missing, when it is private (else ``_Unavailable``)."""
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        problem = f"cannot create it ({error.strerror or error})"
+    else:
+        problem = private_cache_problem(folder)
+    if problem is not None:
+        raise _Unavailable(f"the kernel cache {folder} is refused: {problem}; "
+                           "point INERTIA_CACHE_DIR at a folder of your own")
+    return folder
 
 
 def _cpu_fingerprint() -> str:
@@ -113,121 +257,94 @@ def _cpu_fingerprint() -> str:
         return platform.processor()
 
 
-def _compiler() -> list[str]:
-    return shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")[:1]
-
-
-def _flags() -> list[str]:
-    """The build flags: inertia's own, then ``$INERTIA_KERNEL_CFLAGS`` (a sanitizer build,
-    say: ``-fsanitize=address,undefined``); both are part of the cache key."""
-    return _FLAGS + shlex.split(os.environ.get("INERTIA_KERNEL_CFLAGS", ""))
-
-
-def _build(source_name: str, includes: list[str], key_parts: list[bytes], suffix: str) -> Path:
-    """Compile ``source_name`` (with the shared core header) into the cache, unless there."""
-    if os.environ.get("INERTIA_KERNELS", "1") in ("0", "false", "off", "no"):
-        raise _Unavailable("disabled by INERTIA_KERNELS")
+def _cached_build(source_name: str, includes: list[str], key_parts: list[bytes]) -> Path:
+    """A verified build of ``source_name`` in the private cache, compiled when none is there."""
     here = Path(__file__).parent
     try:
-        texts = [(here / name).read_bytes() for name in (source_name, _CORE_HEADER)]
+        digest = kernel_build.source_digest(source_name)
     except OSError as error:
         raise _Unavailable(f"kernel source missing: {error}") from None
-    compiler = _compiler()
+    compiler = kernel_build.compiler_command()
     try:
         version = subprocess.run(compiler + ["--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as error:
-        raise _Unavailable(f"no C compiler ({compiler[0]}): {error}") from None
-    key = hashlib.sha256(
-        b"\0".join(
-            texts + key_parts + [version.encode(), " ".join(_flags()).encode(), platform.machine().encode(),
-                                 _cpu_fingerprint().encode()]
-        )
-    ).hexdigest()[:20]
-    target = cache_dir() / key / (Path(source_name).stem + suffix)
-    if not target.exists():
-        _compile(compiler, here / source_name, includes, target)
-    return target
+        raise _Unavailable(f"no C compiler ({compiler[0]}: {error.strerror if isinstance(error, OSError) else error}); "
+                           "install gcc or clang, or set CC") from None
+    # The key holds every flag that may be used; only a build probes which the compiler takes.
+    candidates = kernel_build.REQUIRED_FLAGS + kernel_build.OPTIONAL_FLAGS + kernel_build.user_flags()
+    key = hashlib.sha256(b"\0".join(
+        [digest.encode(), version.encode(), " ".join(candidates).encode(), platform.machine().encode(),
+         _cpu_fingerprint().encode()] + key_parts
+    )).hexdigest()[:20]
+    folder = _private_folder(cache_dir())
+    folder = _private_folder(folder / key)
+    stem = Path(source_name).stem
+    found = _verified(folder, stem)
+    if found is not None:
+        return found
+    _remove_stale_temporaries(folder)
+    flags = kernel_build.compile_flags(kernel_build.subprocess_compiles(compiler)) + ["-fPIC", "-shared"]
+    return _compile(compiler, flags, here / source_name, includes, folder, stem)
 
 
-def _build_and_import() -> ModuleType:
-    include = sysconfig.get_paths().get("include") or ""
-    if not (Path(include) / "Python.h").exists():
-        raise _Unavailable(f"Python headers not found in {include!r}")
-    import numpy
+def _verified(folder: Path, stem: str) -> Optional[Path]:
+    """A build in ``folder`` whose bytes hash to the digest its name records; any other
+    build file there is deleted (truncated, emptied or replaced: loading it could crash)."""
+    pattern = re.compile(re.escape(stem) + r"\.([0-9a-f]{64})\.so")
+    for path in sorted(folder.glob(f"{stem}.*.so")):
+        match = pattern.fullmatch(path.name)
+        try:
+            info = path.lstat()
+            owned = stat.S_ISREG(info.st_mode) and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+            if match and owned and hashlib.sha256(path.read_bytes()).hexdigest() == match.group(1):
+                return path
+            path.unlink()
+        except OSError:
+            continue
+    return None
 
-    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
-    # The kernels read arrays through NumPy's C API: its version is part of the key.
-    key_parts = [sys.version.encode(), suffix.encode(), numpy.__version__.encode()]
-    target = _build("_kernels.c", [include, numpy.get_include()], key_parts, suffix)
-    spec = importlib.util.spec_from_file_location(_MODULE_NAME, target)
-    if spec is None or spec.loader is None:
-        raise _Unavailable(f"cannot load {target}")
-    module = importlib.util.module_from_spec(spec)
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Remove temporary files of builds whose process is gone (or that are over an hour old)."""
+    for path in folder.glob(".*.tmp"):
+        parts = path.name.split(".")
+        pid = int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else None
+        try:
+            alive = pid is not None and _process_alive(pid)
+            if not alive or time.time() - path.stat().st_mtime > _STALE_TEMPORARY_S:
+                path.unlink()
+        except OSError:
+            continue
+
+
+def _process_alive(pid: int) -> bool:
     try:
-        spec.loader.exec_module(module)
-    except ImportError as error:
-        raise _Unavailable(f"cannot load {target}: {error}") from None
-    return module
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, as another user's process
+        return True
+    return True
 
 
-def load_xla() -> Optional[Any]:
-    """The XLA FFI handler library (``_xla_kernels.c``, a ``ctypes.CDLL``), building it on
-    first use against jaxlib's FFI headers; None where that is impossible (no compiler, no
-    headers, ``INERTIA_KERNELS=0``). Only the JAX backend calls this."""
-    global _xla_loaded, _xla_reason, _xla_tried
-    if _xla_tried:
-        return _xla_loaded
-    with _lock:
-        if not _xla_tried:
-            try:
-                _xla_loaded = _build_xla()
-            except _Unavailable as error:
-                _xla_reason = str(error)
-            _xla_tried = True
-    return _xla_loaded
-
-
-def xla_unavailable_reason() -> Optional[str]:
-    """None when the XLA handler loads; otherwise why it does not (after a :func:`load_xla` attempt)."""
-    load_xla()
-    return _xla_reason
-
-
-def _build_xla() -> Any:
-    import ctypes
-
+def _compile(compiler: list[str], flags: list[str], source: Path, includes: list[str], folder: Path, stem: str) -> Path:
     try:
-        import jax.ffi
-        import jaxlib
-
-        include = jax.ffi.include_dir()
-    except (ImportError, AttributeError) as error:
-        raise _Unavailable(f"jax.ffi unavailable: {error}") from None
-    if not (Path(include) / "xla" / "ffi" / "api" / "c_api.h").exists():
-        raise _Unavailable(f"XLA FFI headers not found in {include!r}")
-    # The handler is built against the headers of this jaxlib: its version is part of the key.
-    target = _build("_xla_kernels.c", [include], [jaxlib.__version__.encode()], ".so")
-    try:
-        return ctypes.CDLL(str(target))
-    except OSError as error:
-        raise _Unavailable(f"cannot load {target}: {error}") from None
-
-
-def _compile(compiler: list[str], source: Path, includes: list[str], target: Path) -> None:
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
+        handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{stem}.{os.getpid()}.", suffix=".tmp")
         os.close(handle)
     except OSError as error:
-        raise _Unavailable(f"cache directory {target.parent} is not writable: {error}") from None
-    command = compiler + _flags() + [f"-I{path}" for path in includes] + [str(source), "-o", temporary]
+        raise _Unavailable(f"the kernel cache {folder} is not writable: {error}") from None
+    command = compiler + flags + [f"-I{path}" for path in includes] + [str(source), "-o", temporary]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
-            raise _Unavailable(f"compiling the kernels failed: {' '.join(command)}\n{done.stderr[-2000:]}")
+            raise _Unavailable(f"compiling the kernel failed: {' '.join(command)}\n{done.stderr[-2000:]}")
+        with open(temporary, "rb") as built:
+            digest = hashlib.sha256(built.read()).hexdigest()
+        target = folder / f"{stem}.{digest}.so"
         os.replace(temporary, target)
+        return target
     except (OSError, subprocess.SubprocessError) as error:
-        raise _Unavailable(f"compiling the kernels failed: {error}") from None
+        raise _Unavailable(f"compiling the kernel failed: {error}") from None
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
