@@ -333,3 +333,38 @@ def test_a_wheel_carries_the_compiled_kernel_or_installs_without_one(tmp_path, c
     extensions = [name for name in names if name.startswith("inertia/_kernels.") and name.endswith(".so")]
     assert len(extensions) == (1 if compiler == "default" else 0), names
     assert {"inertia/_xla_kernels.c", "inertia/_sgd_core.h", "inertia/_kernels.c", "inertia/py.typed"} <= set(names)
+
+
+# The same steps, printed by a process that imports inertia from the folder PYTHONPATH names:
+# every face's fast path with norms clipped, EMA, weight decay and Nesterov, on float32 and float64.
+KERNEL_NUMBERS = """
+import numpy as np, inertia
+from inertia import kernels
+module = kernels.load()
+assert module is not None, kernels.unavailable_reason()
+rng = np.random.default_rng(3)
+out = [module.__file__]
+for dtype in ("float32", "float64"):
+    ws = [inertia.Variable(rng.standard_normal(n).astype(dtype)) for n in (5, 70000)]
+    opt = inertia.SGD(learning_rate=0.1, momentum=0.9, nesterov=True, weight_decay=0.01, clipnorm=1.0, use_ema=True)
+    for _ in range(4):
+        opt.apply([rng.standard_normal(w.shape).astype(dtype) for w in ws], ws)
+    assert opt._fused_plan is not None
+    out += [w.numpy().tobytes().hex() for w in ws] + [v.numpy().tobytes().hex() for v in opt.variables]
+print("\\n".join(out))
+"""
+
+
+def test_a_clang_build_gives_the_gcc_build_s_numbers_bit_for_bit(tmp_path):
+    requires("ziglang")  # clang, as `python -m ziglang cc` (the test extra installs it)
+    source = _source_copy(tmp_path / "source")
+    clang = f"{sys.executable} -m ziglang cc"
+    done = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=source,
+                          env={**os.environ, "CC": clang}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (built,) = (source / "src" / "inertia").glob("_kernels.*.so")
+    assert b"clang version" in built.read_bytes()
+    clang_numbers = _python(KERNEL_NUMBERS, PYTHONPATH=str(source / "src")).splitlines()
+    gcc_numbers = _python(KERNEL_NUMBERS, PYTHONPATH=str(ROOT / "src")).splitlines()
+    assert clang_numbers[0] == str(built) and Path(gcc_numbers[0]).parent == ROOT / "src" / "inertia"
+    assert clang_numbers[1:] == gcc_numbers[1:]

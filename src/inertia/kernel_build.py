@@ -64,7 +64,7 @@ def compiler_command() -> list[str]:
     """The C compiler a run-time build calls: ``$CC``, else Python's own, else ``cc``."""
     import sysconfig
 
-    return shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")[:1]
+    return shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
 
 
 def accepted(flags: list[str], compiles: Callable[[Path, list[str]], bool]) -> list[str]:
