@@ -367,6 +367,30 @@ def test_mlx_face_resumes_bit_exact(tmp_path, case, backend_name):
     assert type(resumed.state["scale"]) is list
 
 
+def test_state_moves_between_array_libraries(tmp_path):
+    torch = requires("torch")
+    import inertia.mlx
+
+    mlx_opt = inertia.mlx.SGD(0.1, momentum=0.9)
+    mlx_steps(mlx_opt, mlx_params(backends.get("numpy"), "float32"), backends.get("numpy"), 0, 2)
+    inertia.save(mlx_opt, tmp_path / "mlx.safetensors")
+    on_torch = inertia.mlx.SGD(0.1, momentum=0.9)
+    on_torch.init(mlx_params(backends.get("torch"), "float32"))
+    inertia.load(on_torch, tmp_path / "mlx.safetensors")
+    assert on_torch.state["step"].dtype == torch.int64 and int(on_torch.state["step"]) == 2  # uint64 on NumPy
+    assert isinstance(on_torch.state["layer"]["w"]["v"], torch.Tensor)
+    assert_same_arrays(mlx_leaves(mlx_opt.state["layer"]), mlx_leaves(on_torch.state["layer"]))
+
+    keras_opt, weights = _everything_sgd(), keras_weights("numpy", ("float32", "float32"))
+    keras_steps(keras_opt, weights, 0, 4)
+    inertia.save(keras_opt, tmp_path / "keras.safetensors")
+    torch_weights_ = keras_weights("torch", ("float32", "float32"), {w.name: w.numpy() for w in weights})
+    moved = _everything_sgd()
+    inertia.load(moved, tmp_path / "keras.safetensors", var_list=torch_weights_)
+    assert all(isinstance(v.value, torch.Tensor) for v in moved.variables)
+    assert_same_arrays(keras_state(keras_opt), keras_state(moved))
+
+
 # ----------------------------------------------------------------------------------------
 # resuming in a fresh process
 # ----------------------------------------------------------------------------------------

@@ -868,7 +868,13 @@ def _keras_load(optimizer: Optimizer, context: _Context, var_list: Optional[Iter
         else:
             # Built on a copy first: every check runs against the slots the build would make,
             # and the optimizer itself is built only once they pass.
-            target = copy.deepcopy(optimizer)
+            try:
+                target = copy.deepcopy(optimizer)
+            except Exception as error:  # a subclass holding something that cannot be copied
+                raise TypeError(
+                    f"Cannot build a copy of optimizer {optimizer.name!r} to check the checkpoint against ({error}): "
+                    "call optimizer.build(var_list) first, then inertia.load without var_list."
+                ) from None
             target.build(var_list)
     _check_config(context, _keras_comparable(context.entry("config", dict)), _keras_comparable(_keras_config(target)))
 
