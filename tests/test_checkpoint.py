@@ -26,7 +26,6 @@ What this file proves:
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -882,7 +881,10 @@ KILL_LOOP = textwrap.dedent(
         opt.apply([np.full(SIZE, 1.0 + step % 7, np.float32)], [w])
     """
 )
-exec(KILL_LOOP)
+_KILL_NAMESPACE: dict = {}
+exec(KILL_LOOP, _KILL_NAMESPACE)  # the test runs the very code the killed processes run
+kill_test_optimizer = _KILL_NAMESPACE["kill_test_optimizer"]
+kill_test_step = _KILL_NAMESPACE["kill_test_step"]
 # One subprocess imports once (ml_dtypes alone takes half a second) and forks a fresh saving
 # process per kill; the test kills that process and learns from the server when it is reaped.
 FORK_SERVER = (
@@ -917,7 +919,7 @@ KILLS = 80
 
 def test_a_checkpoint_survives_every_kill_at_random_moments(tmp_path):
     path = tmp_path / "opt.safetensors"
-    reference, reference_w = kill_test_optimizer()  # noqa: F821 (defined by KILL_LOOP)
+    reference, reference_w = kill_test_optimizer()
     scratch = tmp_path / "scratch" / "reference.safetensors"
     scratch.parent.mkdir()
     expected: dict[int, str] = {}
@@ -926,7 +928,7 @@ def test_a_checkpoint_survives_every_kill_at_random_moments(tmp_path):
         """The checkpoint the run writes after ``iteration`` steps (the run is deterministic)."""
         while not expected or max(expected) < iteration:
             if expected:
-                kill_test_step(reference, reference_w, max(expected))  # noqa: F821
+                kill_test_step(reference, reference_w, max(expected))
             inertia.save(reference, scratch)
             expected[int(reference.iterations.numpy())] = hashlib.sha256(scratch.read_bytes()).hexdigest()
         return expected[iteration]
@@ -951,7 +953,7 @@ def test_a_checkpoint_survives_every_kill_at_random_moments(tmp_path):
             iteration = inertia.checkpoint.read_metadata(path)["counters"]["iteration"]
             assert iteration >= last, f"kill {kills}: the checkpoint of step {last} was lost (now {iteration})"
             assert hashlib.sha256(data).hexdigest() == expected_hash(iteration), f"kill {kills}: iteration {iteration}"
-            loaded, _ = kill_test_optimizer()  # noqa: F821
+            loaded, _ = kill_test_optimizer()
             inertia.load(loaded, path)
             assert int(loaded.iterations.numpy()) == iteration
             last = iteration

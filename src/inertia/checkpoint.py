@@ -48,7 +48,9 @@ file of a newer major version is refused with a message saying so.
 Writing is atomic: the file is written to a temporary file in the same directory, flushed and
 synced to disk, then renamed over ``path`` (and the directory synced), so a crash or a kill at
 any moment leaves the previous checkpoint whole. Temporary files of this host's processes
-that no longer run are removed at the next save.
+that no longer run are removed at the next save. The file's bytes are made in memory first
+(safetensors' own file writer goes through a temporary file of its own, which a killed process
+would leave behind unnamed), so a save needs memory for one copy of the state.
 
 Loading checks everything before it changes anything, and says what does not fit: the format
 and its version, the face and class, the configuration, the tensors' names, shapes and dtypes,
@@ -60,7 +62,6 @@ from __future__ import annotations
 import copy
 import errno
 import json
-import math
 import os
 import re
 import secrets
@@ -146,8 +147,10 @@ def save(optimizer: Any, path: PathLike) -> None:
     exported = {key: _export(value, key) for key, value in tensors.items()}
     try:
         text = json.dumps(document, allow_nan=False)
-    except ValueError as error:  # a NaN or infinity in a config or counter: no standard JSON
-        raise ValueError(f"Cannot save optimizer {optimizer!r}: its configuration holds a non-finite number ({error}).") from None
+    except ValueError as error:  # a NaN or infinity has no standard JSON form
+        raise ValueError(
+            f"Cannot save optimizer {optimizer!r}: its configuration or learning rate holds a non-finite number ({error})."
+        ) from None
     _write_atomically(name, exported, {METADATA_KEY: text})
 
 
