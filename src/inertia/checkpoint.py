@@ -244,7 +244,8 @@ def load(
         )
     if document.get("class") != _class_name(optimizer):
         raise ValueError(
-            f"{where}: it holds the state of a {document.get('class')}, and the optimizer is a {_class_name(optimizer)}."
+            f"{where}: it holds the state of an optimizer of class {document.get('class')}; this optimizer's class is "
+            f"{_class_name(optimizer)}."
         )
     commit = _LOADERS[face](optimizer, _Context(where, document, arrays, allowed), var_list)
     commit()
