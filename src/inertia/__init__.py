@@ -8,11 +8,15 @@
 The other faces are submodules, imported on first use: ``inertia.legacy`` (tf.keras'
 OptimizerV2 SGD), ``inertia.mlx`` (mlx.optimizers.SGD) and ``inertia.torch``
 (a torch.optim.Optimizer; importing it imports torch).
+
+``inertia.save(optimizer, path)`` / ``inertia.load(optimizer, path)`` write and read one
+checkpoint file of any face's state (``inertia.checkpoint``).
 """
 
 import importlib as _importlib
 
-from inertia import optimizers, schedules
+from inertia import checkpoint, optimizers, schedules
+from inertia.checkpoint import load, save
 from inertia.loss_scale import LossScaleOptimizer
 from inertia.optimizer import Optimizer
 from inertia.sgd import SGD
@@ -28,4 +32,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'inertia' has no attribute {name!r}")
 
 
-__all__ = ["Variable", "Optimizer", "SGD", "LossScaleOptimizer", "optimizers", "schedules", "__version__"]
+__all__ = [
+    "Variable", "Optimizer", "SGD", "LossScaleOptimizer", "save", "load", "checkpoint", "optimizers", "schedules",
+    "__version__",
+]
