@@ -253,6 +253,33 @@ CONSTRUCTOR_CASES: list[tuple[str, Callable[[], Any], type, tuple[str, ...]]] = 
     ("lso_initial_scale='x'", lambda: _lso(initial_scale="x"), TypeError, ("`initial_scale`", "initial_scale='x'")),
     *[
         (
+            f"lso_initial_scale={value!r}",  # finite as a Python float, not as the float32 the scale is held in
+            (lambda value=value: _lso(initial_scale=value)),
+            ValueError,
+            ("`initial_scale` must be > 0 and finite in float32", f"initial_scale={value!r}"),
+        )
+        for value in (1e39, 1e-50)
+    ],
+    (
+        "lso_dynamic_growth_steps=2**31",  # the int32 step counter never counts that far
+        lambda: _lso(dynamic_growth_steps=2**31),
+        ValueError,
+        ("`dynamic_growth_steps` must be at most 2147483647", "dynamic_growth_steps=2147483648"),
+    ),
+    (
+        "gradient_accumulation_steps=2**31",
+        lambda: SGD(gradient_accumulation_steps=2**31),
+        ValueError,
+        ("`gradient_accumulation_steps` must be at most 2147483647", "gradient_accumulation_steps=2147483648"),
+    ),
+    (
+        "ema_overwrite_frequency=2**31",
+        lambda: SGD(use_ema=True, ema_overwrite_frequency=2**31),
+        ValueError,
+        ("`ema_overwrite_frequency` must be at most 2147483647", "ema_overwrite_frequency=2147483648"),
+    ),
+    *[
+        (
             f"lso_dynamic_growth_steps={value!r}",
             (lambda value=value: _lso(dynamic_growth_steps=value)),
             ValueError,
@@ -728,6 +755,30 @@ APPLY_CASES: list[ApplyCase] = [
         ("w1", "dtype bool"),
     ),
     ApplyCase(
+        "apply_gradients_none",
+        lambda o, v: o.apply_gradients(None),
+        TypeError,
+        ("`grads_and_vars` must be an iterable of (gradient, variable) pairs", "grads_and_vars=None"),
+    ),
+    ApplyCase(
+        "apply_gradients_not_iterable",
+        lambda o, v: o.apply_gradients(3),
+        TypeError,
+        ("`grads_and_vars`", "grads_and_vars=3"),
+    ),
+    ApplyCase(
+        "apply_gradients_variable_first",  # (variable, gradient): an inertia.Variable as the gradient gives it away
+        lambda o, v: o.apply_gradients(list(zip(v, G))),
+        TypeError,
+        ("`grads_and_vars`", "the gradient first", "variable 'w0'", "not (variable, gradient)", "Received: (<inertia.Variable"),
+    ),
+    ApplyCase(
+        "apply_gradients_variable_first_in_the_last_pair",
+        lambda o, v: o.apply_gradients([(G[0], v[0]), (v[1], G[1])]),
+        TypeError,
+        ("`grads_and_vars`", "variable 'w1'", "not (variable, gradient)"),
+    ),
+    ApplyCase(
         "apply_gradients_unknown_variable",
         lambda o, v: o.apply_gradients([(G[0], v[0]), (G[0], _stranger())]),
         ValueError,
@@ -770,6 +821,101 @@ APPLY_CASES: list[ApplyCase] = [
         ("SGD/param_2_momentum", "`weights`"),
         unbuilt=False,
     ),
+    ApplyCase(
+        "set_weights_none",
+        lambda o, v: o.set_weights(None),
+        TypeError,
+        ("`weights` must be a list of arrays", "weights=None"),
+    ),
+    ApplyCase(
+        "set_weights_none_entry",
+        lambda o, v: o.set_weights(_with([w.numpy() for w in o.variables], 4, None)),
+        TypeError,
+        ("SGD/param_2_average cannot take None", "`weights`", "weights[4]=None"),
+        unbuilt=False,
+    ),
+    *[
+        ApplyCase(
+            f"set_weights_iteration={value!r}",
+            (lambda o, v, value=value: o.set_weights(_with([w.numpy() for w in o.variables], 0, np.array(value)))),
+            ValueError,
+            ("SGD/iteration is a step counter of dtype int32", "[0, 2147483647)", f"weights[0]={np.array(value)!r}"),
+            unbuilt=False,
+        )
+        for value in (2**40, 2**31 - 1, -1, 2.5, np.nan)
+    ],
+    *[
+        ApplyCase(
+            f"set_weights_learning_rate={value!r}",
+            (lambda o, v, value=value: o.set_weights(_with([w.numpy() for w in o.variables], 1, np.array(value)))),
+            ValueError,
+            ("SGD/learning_rate takes a finite number >= 0", f"weights[1]={np.array(value)!r}"),
+            unbuilt=False,
+        )
+        for value in (np.nan, -0.5, np.inf, 1e39)  # 1e39: finite, but inf in the variable's float32
+    ],
+    ApplyCase(
+        "load_store_none",
+        lambda o, v: o.load_own_variables(None),
+        TypeError,
+        ("`store` must be a mapping", "store=None"),
+    ),
+    ApplyCase(
+        "load_store_list",
+        lambda o, v: o.load_own_variables([w.numpy() for w in o.variables]),
+        TypeError,
+        ("`store` must be a mapping", "store=[array("),
+    ),
+    ApplyCase(
+        "load_none_entry",
+        lambda o, v: o.load_own_variables({**_saved_store(o), "w1_momentum": None}),
+        TypeError,
+        ("SGD/w1_momentum cannot take None", "`store`", "store['w1_momentum']=None"),
+        unbuilt=False,
+    ),
+    ApplyCase(
+        "load_none_entry_index_keys",
+        lambda o, v: o.load_own_variables({str(i): None if i == 2 else w.numpy() for i, w in enumerate(o.variables)}),
+        TypeError,
+        ("SGD/w0_average cannot take None", "store['2']=None"),
+        unbuilt=False,
+    ),
+    *[
+        ApplyCase(
+            f"load_iteration={value!r}",
+            (lambda o, v, value=value: o.load_own_variables({**_saved_store(o), "iteration": np.array(value)})),
+            ValueError,
+            ("SGD/iteration is a step counter", "whole number in [0, 2147483647)", f"store['iteration']={np.array(value)!r}"),
+            unbuilt=False,
+        )
+        for value in (2**40, 2**31 - 1, 2**31, -1, 2.5, -np.inf)  # 2**40 used to wrap to 0, 2.5 to become 2
+    ],
+    ApplyCase(
+        "load_iteration_bool",
+        lambda o, v: o.load_own_variables({**_saved_store(o), "iteration": np.array(True)}),
+        TypeError,
+        ("SGD/iteration takes a real number, not a value of dtype bool", "store['iteration']=array(True)"),
+        unbuilt=False,
+    ),
+    ApplyCase(
+        "load_iteration_index_keys",
+        lambda o, v: o.load_own_variables(
+            {str(i): np.array(2**40) if i == 0 else w.numpy() for i, w in enumerate(o.variables)}
+        ),
+        ValueError,
+        ("SGD/iteration is a step counter", "store['0']=array(1099511627776)"),
+        unbuilt=False,
+    ),
+    *[
+        ApplyCase(
+            f"load_learning_rate={value!r}",
+            (lambda o, v, value=value: o.load_own_variables({**_saved_store(o), "learning_rate": np.array(value)})),
+            ValueError,
+            ("SGD/learning_rate takes a finite number >= 0 (as float32)", f"store['learning_rate']={np.array(value)!r}"),
+            unbuilt=False,
+        )
+        for value in (np.nan, -1.0, np.inf, -np.inf, 1e39)
+    ],
     ApplyCase(
         "load_missing_key",
         lambda o, v: o.load_own_variables({k: a for k, a in _built_twin_store().items() if k != "w1_momentum"}),
@@ -1042,6 +1188,56 @@ LSO_CASES: list[ApplyCase] = [
         ValueError,
         ("`learning_rate`", "learning_rate=nan"),
     ),
+    ApplyCase("lso_apply_gradients_none", lambda o, v: o.apply_gradients(None), TypeError, ("`grads_and_vars`", "grads_and_vars=None")),
+    ApplyCase(
+        "lso_apply_gradients_variable_first",
+        lambda o, v: o.apply_gradients(list(zip(v, G))),
+        TypeError,
+        ("`grads_and_vars`", "variable 'w0'", "not (variable, gradient)"),
+    ),
+    ApplyCase("lso_set_weights_none", lambda o, v: o.set_weights(None), TypeError, ("`weights`", "weights=None")),
+    ApplyCase("lso_load_store_none", lambda o, v: o.load_own_variables(None), TypeError, ("`store`", "store=None")),
+    *[
+        ApplyCase(
+            f"lso_load_dynamic_scale={value!r}",
+            (lambda o, v, value=value: o.load_own_variables({**_saved_store(o), "dynamic_scale": np.array(value)})),
+            ValueError,
+            ("lso/dynamic_scale takes a finite number > 0 (as float32)", f"store['dynamic_scale']={np.array(value)!r}"),
+            unbuilt=False,
+        )
+        for value in (0.0, -8.0, np.nan, np.inf, 1e39, 1e-50)  # 1e-50 is 0 in float32
+    ],
+    *[
+        ApplyCase(
+            f"lso_load_step_counter={value!r}",
+            (lambda o, v, value=value: o.load_own_variables({**_saved_store(o), "step_counter": np.array(value)})),
+            ValueError,
+            ("lso/step_counter is a step counter of dtype int32", "[0, 2)", f"store['step_counter']={np.array(value)!r}"),
+            unbuilt=False,
+        )
+        for value in (-1, 2, 0.5, 2**40)  # at dynamic_growth_steps (2) or past it, the scale would never grow again
+    ],
+    ApplyCase(
+        "lso_load_inner_iteration",
+        lambda o, v: o.load_own_variables({**_saved_store(o), "inner_optimizer/iteration": np.array(2**40)}),
+        ValueError,
+        ("SGD/iteration is a step counter", "store['inner_optimizer/iteration']=array(1099511627776)"),
+        unbuilt=False,
+    ),
+    ApplyCase(
+        "lso_set_weights_dynamic_scale_nan",
+        lambda o, v: o.set_weights(_with([w.numpy() for w in o.variables], 3, np.array(np.nan))),
+        ValueError,
+        ("lso/dynamic_scale takes a finite number > 0", "weights[3]=array(nan)"),
+        unbuilt=False,
+    ),
+    ApplyCase(
+        "lso_set_weights_inner_learning_rate",
+        lambda o, v: o.set_weights(_with([w.numpy() for w in o.variables], 5, np.array(-1.0))),
+        ValueError,
+        ("SGD/learning_rate takes a finite number >= 0", "weights[5]=array(-1.)"),
+        unbuilt=False,
+    ),
     ApplyCase(
         "lso_set_weights_wrong_shape",
         lambda o, v: o.set_weights([w.numpy() for w in o.variables][:-1] + [np.zeros(7)]),
@@ -1089,9 +1285,60 @@ def test_loss_scale_optimizer_non_finite_gradient_is_a_skip_not_an_error():
     assert float(optimizer.dynamic_scale.numpy()) == float(before["optimizer_values"][3]) / 2
 
 
+# --- from_config: the values a config brings are checked as the constructor's arguments ----------
+def _config(**changes: Any) -> dict:
+    return {**_full_sgd().get_config(), **changes}
+
+
+def _lso_config(**changes: Any) -> dict:
+    return {**_make_lso().get_config(), **changes}
+
+
+FROM_CONFIG_CASES = [
+    ("config=None", lambda: SGD.from_config(None), TypeError, ("`config` must be a dict", "config=None")),
+    ("lso config='x'", lambda: LossScaleOptimizer.from_config("x"), TypeError, ("`config` must be a dict", "config='x'")),
+    *[
+        (f"learning_rate={value!r}", (lambda value=value: SGD.from_config(_config(learning_rate=value))), ValueError,
+         ("`learning_rate`", f"learning_rate={value!r}"))
+        for value in (float("nan"), -0.1, float("inf"))
+    ],
+    ("momentum=2", lambda: SGD.from_config(_config(momentum=2.0)), ValueError, ("`momentum`", "momentum=2.0")),
+    ("ema_momentum=1.5", lambda: SGD.from_config(_config(ema_momentum=1.5)), ValueError, ("`ema_momentum`", "ema_momentum=1.5")),
+    ("gradient_accumulation_steps=2**31", lambda: SGD.from_config(_config(gradient_accumulation_steps=2**31)), ValueError,
+     ("`gradient_accumulation_steps` must be at most 2147483647", "gradient_accumulation_steps=2147483648")),
+    ("ema_overwrite_frequency=2**31", lambda: SGD.from_config(_config(ema_overwrite_frequency=2**31)), ValueError,
+     ("`ema_overwrite_frequency`", "ema_overwrite_frequency=2147483648")),
+    ("loss_scale_factor=0", lambda: SGD.from_config(_config(loss_scale_factor=0.0)), ValueError,
+     ("`loss_scale_factor` must be > 0", "loss_scale_factor=0.0")),
+    ("lso initial_scale=nan", lambda: LossScaleOptimizer.from_config(_lso_config(initial_scale=float("nan"))), ValueError,
+     ("`initial_scale`", "initial_scale=nan")),
+    ("lso initial_scale=0", lambda: LossScaleOptimizer.from_config(_lso_config(initial_scale=0.0)), ValueError,
+     ("`initial_scale`", "initial_scale=0.0")),
+    ("lso dynamic_growth_steps=2**31", lambda: LossScaleOptimizer.from_config(_lso_config(dynamic_growth_steps=2**31)),
+     ValueError, ("`dynamic_growth_steps` must be at most 2147483647", "dynamic_growth_steps=2147483648")),
+    ("lso dynamic_growth_steps=0", lambda: LossScaleOptimizer.from_config(_lso_config(dynamic_growth_steps=0)),
+     ValueError, ("`dynamic_growth_steps`", "dynamic_growth_steps=0")),
+    ("deserialize", lambda: optimizers.deserialize({"class_name": "SGD", "config": _config(learning_rate=-1.0)}), ValueError,
+     ("`learning_rate`", "learning_rate=-1.0")),
+]
+
+
+@pytest.mark.parametrize("make, error, fragments", [case[1:] for case in FROM_CONFIG_CASES], ids=[case[0] for case in FROM_CONFIG_CASES])
+def test_from_config_checks_the_values_as_the_constructor_does(make, error, fragments):
+    with pytest.raises(error, match=_rx(*fragments)):
+        make()
+
+
+def test_from_config_round_trips_in_range_values():
+    assert SGD.from_config(_config(gradient_accumulation_steps=2**31 - 1)).gradient_accumulation_steps == 2**31 - 1
+    assert LossScaleOptimizer.from_config(_lso_config(dynamic_growth_steps=2**31 - 1)).dynamic_growth_steps == 2**31 - 1
+
+
 def test_every_row_expects_a_message():
     """Guard: no table row expects an empty fragment list (which would match anything)."""
     for case in CONSTRUCTOR_CASES:
         assert case[3] and all(case[3])
     for case in APPLY_CASES + LSO_CASES:
         assert case.fragments and all(case.fragments)
+    for case in FROM_CONFIG_CASES:
+        assert case[3] and all(case[3])

@@ -664,3 +664,100 @@ def test_a_rejected_apply_changes_nothing(backend):
     assert_same_arrays(snapshot(optimizer, [a, b]), before)
     apply(optimizer, [([1.0, 1.0], a), ([1.0], b)])  # and the optimizer still works
     assert int(optimizer.iterations.numpy()) == 2
+
+
+# --- strict inputs: what the user wrote is named; loads and pairs are checked whole ---------
+@pytest.mark.parametrize(
+    "value, error, message",
+    [
+        (-1, ValueError, "Argument `lr` must be >= 0.0. Received: lr=-1"),
+        (float("nan"), ValueError, "Argument `lr` must be a finite number. Received: lr=nan"),
+        (float("inf"), ValueError, "Argument `lr` must be a finite number. Received: lr=inf"),
+        ("0.1", ValueError, "Argument `lr` should be float"),
+    ],
+)
+def test_lr_errors_name_lr_where_the_user_wrote_lr(value, error, message):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # lr's deprecation warning
+        with pytest.raises(error) as info:
+            LegacySGD(lr=value)
+    assert message in str(info.value) and "learning_rate" not in str(info.value)
+    with pytest.raises(error) as info:
+        LegacySGD.from_config({**LegacySGD().get_config(), "lr": value})
+    assert message in str(info.value) and "learning_rate" not in str(info.value)
+    optimizer = LegacySGD(learning_rate=0.25)
+    with pytest.raises(error) as info:
+        optimizer.lr = value
+    assert message in str(info.value) and "learning_rate" not in str(info.value)
+    assert float(optimizer.lr.numpy()) == float(optimizer.learning_rate.numpy()) == 0.25
+    with pytest.raises(ValueError, match="Argument `learning_rate` must be >= 0.0. Received: learning_rate=-1"):
+        LegacySGD(learning_rate=-1)  # and `learning_rate` where the user wrote that
+    optimizer.lr = 0.5  # the alias still sets the rate
+    assert float(optimizer.learning_rate.numpy()) == 0.5
+
+
+def _trained_legacy():
+    optimizer = LegacySGD(learning_rate=0.5, momentum=0.9, decay=0.1)
+    a, b = inertia.Variable([1.0, 2.0], name="a"), inertia.Variable([3.0], name="b")
+    for _ in range(2):
+        optimizer.apply_gradients([(np.array([1.0, -1.0], "float32"), a), (np.array([2.0], "float32"), b)])
+    return optimizer, [a, b]
+
+
+def _store_of(optimizer, **changes):
+    store = {}
+    optimizer.save_own_variables(store)
+    return {**store, **changes}
+
+
+def _weights_of(optimizer, index, value):
+    weights = optimizer.get_weights()
+    weights[index] = value
+    return weights
+
+
+LEGACY_REJECTED = {
+    "apply_gradients(None)": (lambda o, v: o.apply_gradients(None), TypeError, "`grads_and_vars` must be an iterable", "grads_and_vars=None"),
+    "(variable, gradient)": (
+        lambda o, v: o.apply_gradients([(v[0], np.ones(2, "float32"))]),  # the array would be taken as a new variable
+        TypeError, "not (variable, gradient)", "variable 'a'",
+    ),
+    "set_weights(None)": (lambda o, v: o.set_weights(None), TypeError, "`weights` must be a list", "weights=None"),
+    "set_weights iter at int64 max": (
+        lambda o, v: o.set_weights(_weights_of(o, 0, np.array(2**63 - 1))),
+        ValueError, "SGD/iter is a step counter of dtype int64", "weights[0]=array(9223372036854775807)",
+    ),
+    "set_weights iter negative": (lambda o, v: o.set_weights(_weights_of(o, 0, np.array(-1))), ValueError, "[0, 9223372036854775807)", "weights[0]=array(-1)"),
+    "set_weights iter fractional": (lambda o, v: o.set_weights(_weights_of(o, 0, np.array(2.5))), ValueError, "whole number", "weights[0]=array(2.5)"),
+    "set_weights None slot": (lambda o, v: o.set_weights(_weights_of(o, 2, None)), TypeError, "SGD/b/momentum cannot take None", "weights[2]=None"),
+    "load_own_variables(None)": (lambda o, v: o.load_own_variables(None), TypeError, "`store` must be a mapping", "store=None"),
+    "load iter 2**63": (
+        lambda o, v: o.load_own_variables(_store_of(o, iter=np.array(2**63, dtype=np.uint64))),
+        ValueError, "SGD/iter is a step counter", "store['iter']=array(9223372036854775808, dtype=uint64)",
+    ),
+    "load learning_rate nan": (
+        lambda o, v: o.load_own_variables(_store_of(o, learning_rate=np.array(np.nan))),
+        ValueError, "SGD/learning_rate takes a finite number >= 0", "store['learning_rate']=array(nan)",
+    ),
+    "load None slot": (
+        lambda o, v: o.load_own_variables(_store_of(o, **{"a/momentum": None})),
+        TypeError, "SGD/a/momentum cannot take None", "store['a/momentum']=None",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(LEGACY_REJECTED))
+def test_rejected_inputs_name_the_argument_and_change_nothing(case):
+    trigger, error, *fragments = LEGACY_REJECTED[case]
+    optimizer, variables = _trained_legacy()
+    twin, twin_variables = _trained_legacy()
+    before = snapshot(optimizer, variables) + [np.array(optimizer.learning_rate.numpy())]
+    with pytest.raises(error) as info:
+        trigger(optimizer, variables)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+    assert_same_arrays(snapshot(optimizer, variables) + [np.array(optimizer.learning_rate.numpy())], before)
+    assert len(optimizer._trainable_variables) == 2 and optimizer.get_slot_names() == ["momentum"]
+    for optimizer_, variables_ in ((optimizer, variables), (twin, twin_variables)):  # and it goes on as its twin
+        optimizer_.apply_gradients([(np.array([0.5, 0.5], "float32"), variables_[0]), (np.array([1.0], "float32"), variables_[1])])
+    assert_same_arrays(snapshot(optimizer, variables), snapshot(twin, twin_variables))

@@ -760,6 +760,36 @@ def test_mx_compile_with_state_passed_through_equals_eager():
     assert_identical(state, eager.state, "compiled state")
 
 
+@pytest.mark.parametrize("init", [False, True], ids=["lazy", "init first"])
+def test_mx_compile_with_the_state_captured_advances_step_and_rate_as_mlx(init):
+    """``mx.compile(step, inputs=opt.state, outputs=opt.state)``: the step counter and a
+    scheduled learning rate are MLX arrays of the state, advanced inside the compiled
+    function exactly as mlx.optimizers.SGD advances its own."""
+    mx, optim = requires("mlx.core"), requires("mlx.optimizers")
+    schedule = lambda: optim.cosine_decay(0.3, 6)  # noqa: E731
+    results = []
+    for cls in (optim.SGD, SGD):
+        optimizer = cls(schedule(), momentum=0.9, weight_decay=0.01)
+        params = {"w": mx.array([1.0, -2.0, 0.5]), "layers": [{"b": mx.array([0.25])}]}
+        if init:
+            optimizer.init(params)
+        compiled = mx.compile(lambda p, g: optimizer.apply_gradients(g, p), inputs=optimizer.state, outputs=optimizer.state)
+        rates, steps = [], []
+        for k in range(5):
+            grads = {"w": mx.array([0.5, -0.5, 1.0]) * (k + 1), "layers": [{"b": mx.array([2.0])}]}
+            params = compiled(params, grads)
+            mx.eval(params, optimizer.state)
+            assert isinstance(optimizer.step, mx.array) and isinstance(optimizer.learning_rate, mx.array)
+            steps.append(int(optimizer.step))
+            rates.append(float(optimizer.learning_rate))
+        results.append((params, optimizer.state, steps, rates))
+    (reference_params, reference_state, reference_steps, reference_rates), (params, state, steps, rates) = results
+    assert steps == reference_steps == [1, 2, 3, 4, 5]
+    assert rates == reference_rates and len(set(rates)) == 5  # the rate follows the schedule
+    assert_identical(params, reference_params, "compiled parameters")
+    assert_identical(state, reference_state, "compiled state")
+
+
 # --- 7. errors, atomically ------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "kwargs, error, fragments",
@@ -930,13 +960,89 @@ def test_rejected_learning_rate_keeps_the_rate_and_the_schedule(value, error):
     assert_identical(optimizer.state, twin.state, "state after the next step")
 
 
-@pytest.mark.parametrize("value", ["state", {"learning_rate": 0.1}, None])
-def test_rejected_state_keeps_the_state(value):
+def _state_with(**entries):
+    """A valid saved state (two steps in) with some entries replaced."""
     optimizer, *_ = trained()
+    return {**copy.deepcopy(optimizer.state), **entries}
+
+
+REJECTED_STATES = {
+    "a string": (lambda: "state", ValueError, "`state` must be a dict", "state='state'"),
+    "None": (lambda: None, ValueError, "`state` must be a dict", "state=None"),
+    "step at the uint64 maximum": (
+        lambda: _state_with(step=np.array(2**64 - 1, np.uint64)), ValueError,
+        "`state['step']` must be in [0, 18446744073709551615)", "state['step']=array(18446744073709551615, dtype=uint64)",
+    ),
+    "negative step": (lambda: _state_with(step=np.array(-1, np.int64)), ValueError, "`state['step']` must be in [0,", "state['step']=array(-1)"),
+    "fractional step": (lambda: _state_with(step=np.array(2.5, np.float32)), TypeError, "`state['step']` must be a 0-d integer array", "float32"),
+    "float step": (lambda: _state_with(step=2.0), TypeError, "`state['step']` must be an integer", "state['step']=2.0"),
+    "bool step": (lambda: _state_with(step=np.array(True)), TypeError, "`state['step']`", "bool"),
+    "step of shape (1,)": (lambda: _state_with(step=np.array([2], np.uint64)), TypeError, "`state['step']` must be a 0-d", "[2]"),
+    "negative Python step": (lambda: _state_with(step=-3), ValueError, "`state['step']`", "state['step']=-3"),
+    "NaN learning rate": (
+        lambda: _state_with(learning_rate=np.array(np.nan, np.float32)), ValueError,
+        "`state['learning_rate']` must be finite and >= 0", "state['learning_rate']=array(nan, dtype=float32)",
+    ),
+    "negative learning rate": (lambda: _state_with(learning_rate=-0.1), ValueError, "`state['learning_rate']`", "state['learning_rate']=-0.1"),
+    "infinite learning rate": (lambda: _state_with(learning_rate=np.full(2, np.inf)), ValueError, "`state['learning_rate']`", "inf"),
+    "string learning rate": (lambda: _state_with(learning_rate="0.1"), TypeError, "`state['learning_rate']` must be a real", "'0.1'"),
+}
+
+
+@pytest.mark.parametrize("case", list(REJECTED_STATES))
+def test_rejected_state_keeps_the_state(case):
+    make, error, *fragments = REJECTED_STATES[case]
+    value = make()
+    optimizer, twin, params, grads = trained()
     before = copy.deepcopy(optimizer.state)
-    with pytest.raises(ValueError, match="`state`"):
+    with pytest.raises(error) as info:
         optimizer.state = value
+    for fragment in fragments:
+        assert fragment in str(info.value)
     assert_identical(optimizer.state, before, "state")
+    assert_identical(optimizer.apply_gradients(grads, params), twin.apply_gradients(grads, params), "next step")
+    assert_identical(optimizer.state, twin.state, "state after the next step")
+
+
+def test_a_state_without_step_is_taken_as_mlx_takes_it():
+    """MLX's state setter takes any dict; one without "step" fails at the next update (a
+    KeyError in MLX). inertia takes it too, and says why it cannot step, before any change."""
+    mx, optim = requires("mlx.core"), requires("mlx.optimizers")
+    params = {"w": mx.array([1.0, 2.0]), "b": mx.array([0.5])}
+    grads = {"w": mx.array([0.5, -0.5]), "b": mx.array([1.0])}
+    reference, optimizer = optim.SGD(0.1, momentum=0.9), SGD(0.1, momentum=0.9)
+    for opt in (reference, optimizer):
+        opt.state = {"learning_rate": mx.array(0.1)}
+        opt.init(params)  # init works without a step, in both
+    assert_identical(optimizer.state, reference.state, "state after init")
+    before = copy.deepcopy(optimizer.state)
+    with pytest.raises(KeyError):
+        reference.apply_gradients(grads, params)
+    with pytest.raises(ValueError) as info:
+        optimizer.apply_gradients(grads, params)
+    assert "`state`" in str(info.value) and "'step'" in str(info.value)
+    assert_identical(optimizer.state, before, "state after the refused step")
+    with pytest.raises(KeyError):
+        optimizer.step  # noqa: B018 (a dict lookup, as MLX's property)
+    for opt in (reference, optimizer):
+        opt.state["step"] = mx.array(0, mx.uint64)
+    for _ in range(2):
+        assert_identical(optimizer.apply_gradients(grads, params), reference.apply_gradients(grads, params), "parameters")
+    assert_identical(optimizer.state, reference.state, "state")
+
+
+def test_a_state_without_learning_rate_steps_when_a_schedule_makes_it():
+    mx, optim = requires("mlx.core"), requires("mlx.optimizers")
+    params, grads = {"w": mx.array([1.0, 2.0])}, {"w": mx.array([0.5, -0.5])}
+    reference, optimizer = optim.SGD(optim.exponential_decay(0.2, 0.5)), SGD(optim.exponential_decay(0.2, 0.5))
+    constant = SGD(0.1)
+    for opt in (reference, optimizer, constant):
+        opt.state = {"step": mx.array(3, mx.uint64)}
+    assert_identical(optimizer.apply_gradients(grads, params), reference.apply_gradients(grads, params), "parameters")
+    assert_identical(optimizer.state, reference.state, "state")
+    with pytest.raises(ValueError, match="has no 'learning_rate' entry"):
+        constant.apply_gradients(grads, params)  # nothing makes its rate: refused before the step counts
+    assert int(constant.step) == 3 and "w" not in constant.state
 
 
 def test_state_from_mlx_loads_and_continues_as_mlx():
@@ -953,3 +1059,54 @@ def test_state_from_mlx_loads_and_continues_as_mlx():
     reference_params = reference.apply_gradients(on_library(nested_gradients(1), "mlx"), reference_params)
     assert_identical(params, reference_params, "parameters")
     assert_identical(optimizer.state, reference.state, "state")
+
+
+# --- 8. threads -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+def test_one_optimizer_updated_from_several_threads_takes_every_step_whole(library):
+    """N threads x M ``update`` calls on one model with one constant gradient (no weight
+    decay: the steps commute) count N*M steps and give the sequential state and weights."""
+    import sys
+    import threading
+
+    threads, steps = 4, 50
+
+    def run(threads_, steps_):
+        optimizer = SGD(0.125, momentum=0.9)
+        model = on_library({"w": np.array([1.0, -2.0, 3.0], np.float32), "b": [np.array([0.5], np.float32)]}, library)
+        grads = on_library({"w": np.full(3, 0.25, np.float32), "b": [np.array([0.5], np.float32)]}, library)
+        barrier = threading.Barrier(threads_)
+
+        def work():
+            barrier.wait()
+            for _ in range(steps_):
+                optimizer.update(model, grads)
+
+        workers = [threading.Thread(target=work) for _ in range(threads_)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        return optimizer, model
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        optimizer, model = run(threads, steps)
+    finally:
+        sys.setswitchinterval(previous)
+    sequential, sequential_model = run(1, threads * steps)
+    assert int(to_numpy(optimizer.step)) == threads * steps
+    assert_identical(model, sequential_model, "weights")
+    assert_identical(optimizer.state, sequential.state, "state")
+
+
+def test_copies_and_pickles_get_their_own_lock():
+    import pickle
+
+    optimizer, twin, params, grads = trained()
+    for clone in (copy.deepcopy(optimizer), pickle.loads(pickle.dumps(optimizer))):
+        assert clone._lock is not optimizer._lock and "_lock" not in optimizer.__getstate__()
+        reference = copy.deepcopy(twin)
+        assert_identical(clone.apply_gradients(grads, params), reference.apply_gradients(grads, params), "a copy's step")
+        assert_identical(clone.state, reference.state, "a copy's state")

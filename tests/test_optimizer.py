@@ -1,7 +1,10 @@
 """The Keras 3 base class: variables and naming, native arrays, state, config, stateless
 use, custom optimizers, and inertia's deliberate deviations from Keras."""
 
+import copy
 import pickle
+import sys
+import threading
 import warnings
 
 import numpy as np
@@ -385,6 +388,78 @@ def test_optimizer_pickles(backend):
     clone = pickle.loads(pickle.dumps(opt))
     assert clone.get_config() == opt.get_config()
     for a, b in zip(opt.variables, clone.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_copies_get_their_own_lock():
+    opt, _, _ = stepped(featured)
+    assert "_lock" not in opt.__getstate__()  # a lock is not state (nor picklable)
+    for clone in (pickle.loads(pickle.dumps(opt)), copy.deepcopy(opt)):
+        assert clone._lock is not opt._lock and clone._lock.acquire(blocking=False)
+        clone._lock.release()
+        for a, b in zip(opt.variables, clone.variables):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+# --- threads ---------------------------------------------------------------------------------------
+def _step_from_threads(step, threads: int, steps: int) -> None:
+    """``threads`` threads call ``step()`` ``steps`` times each, switching as often as Python
+    lets them (an unlocked step then loses updates)."""
+    barrier = threading.Barrier(threads)
+
+    def work():
+        barrier.wait()
+        for _ in range(steps):
+            step()
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        workers = [threading.Thread(target=work) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    finally:
+        sys.setswitchinterval(previous)
+
+
+THREADED = {
+    "SGD": lambda: inertia.SGD(learning_rate=0.125),
+    "SGD momentum, reference path": lambda: inertia.SGD(learning_rate=0.125, momentum=0.9, use_ema=True, jit_compile=False),
+    "SGD every stage": lambda: featured(learning_rate=0.125),
+    "legacy": lambda: __import__("inertia.legacy").legacy.SGD(learning_rate=0.125, momentum=0.9),
+    "LossScaleOptimizer": lambda: inertia.LossScaleOptimizer(inertia.SGD(learning_rate=0.125, momentum=0.5), initial_scale=1.0, dynamic_growth_steps=7),
+}
+
+
+@pytest.mark.parametrize("call", ["apply", "apply_gradients"])
+@pytest.mark.parametrize("make", list(THREADED))
+def test_one_optimizer_stepped_from_several_threads_takes_every_step_whole(make, call):
+    """N threads x M steps of one constant gradient (the steps commute) give N*M counted
+    steps and the weights of N*M sequential steps, bit for bit."""
+    threads, steps = 4, 60
+
+    def run(threads_, steps_):
+        optimizer = THREADED[make]()
+        variables = [inertia.Variable(np.array([1.0, -2.0, 3.0], np.float32), name="a"), np.array([0.5, -0.25])]
+        grads = [np.full(3, 0.25, np.float32), np.full(2, 0.5)]
+        if call == "apply":
+            step = lambda: optimizer.apply(grads, variables)  # noqa: E731
+        else:
+            step = lambda: optimizer.apply_gradients(zip(grads, variables))  # noqa: E731
+        _step_from_threads(step, threads_, steps_)
+        return optimizer, variables
+
+    ours, ours_variables = run(threads, steps)
+    sequential, sequential_variables = run(1, threads * steps)
+    assert int(as_np(ours.iterations)) == int(as_np(sequential.iterations)) > 0
+    assert int(as_np(getattr(ours, "inner_optimizer", ours)._iterations)) == threads * steps
+    for a, b in zip(ours_variables, sequential_variables):
+        np.testing.assert_array_equal(as_np(a), as_np(b))
+    state = [v() if callable(v) else v for v in (ours.variables, sequential.variables)]  # legacy: a method
+    assert len(state[0]) == len(state[1])
+    for a, b in zip(*state):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 

@@ -27,6 +27,9 @@ import copy
 import io
 import math
 import pickle
+import re
+import sys
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -211,8 +214,10 @@ def test_matches_torch_sgd_bit_for_bit_after_every_step(seed):
         assert our_group.pop("clipnorm") is None and our_group.pop("clipvalue") is None
         our_group.pop("foreach"), their_group.pop("foreach")
         assert our_group == their_group
-    assert mine["inertia"] == {"micro_steps": len(scenario.gradients), "updates": len(scenario.gradients)}
-    assert ours.updates == len(scenario.gradients)
+    # a step without any gradient changes nothing, its counters included (torch.optim.SGD does nothing then)
+    counted = sum(any(g is not None for g in grads) for grads in scenario.gradients)
+    assert mine["inertia"] == {"micro_steps": counted, "updates": counted}
+    assert ours.updates == counted
 
 
 def test_named_parameters_give_torchs_param_names():
@@ -360,6 +365,115 @@ def test_bad_counters_in_a_state_dict_are_rejected_before_loading(bad):
     assert ours.state_dict()["inertia"] == state["inertia"]
 
 
+def _changed(path, value):
+    """A state dict edit: set ``value`` at ``path`` (keys into the dict), or delete it for ``...``."""
+
+    def edit(state_dict):
+        node = state_dict
+        for key in path[:-1]:
+            node = node[key]
+        if value is ...:
+            del node[path[-1]]
+        else:
+            node[path[-1]] = value(node[path[-1]]) if callable(value) else value
+        return state_dict
+
+    return edit
+
+
+# name -> (an edit of a valid state dict, exception type, what the message must say)
+BAD_STATE_DICTS = {
+    "buffer of another shape": (_changed(("state", 0, "momentum_buffer"), torch.ones(4)), ValueError,
+                                r"state_dict\['state'\]\[0\]\['momentum_buffer'\].*shape \(3,\).*shape \(4,\)"),
+    "integer buffer": (_changed(("state", 1, "momentum_buffer"), lambda b: b.long()), ValueError,
+                       r"\['state'\]\[1\]\['momentum_buffer'\].*floating-point.*torch\.int64"),
+    "bool buffer": (_changed(("state", 0, "momentum_buffer"), lambda b: b > 0), ValueError, r"\[0\]\['momentum_buffer'\].*torch\.bool"),
+    "complex buffer": (_changed(("state", 0, "momentum_buffer"), lambda b: b.to(torch.complex64)), ValueError, r"torch\.complex64"),
+    "list buffer": (_changed(("state", 0, "momentum_buffer"), [1.0, 2.0, 3.0]), ValueError, r"\['momentum_buffer'\].*list: \[1\.0, 2\.0, 3\.0\]"),
+    "ndarray buffer": (_changed(("state", 0, "momentum_buffer"), np.ones(3)), ValueError, r"\['momentum_buffer'\].*ndarray"),
+    "state entry not a dict": (_changed(("state", 1), torch.ones(3)), ValueError, r"state_dict\['state'\]\[1\] must be a dict"),
+    "no param_groups": (_changed(("param_groups",), ...), ValueError, r"`state_dict` has no 'param_groups' entry.*keys \["),
+    "no state": (_changed(("state",), ...), ValueError, r"`state_dict` has no 'state' entry"),
+    "group lr nan": (_changed(("param_groups", 1, "lr"), float("nan")), ValueError, r"state_dict\['param_groups'\]\[1\]: .*`lr`.*lr=nan"),
+    "group lr negative": (_changed(("param_groups", 0, "lr"), -0.1), ValueError, r"\['param_groups'\]\[0\]: Invalid learning rate: -0\.1"),
+    "group lr inf tensor": (_changed(("param_groups", 0, "lr"), torch.tensor(float("inf"))), ValueError, r"\[0\]: .*`lr` must be finite"),
+    "group momentum negative": (_changed(("param_groups", 1, "momentum"), -0.5), ValueError, r"\[1\]: Invalid momentum value: -0\.5"),
+    "group weight_decay negative": (_changed(("param_groups", 0, "weight_decay"), -1.0), ValueError, r"\[0\]: Invalid weight_decay value"),
+    "group dampening inf": (_changed(("param_groups", 0, "dampening"), float("inf")), ValueError, r"\[0\]: .*`dampening`.*dampening=inf"),
+    "group nesterov with dampening": (_changed(("param_groups", 1, "dampening"), 0.5), ValueError, r"\[1\]: Nesterov.*dampening=0\.5"),
+    "group momentum a string": (_changed(("param_groups", 0, "momentum"), "0.9"), TypeError, r"\[0\]: .*`momentum`.*'0\.9'"),
+    "group without lr": (_changed(("param_groups", 0, "lr"), ...), ValueError, r"state_dict\['param_groups'\]\[0\] has no 'lr' entry"),
+    "group with an optimizer-wide key": (_changed(("param_groups", 0, "use_ema"), True), ValueError, r"\[0\]: .*use_ema.*whole optimizer"),
+    "one group too few": (_changed(("param_groups",), lambda groups: groups[:1]), ValueError, r"has 1 groups but this optimizer has 2"),
+    "a parameter too many": (_changed(("param_groups", 0, "params"), lambda ids: ids + [9]), ValueError, r"\[0\] lists 2 parameters.*has 1"),
+    "updates at the int64 limit": (_changed(("inertia", "updates"), 2**63 - 1), ValueError, r"\['updates'\] must be below 9223372036854775807"),
+    "micro_steps past the int64 limit": (_changed(("inertia", "micro_steps"), 2**70), ValueError, r"\['micro_steps'\].*1180591620717411303424"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_STATE_DICTS))
+def test_rejected_state_dicts_name_the_key_and_change_nothing(case):
+    edit, error, message = BAD_STATE_DICTS[case]
+    params, ours = interchange_model(SGD)
+    train(ours, params, INTERCHANGE_GRADS[:2])
+    other_params, other = interchange_model(SGD)
+    train(other, other_params, INTERCHANGE_GRADS[2:5])
+    before, groups = snapshot(ours, params), [{k: v for k, v in g.items() if k != "params"} for g in ours.param_groups]
+    twin_params, twin = interchange_model(SGD)
+    train(twin, twin_params, INTERCHANGE_GRADS[:2])
+    with pytest.raises(error, match=message):
+        ours.load_state_dict(edit(checkpoint(other.state_dict())))
+    assert_unchanged(ours, params, before)
+    assert [{k: v for k, v in g.items() if k != "params"} for g in ours.param_groups] == groups
+    train(ours, params, INTERCHANGE_GRADS[5:])  # and it trains on as if the load was never tried
+    train(twin, twin_params, INTERCHANGE_GRADS[5:])
+    assert_bitwise_equal(params, twin_params)
+    assert_same_momentum_buffers(ours, twin, params, twin_params)
+
+
+@pytest.mark.parametrize("value", [None, [], "state"])
+def test_a_state_dict_that_is_not_a_dict_is_a_type_error(value):
+    params, ours = interchange_model(SGD)
+    with pytest.raises(TypeError, match=rf"`state_dict` must be a dict.*state_dict={re.escape(repr(value))}"):
+        ours.load_state_dict(value)
+
+
+@pytest.mark.parametrize("slot", ["average", "gradient_accumulator"])
+def test_inertias_own_slots_are_checked_on_load(slot):
+    params, ours = interchange_model(SGD, **EXTRAS)
+    train(ours, params, INTERCHANGE_GRADS[:3])
+    state_dict = checkpoint(ours.state_dict())
+    state_dict["state"][1][slot] = torch.zeros(2)
+    before = snapshot(ours, params)
+    with pytest.raises(ValueError, match=rf"state_dict\['state'\]\[1\]\['{slot}'\].*shape \(3,\)"):
+        ours.load_state_dict(state_dict)
+    assert_unchanged(ours, params, before)
+
+
+def test_torch_state_dicts_with_a_none_buffer_or_old_group_keys_still_load():
+    """torch.optim.SGD's state dicts load as before: ``momentum_buffer: None`` (saved without
+    momentum by some torch versions) starts a fresh buffer, as torch does, and groups saved
+    before torch knew ``maximize`` / ``foreach`` / ``differentiable`` / ``fused`` load too."""
+    reference_params, reference = interchange_model(torch.optim.SGD)
+    train(reference, reference_params, INTERCHANGE_GRADS[:2])
+    state_dict = checkpoint(reference.state_dict())
+    state_dict["state"][0]["momentum_buffer"] = None
+    for group in state_dict["param_groups"]:
+        for key in ("maximize", "foreach", "differentiable", "fused"):
+            group.pop(key)
+    params, ours = interchange_model(SGD)
+    clone_params_into(params, reference_params)
+    ours.load_state_dict(state_dict)
+    reference.load_state_dict(checkpoint(state_dict))
+    assert ours.state[params[0]]["momentum_buffer"] is None and ours.updates == 0
+    for g in INTERCHANGE_GRADS[2:]:
+        for ps, optimizer in ((params, ours), (reference_params, reference)):
+            set_grads(ps, list(g))
+            optimizer.step()
+    assert_bitwise_equal(params, reference_params)
+    assert_same_momentum_buffers(ours, reference, params, reference_params)
+
+
 EXTRAS = dict(global_clipnorm=1.0, use_ema=True, ema_momentum=0.75, ema_overwrite_frequency=3, gradient_accumulation_steps=2)
 
 
@@ -385,6 +499,24 @@ def test_copies_keep_counters_extras_and_train_identically(how):
     for p, c in zip(params, copied):
         assert_bitwise_equal(list(duplicate.state[c].values()), list(ours.state[p].values()))
     assert duplicate.updates == ours.updates == 4
+    assert duplicate._lock is not ours._lock  # a copy steps under its own lock
+
+
+def _holds_a_lock(value) -> bool:
+    if isinstance(value, dict):
+        return any(_holds_a_lock(k) or _holds_a_lock(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(map(_holds_a_lock, value))
+    return type(value) in (type(threading.Lock()), type(threading.RLock()))
+
+
+def test_the_lock_is_not_state():
+    params, ours = interchange_model(SGD, **EXTRAS)
+    train(ours, params, INTERCHANGE_GRADS[:3])
+    assert not _holds_a_lock(ours.state_dict()) and not _holds_a_lock(ours.__getstate__())
+    lock = ours._lock
+    ours.load_state_dict(checkpoint(ours.state_dict()))  # torch's load goes through __setstate__
+    assert ours._lock is lock
 
 
 # --- 4. closure, zero_grad, add_param_group --------------------------------------------------
@@ -808,6 +940,68 @@ def test_accumulation_applies_gradients_a_param_missed_on_the_last_micro_step():
         set_grads([a, b, c], grads)
         optimizer.step()
     assert c.item() == 5.0 and c not in optimizer.state
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"gradient_accumulation_steps": 2}, {"use_ema": True, "ema_overwrite_frequency": 2}, {"foreach": False}],
+    ids=["plain", "accumulation", "ema", "for-loop"],
+)
+def test_a_step_without_any_gradient_changes_nothing(options):
+    """torch.optim.SGD does nothing when no parameter has a gradient; inertia's counters
+    (which drive the EMA, its overwrite and accumulation) do not move either."""
+    params, ours = interchange_model(SGD, **options)
+    twin_params, twin = interchange_model(SGD, **options)
+    train(ours, params, INTERCHANGE_GRADS[:3])  # mid-cycle under accumulation
+    train(twin, twin_params, INTERCHANGE_GRADS[:3])
+    before = snapshot(ours, params)
+    ours.zero_grad()
+    assert ours.step() is None
+    assert ours.step(lambda: 7.0) == 7.0  # the closure runs; it made no gradient either
+    assert_unchanged(ours, params, before)
+    train(ours, params, INTERCHANGE_GRADS[3:])  # the gradless steps did not count
+    train(twin, twin_params, INTERCHANGE_GRADS[3:])
+    assert_bitwise_equal(params, twin_params)
+    assert ours.state_dict()["inertia"] == twin.state_dict()["inertia"]
+
+
+def _step_from_threads(optimizer, params, threads: int, steps: int) -> None:
+    """``threads`` threads each step ``optimizer`` ``steps`` times with one constant gradient
+    (the steps commute: any order of whole steps gives the sequential result)."""
+    gradients = [torch.full_like(p, 0.25) for p in params]
+    barrier = threading.Barrier(threads)
+
+    def work():
+        barrier.wait()
+        for _ in range(steps):
+            for p, g in zip(params, gradients):
+                p.grad = g
+            optimizer.step()
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+
+@pytest.mark.parametrize("options", [{}, {"momentum": 0.9}, {"foreach": False, "use_ema": True}], ids=["plain", "momentum", "for-loop+ema"])
+def test_one_optimizer_stepped_from_several_threads_takes_every_step_whole(options):
+    threads, steps = 4, 150
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: an unlocked step loses updates
+    try:
+        params = parameters([[1.0, -2.0, 3.0], [0.5, 0.25, -0.75]], torch.float32)
+        ours = SGD(params, lr=0.125, **options)
+        _step_from_threads(ours, params, threads, steps)
+    finally:
+        sys.setswitchinterval(previous)
+    sequential_params = parameters([[1.0, -2.0, 3.0], [0.5, 0.25, -0.75]], torch.float32)
+    sequential = SGD(sequential_params, lr=0.125, **options)
+    _step_from_threads(sequential, sequential_params, 1, threads * steps)
+    assert ours.updates == threads * steps == sequential.updates
+    assert_bitwise_equal(params, sequential_params)
+    for p, q in zip(params, sequential_params):
+        assert_bitwise_equal(list(ours.state[p].values()), list(sequential.state[q].values()))
 
 
 def test_stepping_while_swapped_fails_before_running_the_closure():

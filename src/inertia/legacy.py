@@ -17,7 +17,9 @@ from typing import Any, Optional, Sequence
 
 from inertia import pipeline
 from inertia.engine.step import TF_KERAS_LEGACY, GroupSettings
-from inertia.optimizer import _describe, _is_real_number, _positional_arity, check_finite_number
+from inertia.optimizer import (
+    _config_dict, _describe, _is_real_number, _positional_arity, _weights_list, check_finite_number, checked_pairs, locked,
+)
 from inertia.schedules import LearningRateSchedule
 from inertia.sgd import SGD as _KerasSGD
 from inertia.variable import Variable
@@ -96,6 +98,7 @@ class SGD(_KerasSGD):
         if kwargs.get("lr") is not None:
             warnings.warn("The `lr` argument is deprecated, use `learning_rate` instead.", UserWarning, stacklevel=2)
             learning_rate = kwargs["lr"]
+            self._check_learning_rate(learning_rate, "lr")  # errors name the keyword the user wrote
         if _is_real_number(momentum) and not 0 <= float(momentum) <= 1:
             raise ValueError(
                 f"`momentum` must be between [0, 1]. Received: momentum={momentum} (of type {type(momentum)})."
@@ -132,7 +135,15 @@ class SGD(_KerasSGD):
         self._learning_rate_given = None
         self._set_learning_rate(learning_rate, kind)
 
-    lr = learning_rate
+    @property
+    def lr(self) -> Any:
+        """The deprecated alias of ``learning_rate``."""
+        return self.learning_rate
+
+    @lr.setter
+    def lr(self, lr: Any) -> None:
+        self._check_learning_rate(lr, "lr")
+        self.learning_rate = lr
 
     def _hyper(self, value: float, variable: Variable) -> Any:
         """A hyperparameter the legacy way: a float32 value cast to the variable's dtype."""
@@ -272,9 +283,11 @@ class SGD(_KerasSGD):
         """The weights' values as NumPy arrays: ``[iterations, slots...]``."""
         return [v.numpy() for v in self._weights()]
 
+    @locked
     def set_weights(self, weights: Sequence[Any]) -> None:
-        """Set ``[iterations, slots...]`` (lengths and shapes are checked before any change)."""
-        weights = list(weights)
+        """Set ``[iterations, slots...]`` (lengths, shapes and the counter's range are checked
+        before any change)."""
+        weights = _weights_list(weights)
         params = self._weights()
         if len(params) != len(weights):
             raise ValueError(  # tf.keras' text, double space included
@@ -285,6 +298,7 @@ class SGD(_KerasSGD):
         self._assign_all(params, weights, "weights")
 
     # --- apply and gradients -------------------------------------------------------------------
+    @locked
     def apply_gradients(  # type: ignore[override]
         self, grads_and_vars: Any, name: Optional[str] = None, experimental_aggregate_gradients: bool = True
     ) -> Variable:
@@ -294,8 +308,8 @@ class SGD(_KerasSGD):
         a variable seen for the first time gets its slots now, after those made before: a
         variable without a gradient on the first step, or not given then, is no error.
         """
-        pairs = list(grads_and_vars)
-        if pairs and all(isinstance(pair, (tuple, list)) and len(pair) == 2 for pair in pairs):
+        pairs = checked_pairs(grads_and_vars)  # before a new variable is registered
+        if pairs:
             kept = [(g, v) for g, v in pairs if g is not None]
             if kept and len(kept) < len(pairs):
                 missing = [self._name_of(v) for g, v in pairs if g is None]
@@ -325,6 +339,7 @@ class SGD(_KerasSGD):
         if self.momentums:
             self.momentums = self.momentums + self.add_optimizer_variables(wrappers, "momentum")
 
+    @locked
     def minimize(  # type: ignore[override]
         self, loss: Any, var_list: Any, grad_loss: Any = None, name: Optional[str] = None, tape: Any = None
     ) -> Variable:
@@ -382,8 +397,10 @@ class SGD(_KerasSGD):
     @classmethod
     def from_config(cls, config: dict, custom_objects: Optional[dict] = None) -> "SGD":
         """The optimizer ``get_config()`` describes (``lr`` is read as ``learning_rate``)."""
-        config = dict(config)
+        config = _config_dict(config)
         if "lr" in config:
+            if not isinstance(config["lr"], dict):  # a serialized schedule is checked when deserialized
+                cls._check_learning_rate(config["lr"], "lr")
             config["learning_rate"] = config.pop("lr")
         return super().from_config(config, custom_objects)
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, Optional, Sequence
 
-from inertia.optimizer import Optimizer, _BASE_ARGUMENTS, _reset, check_finite_number
+import numpy as np
+
+from inertia.optimizer import Optimizer, _BASE_ARGUMENTS, _check_countable, _config_dict, _reset, check_finite_number, locked
 from inertia.variable import Variable
 
 __all__ = ["LossScaleOptimizer"]
@@ -74,8 +77,12 @@ class LossScaleOptimizer(Optimizer):
                 f"Argument `inner_optimizer` must be an inertia.Optimizer. Received: inner_optimizer={inner_optimizer!r}"
             )
         initial_scale = check_finite_number("initial_scale", initial_scale)
-        if initial_scale <= 0:
-            raise ValueError(f"Argument `initial_scale` must be > 0. Received: initial_scale={initial_scale}")
+        with np.errstate(over="ignore"):
+            held = float(np.float32(initial_scale))  # the scale is held in float32
+        if initial_scale <= 0 or not 0 < held < math.inf:
+            raise ValueError(
+                f"Argument `initial_scale` must be > 0 and finite in float32. Received: initial_scale={initial_scale}"
+            )
         if (
             not isinstance(dynamic_growth_steps, numbers.Integral)
             or isinstance(dynamic_growth_steps, bool)
@@ -84,6 +91,7 @@ class LossScaleOptimizer(Optimizer):
             raise ValueError(
                 f"Argument `dynamic_growth_steps` must be an integer >= 1. Received: dynamic_growth_steps={dynamic_growth_steps!r}"
             )
+        _check_countable("dynamic_growth_steps", dynamic_growth_steps, "int32")  # the step_counter's dtype
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = inner_optimizer
         self.initial_scale = initial_scale
@@ -104,6 +112,15 @@ class LossScaleOptimizer(Optimizer):
         inner = [(f"inner_optimizer/{key}", v) for key, v in self.inner_optimizer._state_variables()]
         return [(v.name, v) for v in self._variables] + inner
 
+    def _loaded_value_rules(self) -> dict[int, tuple[str, Optional[int]]]:
+        rules = {**super()._loaded_value_rules(), **self.inner_optimizer._loaded_value_rules()}
+        if self.built:
+            # The count of finite steps since the last rescale: it grows the scale at growth - 1.
+            rules[id(self.step_counter)] = ("count", self.dynamic_growth_steps)
+            rules[id(self.dynamic_scale)] = ("scale", None)
+        return rules
+
+    @locked
     def apply(self, grads: Sequence[Any], trainable_variables: Optional[Sequence[Any]] = None) -> None:
         grads = list(grads)
         if len(grads) == 0:
@@ -174,6 +191,6 @@ class LossScaleOptimizer(Optimizer):
     def from_config(cls, config: dict, custom_objects: Optional[dict] = None) -> "LossScaleOptimizer":
         from inertia.optimizers import deserialize
 
-        config = dict(config)
+        config = _config_dict(config)
         config["inner_optimizer"] = deserialize(config["inner_optimizer"], custom_objects=custom_objects)
         return cls(**config)

@@ -11,8 +11,10 @@ L2 weight decay is added to the gradient, the learning rate stays outside the ve
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 import sys
+import threading
 from itertools import repeat
 from typing import Any, Callable, Iterator, Optional, Union
 
@@ -24,7 +26,7 @@ from inertia import multi_tensor
 from inertia.engine import host
 from inertia.engine.step import MLX as MLX_STEP
 from inertia.engine.step import GroupSettings
-from inertia.optimizer import _is_real_number, check_finite_number
+from inertia.optimizer import _is_real_number, check_finite_number, locked
 from inertia.rule import SGDRule, sgd_update
 
 __all__ = ["SGD"]
@@ -109,6 +111,7 @@ class SGD:
         scheduled = callable(learning_rate) and not _is_real_number(learning_rate)
         if not scheduled:
             _check_rate(learning_rate)
+        self._lock = threading.RLock()
         self.momentum = momentum
         self.weight_decay = weight_decay
         self.dampening = dampening
@@ -135,11 +138,19 @@ class SGD:
         return self._state
 
     @state.setter
+    @locked
     def state(self, state: dict) -> None:
-        if not isinstance(state, dict) or "step" not in state:
-            raise ValueError(f"Argument `state` must be a dict with a 'step' entry, as `optimizer.state` is. Received: {state!r:.200}")
+        # As MLX, a dict without "step" or "learning_rate" is taken (the step then fails
+        # until they are set); the entries it has must be in range.
+        if not isinstance(state, dict):
+            raise ValueError(f"Argument `state` must be a dict, as `optimizer.state` is. Received: state={state!r:.200}")
+        ops = backends.of(state.get("step")) or backends.of(state.get("learning_rate")) or self._ops
+        if "step" in state:
+            _check_step(state["step"], _step_dtype(ops))
+        if "learning_rate" in state:
+            _check_state_rate(state["learning_rate"])
         self._state = state
-        self._ops = backends.of(state["step"]) or self._ops
+        self._ops = ops
 
     @property
     def step(self) -> Any:
@@ -152,6 +163,7 @@ class SGD:
         return self._state["learning_rate"]
 
     @learning_rate.setter
+    @locked
     def learning_rate(self, learning_rate: Any) -> None:
         _check_rate(learning_rate)
         self._schedulers.pop("learning_rate", None)
@@ -178,6 +190,7 @@ class SGD:
         self._ops = ops
 
     # --- initialisation --------------------------------------------------------------------
+    @locked
     def init(self, parameters: Any) -> None:
         """Create the state of every parameter in the tree that has none yet.
 
@@ -235,8 +248,10 @@ class SGD:
     def _on(self, ops: ArrayBackend, value: Any) -> Any:
         if ops.is_array(value):
             return value
-        return ops.asarray(backends.of(value).to_numpy(value))
+        owner = backends.of(value)  # None: a Python number written into `state`, as MLX allows
+        return ops.asarray(owner.to_numpy(value) if owner is not None else value)
 
+    @locked
     def apply_gradients(self, gradients: Any, parameters: Any) -> Any:
         """The updated parameters, as a tree shaped like ``gradients``.
 
@@ -253,6 +268,7 @@ class SGD:
                 _check_gradient(ops, path, gradient, parameter)
         else:
             ops = backends.get("numpy")
+        self._check_state_complete()
         self._adopt_backend(ops)
         states = self._complete_state(gradients, [(path, g) for path, g, _ in pairs])
         for name, scheduler in self._schedulers.items():
@@ -351,6 +367,7 @@ class SGD:
             state["v"] = velocity
         return weights
 
+    @locked
     def update(self, model: Any, gradients: Any) -> None:
         """Apply ``gradients`` to ``model`` in place: an ``mlx.nn.Module`` (its own
         ``update``), or nested dicts / lists of arrays, whose leaves are replaced."""
@@ -360,6 +377,16 @@ class SGD:
             model.update(updated)
         else:
             _merge_into(model, updated)
+
+    def _check_state_complete(self) -> None:
+        """A state set without "step" (or without "learning_rate", unless a schedule makes
+        it) cannot step: MLX fails with a KeyError there; this says why, before any change."""
+        missing = [key for key in ("step", "learning_rate") if key not in self._state and key not in self._schedulers]
+        if missing:
+            raise ValueError(
+                f"Argument `state` (set with `optimizer.state = ...`) has no {missing[0]!r} entry, so the optimizer "
+                f"cannot step; set `optimizer.state[{missing[0]!r}]` first. Received: a state with keys {list(self._state)[:10]}"
+            )
 
     def _backend_of(self, entries: list, argument: str) -> ArrayBackend:
         found: Optional[ArrayBackend] = None
@@ -383,11 +410,17 @@ class SGD:
         return found or self._ops
 
     def __getstate__(self) -> dict:
-        # The kernel's plans and the arrays kept for reuse are rebuilt on demand, not saved.
+        # The kernel's plans and the arrays kept for reuse are rebuilt on demand, not saved;
+        # the lock is not state: each copy gets its own.
         state = dict(self.__dict__)
         state.pop("_plans", None)
         state.pop("_spares", None)
+        state.pop("_lock", None)
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     def __repr__(self) -> str:
         return (
@@ -483,6 +516,65 @@ def _check_rate(learning_rate: Any) -> None:
     value = float(learning_rate)
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"Argument `learning_rate` must be finite and >= 0. Received: learning_rate={learning_rate!r}")
+
+
+def _concrete(value: Any) -> Optional[np.ndarray]:
+    """``value`` as NumPy, or None where it cannot be read: traced inside ``jax.jit`` or
+    ``mx.compile`` (a state passed through a compiled step; its values are checked eagerly)."""
+    ops = backends.of(value)
+    if ops is None:
+        return np.asarray(value)
+    if ops.is_traced(value):
+        return None
+    try:
+        return np.asarray(ops.to_numpy(value))
+    except ValueError:
+        if ops.name == "mlx":  # "[eval] Attempting to eval an array during function transformations"
+            return None
+        raise
+
+
+def _check_step(step: Any, dtype: str) -> None:
+    """A step count loaded into ``state``: a whole number from 0 up to its dtype's maximum,
+    excluded (the next increment must not wrap); ``dtype``: a Python int's counter dtype."""
+    ops = backends.of(step)
+    if ops is None:
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+            raise TypeError(f"`state['step']` must be an integer array (or int), as the optimizer counts. Received: state['step']={step!r:.100}")
+    else:
+        if not ops.is_array(step) or ops.shape(step) != ():
+            raise TypeError(f"`state['step']` must be a 0-d integer array. Received: state['step']={step!r:.100}")
+        dtype = ops.dtype_name(step)
+        if dtype not in ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"):
+            raise TypeError(f"`state['step']` must be a 0-d integer array, not of dtype {dtype}. Received: state['step']={step!r:.100}")
+    value = _concrete(step)
+    if value is None:
+        return
+    limit = int(np.iinfo(dtype).max)
+    if not 0 <= int(value) < limit:
+        raise ValueError(
+            f"`state['step']` must be in [0, {limit}) for its dtype {dtype} (nothing is wrapped). Received: state['step']={step!r:.100}"
+        )
+
+
+def _check_state_rate(learning_rate: Any) -> None:
+    """A learning rate loaded into ``state``: real, finite and >= 0 (an array of any shape, as MLX allows)."""
+    ops = backends.of(learning_rate)
+    if ops is None:
+        if not _is_real_number(learning_rate):
+            raise TypeError(f"`state['learning_rate']` must be a real number or array. Received: state['learning_rate']={learning_rate!r:.100}")
+    elif not ops.is_array(learning_rate) or not (
+        ops.is_floating(ops.dtype_name(learning_rate)) or ops.dtype_name(learning_rate).startswith(("int", "uint"))
+    ):
+        raise TypeError(f"`state['learning_rate']` must be a real number or array. Received: state['learning_rate']={learning_rate!r:.100}")
+    value = _concrete(learning_rate)
+    if value is None:
+        return
+    value = value.astype(np.float64)
+    if not (np.all(np.isfinite(value)) and np.all(value >= 0)):
+        raise ValueError(
+            f"`state['learning_rate']` must be finite and >= 0. Received: state['learning_rate']={learning_rate!r:.100}"
+        )
 
 
 def _check_gradient(ops: ArrayBackend, path: tuple, gradient: Any, parameter: Any) -> None:

@@ -11,17 +11,22 @@ the gradient stages in one ``apply``:
     -> constraints -> iterations += 1
 
 Every argument and input is validated before any variable, slot or counter changes, so a
-step happens whole or not at all. The stages themselves live in ``pipeline.py``.
+step happens whole or not at all; loaded counters and hyperparameters are range-checked the
+same way. A step holds the optimizer's lock, so one optimizer may be stepped from several
+threads. The stages themselves live in ``pipeline.py``.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import numbers
 import re
+import threading
 import warnings
-from typing import Any, Callable, Iterable, Optional, Sequence
+from collections.abc import Mapping
+from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
 
 from inertia import backend as backends
 from inertia import pipeline
@@ -82,6 +87,61 @@ def check_finite_number(name: str, value: Any, *, minimum: Optional[float] = Non
 
 def _check_optional_number(name: str, value: Any) -> Optional[float]:
     return None if value is None else check_finite_number(name, value)
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def locked(method: _Method) -> _Method:
+    """Run ``method`` holding the instance's ``_lock`` (a ``threading.RLock``): one
+    optimizer stepped from several threads takes each step whole. Re-entrant, as a step
+    calls other locked methods (``apply_gradients`` calls ``apply``)."""
+
+    @functools.wraps(method)
+    def holding_the_lock(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return holding_the_lock  # type: ignore[return-value]
+
+
+def checked_pairs(grads_and_vars: Any) -> list:
+    """``grads_and_vars`` as a list of (gradient, variable) pairs, or a TypeError / ValueError
+    naming the argument; nothing is consumed twice (a ``zip`` is read once)."""
+    if grads_and_vars is None or isinstance(grads_and_vars, (str, bytes, Mapping)) or not isinstance(grads_and_vars, Iterable):
+        raise TypeError(
+            "Argument `grads_and_vars` must be an iterable of (gradient, variable) pairs. "
+            f"Received: grads_and_vars={grads_and_vars!r:.200}"
+        )
+    pairs = list(grads_and_vars)
+    if not pairs:
+        raise ValueError("Argument `grads_and_vars` is empty: received grads_and_vars=[]; expected (gradient, variable) pairs.")
+    for pair in pairs:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise TypeError(f"Argument `grads_and_vars` must hold (gradient, variable) pairs. Received: {pair!r}")
+        if isinstance(pair[0], Variable):
+            # A gradient is an array; an inertia.Variable first is a pair written the wrong way round.
+            raise TypeError(
+                "Argument `grads_and_vars` must hold (gradient, variable) pairs, the gradient first; this pair "
+                f"has {_describe(pair[0])} (an inertia.Variable) first: write (gradient, variable), not "
+                "(variable, gradient) (a gradient held in a Variable goes in as its `.value`). "
+                f"Received: {pair!r:.300}"
+            )
+    return pairs
+
+
+def _config_dict(config: Any) -> dict:
+    if not isinstance(config, Mapping):
+        raise TypeError(f"Argument `config` must be a dict, as `get_config()` returns. Received: config={config!r:.200}")
+    return dict(config)
+
+
+def _weights_list(weights: Any) -> list:
+    if weights is None or isinstance(weights, (str, bytes, Mapping)) or not isinstance(weights, Iterable):
+        raise TypeError(
+            f"Argument `weights` must be a list of arrays, one per optimizer variable. Received: weights={weights!r:.200}"
+        )
+    return list(weights)
 
 
 class Optimizer:
@@ -149,6 +209,7 @@ class Optimizer:
         jit_compile: bool = True,
         **kwargs: Any,
     ) -> None:
+        self._lock = threading.RLock()
         if kwargs.pop("decay", None) is not None:
             warnings.warn("Argument `decay` is no longer supported and will be ignored.", stacklevel=2)
         if kwargs:
@@ -167,6 +228,7 @@ class Optimizer:
                     "`gradient_accumulation_steps` must be an integer >= 2. "
                     f"Received: gradient_accumulation_steps={gradient_accumulation_steps!r}"
                 )
+            _check_countable("gradient_accumulation_steps", gradient_accumulation_steps, self._iterations_dtype)
         if not isinstance(use_ema, (bool, numbers.Integral)):
             raise TypeError(f"Argument `use_ema` must be a bool. Received: use_ema={use_ema!r}")
         ema_momentum = check_finite_number("ema_momentum", ema_momentum)
@@ -184,6 +246,8 @@ class Optimizer:
                     "`ema_overwrite_frequency` must be an integer >= 1 or None. "
                     f"Received: ema_overwrite_frequency={ema_overwrite_frequency!r}"
                 )
+            if ema_overwrite_frequency:
+                _check_countable("ema_overwrite_frequency", ema_overwrite_frequency, self._iterations_dtype)
         clip_values = {"clipnorm": clipnorm, "clipvalue": clipvalue, "global_clipnorm": global_clipnorm}
         if sum(value is not None for value in clip_values.values()) > 1:
             raise ValueError(
@@ -229,18 +293,20 @@ class Optimizer:
     # learning rate
     # ------------------------------------------------------------------------------------
     @staticmethod
-    def _check_learning_rate(learning_rate: Any) -> str:
+    def _check_learning_rate(learning_rate: Any, name: str = "learning_rate") -> str:
+        """The kind of ``learning_rate`` ("float", "schedule", "callable"), or an error naming
+        ``name``: the keyword the user wrote (tf.keras' legacy ``lr`` too)."""
         if isinstance(learning_rate, LearningRateSchedule):
             return "schedule"
         if callable(learning_rate) and not _is_real_number(learning_rate):
             return "callable"
         if not _is_real_number(learning_rate):
             raise ValueError(
-                "Argument `learning_rate` should be float, or an instance of LearningRateSchedule, "
+                f"Argument `{name}` should be float, or an instance of LearningRateSchedule, "
                 "or a callable (that takes in the current iteration value and returns the "
-                f"corresponding learning rate value). Received instead: learning_rate={learning_rate!r}"
+                f"corresponding learning rate value). Received instead: {name}={learning_rate!r}"
             )
-        check_finite_number("learning_rate", learning_rate, minimum=0.0)
+        check_finite_number(name, learning_rate, minimum=0.0)
         return "float"
 
     def _set_learning_rate(self, learning_rate: Any, kind: str) -> None:
@@ -596,22 +662,19 @@ class Optimizer:
         """Sum gradients across replicas: identity on one process (a distributed engine's hook)."""
         return grads_and_vars
 
+    @locked
     def apply_gradients(
         self, grads_and_vars: Iterable[tuple], name: Optional[str] = None, skip_gradients_aggregation: bool = False
     ) -> Variable:
         """Apply ``(gradient, variable)`` pairs; returns the iteration counter variable."""
-        pairs = list(grads_and_vars)
-        if not pairs:
-            raise ValueError("Argument `grads_and_vars` is empty: received grads_and_vars=[]; expected (gradient, variable) pairs.")
-        for pair in pairs:
-            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-                raise TypeError(f"Argument `grads_and_vars` must hold (gradient, variable) pairs. Received: {pair!r}")
+        pairs = checked_pairs(grads_and_vars)
         if not skip_gradients_aggregation:
             pairs = list(self.aggregate_gradients(pairs))
         grads, variables = zip(*pairs)
         self.apply(list(grads), list(variables))
         return self._iterations
 
+    @locked
     def apply(self, grads: Sequence[Any], trainable_variables: Optional[Sequence[Any]] = None) -> None:
         """Apply gradients to variables (the optimizer's built list when none are given)."""
         grads = list(grads)
@@ -889,6 +952,7 @@ class Optimizer:
         """Multiply a loss by the static loss scale (identity without one)."""
         return loss * self.loss_scale_factor if self.loss_scale_factor is not None else loss
 
+    @locked  # the loss is called with the variables holding traced values: no step may run meanwhile
     def compute_gradients(self, loss: Any, var_list: Any, tape: Any = None) -> list[tuple]:
         """``[(gradient, variable)]`` of ``loss`` with the backend's own autodiff.
 
@@ -926,6 +990,7 @@ class Optimizer:
             )
         return list(zip(grads, variables))
 
+    @locked
     def minimize(self, loss: Any, var_list: Any, tape: Any = None) -> Variable:
         """Compute the gradients of ``loss`` and apply them; returns the iteration counter."""
         return self.apply_gradients(self.compute_gradients(loss, var_list, tape))
@@ -933,6 +998,7 @@ class Optimizer:
     # ------------------------------------------------------------------------------------
     # stateless use
     # ------------------------------------------------------------------------------------
+    @locked  # the optimizer's variables hold the given values meanwhile
     def stateless_apply(
         self, optimizer_variables: Sequence[Any], grads: Sequence[Any], trainable_variables: Sequence[Any]
     ) -> tuple[list, list]:
@@ -969,23 +1035,32 @@ class Optimizer:
         """``(key, variable)`` for every variable, keys stable across processes."""
         return [(v.name, v) for v in self._variables]
 
+    @locked
     def save_own_variables(self, store: Any) -> None:
         """Write every variable into ``store`` (a dict-like), keyed by its name."""
         for key, variable in self._state_variables():
             store[key] = variable.numpy()
 
+    @locked
     def load_own_variables(self, store: Any) -> None:
         """Restore the variables from ``store``.
 
         Accepts inertia's name-keyed layout, and Keras' index-keyed layout (``"0"``,
         ``"1"``, ...) when the counts match. Anything else raises a ValueError listing what
-        is missing or unexpected; nothing is loaded then.
+        is missing or unexpected, as does a counter or learning rate out of range (see
+        ``_assign_all``); nothing is loaded then.
         """
+        if not (callable(getattr(store, "keys", None)) and hasattr(store, "__getitem__")):
+            raise TypeError(
+                "Argument `store` must be a mapping of variable names to arrays, as `save_own_variables` "
+                f"fills. Received: store={store!r:.200}"
+            )
         entries = self._state_variables()
         keys = list(store.keys())
         expected = [key for key, _ in entries]
         if set(keys) == {str(i) for i in range(len(entries))} and set(keys) != set(expected):
             values = [store[str(i)] for i in range(len(entries))]
+            expected = [str(i) for i in range(len(entries))]
         else:
             missing = [k for k in expected if k not in store]
             unexpected = [k for k in keys if k not in set(expected)]
@@ -996,17 +1071,18 @@ class Optimizer:
                     f"{len(entries)} variables. Missing: {missing}; unexpected: {unexpected}.{hint}"
                 )
             values = [store[k] for k in expected]
-        self._assign_all([v for _, v in entries], values, "store")
+        self._assign_all([v for _, v in entries], values, "store", expected)
 
+    @locked
     def set_weights(self, weights: Sequence[Any]) -> None:
         """Set every optimizer variable from a list in the order of ``variables``."""
+        weights = _weights_list(weights)
         if not self.built:
             raise ValueError(
                 "You are calling `set_weights()` on an optimizer that has not yet been built. Please "
                 "call `optimizer.build(trainable_variables)` to create the optimizer weights before "
                 "calling `set_weights()`."
             )
-        weights = list(weights)
         variables = self._all_variables()
         if len(weights) != len(variables):
             raise ValueError(
@@ -1015,17 +1091,39 @@ class Optimizer:
             )
         self._assign_all(variables, weights, "weights")
 
-    def _assign_all(self, variables: Sequence[Variable], values: Sequence[Any], argument: str) -> None:
+    def _loaded_value_rules(self) -> dict[int, tuple[str, Optional[int]]]:
+        """What a loaded value must be, by variable id, for the variables a bad value would
+        silently corrupt: ``("count", limit)``: a whole number in ``[0, limit)`` (``None``:
+        up to the dtype's maximum, excluded, so the next increment cannot wrap);
+        ``("rate", None)``: finite and >= 0; ``("scale", None)``: finite and > 0."""
+        rules: dict[int, tuple[str, Optional[int]]] = {id(self._iterations): ("count", None)}
+        if isinstance(self._learning_rate, Variable):
+            rules[id(self._learning_rate)] = ("rate", None)
+        return rules
+
+    def _assign_all(
+        self, variables: Sequence[Variable], values: Sequence[Any], argument: str, keys: Optional[Sequence[Any]] = None
+    ) -> None:
+        """Assign every value, or none: each is checked (shape, dtype, and the ranges of
+        ``_loaded_value_rules``) and converted before the first assignment. ``keys`` name
+        the values in messages (``store['iteration']``; list positions by default)."""
         import numpy as np
 
+        rules = self._loaded_value_rules()
         arrays = []
-        for variable, value in zip(variables, values):
+        for index, (variable, value) in enumerate(zip(variables, values)):
+            where = f"{argument}[{(index if keys is None else keys[index])!r}]"
+            if value is None:
+                raise TypeError(f"Optimizer variable {variable.path} cannot take None (argument `{argument}`). Received: {where}=None")
             array = np.asarray(value)
             if tuple(array.shape) != tuple(variable.shape):
                 raise ValueError(
                     f"Optimizer variable {variable.path} has shape {variable.shape} not compatible with "
                     f"provided weight shape {tuple(array.shape)} (argument `{argument}`)."
                 )
+            rule = rules.get(id(variable))
+            if rule is not None:
+                _check_loaded_value(variable, array, rule, where)
             if array.dtype.kind == "c":
                 raise TypeError(
                     f"Optimizer variable {variable.path} cannot take a complex value (argument `{argument}`); "
@@ -1080,10 +1178,10 @@ class Optimizer:
 
     @classmethod
     def from_config(cls, config: dict, custom_objects: Optional[dict] = None) -> "Optimizer":
-        """The optimizer described by ``get_config()``'s output."""
+        """The optimizer described by ``get_config()``'s output (checked as the constructor's arguments)."""
         from inertia import schedules
 
-        config = dict(config)
+        config = _config_dict(config)
         if isinstance(config.get("learning_rate"), dict):
             config["learning_rate"] = schedules.deserialize(config["learning_rate"], custom_objects=custom_objects)
         return cls(**config)
@@ -1095,7 +1193,12 @@ class Optimizer:
         state = dict(self.__dict__)
         state["_compiled"] = CompiledSteps()  # compiled functions are rebuilt on demand
         state["_fused_plan"] = None
+        state.pop("_lock", None)  # a lock is not state (and cannot be pickled): each copy gets its own
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
 
 # ----------------------------------------------------------------------------------------
@@ -1105,6 +1208,50 @@ def _float32(value: float) -> float:
     import numpy as np
 
     return float(np.float32(value))
+
+
+def _check_countable(name: str, value: int, counter_dtype: str) -> None:
+    """A period the step counter (of ``counter_dtype``) must be able to reach."""
+    import numpy as np
+
+    limit = int(np.iinfo(counter_dtype).max)
+    if value > limit:
+        raise ValueError(
+            f"`{name}` must be at most {limit}: the {counter_dtype} step counter never reaches a larger "
+            f"count. Received: {name}={value!r}"
+        )
+
+
+def _check_loaded_value(variable: Variable, array: Any, rule: tuple[str, Optional[int]], where: str) -> None:
+    """A loaded value of a counter or hyperparameter variable is in range, or a TypeError /
+    ValueError naming where it came from and the value; rejected, never wrapped or truncated."""
+    import numpy as np
+
+    kind, limit = rule
+    if array.dtype.kind not in "iuf":
+        raise TypeError(
+            f"Optimizer variable {variable.path} takes a real number, not a value of dtype {array.dtype}. "
+            f"Received: {where}={array!r:.200}"
+        )
+    number = array.item()
+    if kind == "count":
+        top = int(np.iinfo(variable.dtype).max)
+        limit = top if limit is None else min(limit, top)
+        whole = array.dtype.kind in "iu" or (math.isfinite(number) and float(number).is_integer())
+        if not whole or not 0 <= number < limit:
+            raise ValueError(
+                f"Optimizer variable {variable.path} is a step counter of dtype {variable.dtype}: it takes a whole "
+                f"number in [0, {limit}) (nothing is wrapped or truncated). Received: {where}={array!r}"
+            )
+        return
+    with np.errstate(over="ignore"):
+        stored = float(np.asarray(number, dtype=variable.dtype))  # as the variable will hold it
+    positive = kind == "scale"
+    if not (math.isfinite(number) and math.isfinite(stored)) or stored < 0 or (positive and stored <= 0):
+        raise ValueError(
+            f"Optimizer variable {variable.path} takes a finite number {'> 0' if positive else '>= 0'} "
+            f"(as {variable.dtype}). Received: {where}={array!r}"
+        )
 
 
 def _describe(target: Any) -> str:

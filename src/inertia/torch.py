@@ -18,6 +18,8 @@ import contextlib
 import math
 import numbers
 import operator
+import threading
+from collections.abc import Mapping
 from itertools import chain, repeat
 from typing import Any, Callable, Iterator, Optional
 
@@ -36,6 +38,7 @@ from inertia.backend import get as _get_backend
 from inertia.engine import host
 from inertia.engine.step import MODE_NONE, GroupSettings
 from inertia.engine.step import TORCH as TORCH_STEP
+from inertia.optimizer import locked
 from inertia.rule import sgd_update
 from inertia.torch_flat import FlatParameters
 
@@ -45,6 +48,12 @@ _GROUP_EXTRAS = {"clipnorm": None, "clipvalue": None}
 _GRAD = operator.attrgetter("grad")
 _DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
 _OPTIMIZER_WIDE = ("global_clipnorm", "use_ema", "ema_momentum", "ema_overwrite_frequency", "gradient_accumulation_steps")
+# A loaded group may lack what older torch versions did not save (filled in by __setstate__).
+_GROUP_FALLBACKS = {"nesterov": False, "maximize": False, "foreach": None, "differentiable": False, "fused": False}
+# The per-parameter state this optimizer keeps: each a tensor of the parameter's shape (or None).
+_SLOT_NAMES = ("momentum_buffer", "average", "gradient_accumulator")
+# inertia's step counters are Python ints; a checkpoint may hold them as int64.
+_COUNTER_LIMIT = 2**63 - 1
 
 
 def _torch_add_scaled(y: torch.Tensor, x: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -111,7 +120,9 @@ class SGD(torch.optim.Optimizer):
         b <- g (first step)   else   b <- momentum*b + (1 - dampening)*g
         w <- w - lr*(g + momentum*b)   (nesterov)   or   w <- w - lr*b
 
-    Parameters whose ``.grad`` is None are skipped, as in torch.
+    Parameters whose ``.grad`` is None are skipped, as in torch; a step where none has a
+    gradient changes nothing (inertia's counters included). One optimizer may be stepped from
+    several threads: each ``step`` holds its lock.
 
     Args:
         params: parameters, ``(name, parameter)`` pairs, or param-group dicts; or a
@@ -208,6 +219,7 @@ class SGD(torch.optim.Optimizer):
         self._micro_steps = 0
         self._updates = 0
         self._ema_swapped = False
+        self._lock = threading.RLock()
         self._flat: Optional[FlatParameters] = params if isinstance(params, FlatParameters) else None
         super().__init__(params.param_groups() if self._flat is not None else params, defaults)
 
@@ -239,6 +251,9 @@ class SGD(torch.optim.Optimizer):
         self.__dict__.setdefault("_updates", 0)
         self.__dict__.setdefault("_ema_swapped", False)
         self.__dict__.setdefault("_flat", None)
+        # Not replaced when load_state_dict sets the state (it holds this lock then); a copy
+        # or an unpickled optimizer gets its own (the lock is not state).
+        self.__dict__.setdefault("_lock", threading.RLock())
         for group in self.param_groups:  # groups saved by torch.optim.SGD lack inertia's keys
             for key, value in {"nesterov": False, "maximize": False, "foreach": None, "differentiable": False, "fused": False}.items():
                 group.setdefault(key, value)
@@ -256,6 +271,7 @@ class SGD(torch.optim.Optimizer):
         """Real updates applied (``step()`` calls, or every N-th under accumulation)."""
         return self._updates
 
+    @locked
     def state_dict(self) -> dict:
         """torch.optim.SGD's layout (``state``, ``param_groups``), loadable by it, plus an
         ``"inertia"`` entry with the step counters (torch ignores it)."""
@@ -263,19 +279,89 @@ class SGD(torch.optim.Optimizer):
         state_dict["inertia"] = {"micro_steps": self._micro_steps, "updates": self._updates}
         return state_dict
 
+    @locked
     def load_state_dict(self, state_dict: dict) -> None:
         """Load a state dict of this class or of ``torch.optim.SGD`` (counters then restart
-        at 0, and a missing EMA restarts from the weights at the next update)."""
+        at 0, and a missing EMA restarts from the weights at the next update).
+
+        Checked whole before anything changes: the layout, each group's hyperparameters (as
+        the constructor checks them), each state tensor (a floating tensor of its
+        parameter's shape, or None) and the counters' range."""
         if self._ema_swapped:
             raise RuntimeError("The EMA weights are swapped in; call `swap_ema_weights()` again before loading state.")
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"Argument `state_dict` must be a dict, as `state_dict()` returns. Received: state_dict={state_dict!r:.200}")
+        self._check_loaded_state(state_dict)
         counters = state_dict.get("inertia", {"micro_steps": 0, "updates": 0})
         for key in ("micro_steps", "updates"):
             value = counters.get(key) if isinstance(counters, dict) else None
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"state_dict['inertia'][{key!r}] must be an integer >= 0. Received: {value!r}")
+            if value >= _COUNTER_LIMIT:
+                raise ValueError(
+                    f"state_dict['inertia'][{key!r}] must be below {_COUNTER_LIMIT} (an int64 counter; nothing is "
+                    f"wrapped). Received: {value!r}"
+                )
         torch_part = {k: v for k, v in state_dict.items() if k != "inertia"}
         super().load_state_dict(torch_part)
         self._micro_steps, self._updates = int(counters["micro_steps"]), int(counters["updates"])
+
+    def _check_loaded_state(self, state_dict: Mapping) -> None:
+        """The layout, hyperparameters and state tensors of a state dict to load (see
+        ``load_state_dict``); a ValueError / TypeError naming the key, before any change."""
+        for key, kind in (("state", Mapping), ("param_groups", (list, tuple))):
+            if key not in state_dict:
+                raise ValueError(
+                    f"Argument `state_dict` has no {key!r} entry: expected the layout `state_dict()` returns "
+                    f"(keys 'state' and 'param_groups'). Received: a dict with keys {list(state_dict)[:10]}"
+                )
+            if not isinstance(state_dict[key], kind):
+                raise ValueError(f"state_dict[{key!r}] must be a {'dict' if key == 'state' else 'list'}. Received: {state_dict[key]!r:.200}")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"state_dict['param_groups'] has {len(saved_groups)} groups but this optimizer has "
+                f"{len(self.param_groups)}; a state dict loads into the groups it was saved from."
+            )
+        indices: list = []
+        for position, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+            where = f"state_dict['param_groups'][{position}]"
+            if not isinstance(saved, Mapping) or not isinstance(saved.get("params"), (list, tuple)):
+                raise ValueError(f"{where} must be a dict with a 'params' list. Received: {saved!r:.200}")
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(
+                    f"{where} lists {len(saved['params'])} parameters but the group it loads into has "
+                    f"{len(group['params'])}. Received: params={saved['params']!r:.200}"
+                )
+            for key in ("lr", "momentum", "dampening", "weight_decay"):
+                if key not in saved:
+                    raise ValueError(f"{where} has no {key!r} entry. Received: a group with keys {sorted(k for k in saved if k != 'params')}")
+            extras = {key: self.defaults.get(key, value) for key, value in _GROUP_EXTRAS.items()}
+            try:
+                _check_group({**_GROUP_FALLBACKS, **extras, **{k: v for k, v in saved.items() if k != "params"}})
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"{where}: {error}") from None
+            indices += list(saved["params"])
+        params = dict(zip(indices, (p for group in self.param_groups for p in group["params"])))
+        for index, entry in state_dict["state"].items():
+            param = params.get(index)
+            if param is None:
+                continue  # torch keeps state it cannot place; so does this optimizer
+            if not isinstance(entry, Mapping):
+                raise ValueError(f"state_dict['state'][{index!r}] must be a dict of tensors. Received: {entry!r:.200}")
+            for name in _SLOT_NAMES:
+                slot = entry.get(name)
+                if slot is None:
+                    continue  # torch.optim.SGD saves momentum_buffer=None without momentum
+                if not (isinstance(slot, torch.Tensor) and slot.is_floating_point() and slot.shape == param.shape):
+                    got = (
+                        f"a tensor of dtype {slot.dtype} and shape {tuple(slot.shape)}"
+                        if isinstance(slot, torch.Tensor) else f"{type(slot).__name__}: {slot!r:.100}"
+                    )
+                    raise ValueError(
+                        f"state_dict['state'][{index!r}][{name!r}] must be None or a floating-point tensor of its "
+                        f"parameter's shape {tuple(param.shape)}. Received: {got}"
+                    )
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """As torch.optim's ``zero_grad``; the gradients of :class:`FlatParameters` buffers
@@ -298,6 +384,7 @@ class SGD(torch.optim.Optimizer):
                     param.grad.zero_()
 
     # --- the step ---------------------------------------------------------------------------
+    @locked
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
         """One optimisation step (a micro-step under gradient accumulation).
@@ -326,6 +413,10 @@ class SGD(torch.optim.Optimizer):
         if self._fast_step(updating) or self._multi_tensor_step(updating):
             return loss
         work = self._collect(include_accumulated=bool(steps) and updating)
+        if not any(param.grad is not None for _, param, _ in work):
+            # No parameter has a gradient: nothing changes, counters and accumulation cycle
+            # included, as torch.optim.SGD does nothing then (the fast paths declined).
+            return loss
         if not updating:
             for group, param, grad in work:
                 accumulator = self._accumulator(param)
