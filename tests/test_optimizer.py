@@ -774,3 +774,52 @@ def test_changing_python_hyperparameters_takes_effect_on_every_backend(backend):
     opt.nesterov = True
     opt.apply([tensor([1.0, 1.0], "float64")], [w])  # v = 0.25*-1.25 - 1 = -1.3125; w += 0.25*v - 1
     np.testing.assert_array_equal(w.numpy(), [-1.25 + 0.25 * -1.3125 - 1.0] * 2)
+
+
+# --- copies that train on ----------------------------------------------------------------------------
+COPYABLE = {
+    "sgd everything": lambda: inertia.SGD(learning_rate=0.1, momentum=0.9, nesterov=True, weight_decay=0.1,
+                                          global_clipnorm=1.0, use_ema=True, ema_overwrite_frequency=3,
+                                          gradient_accumulation_steps=2),
+    "legacy": lambda: inertia.legacy.SGD(learning_rate=0.1, momentum=0.9, decay=0.01, clipnorm=1.0),
+    "loss scale": lambda: inertia.LossScaleOptimizer(inertia.SGD(learning_rate=0.1, momentum=0.5), initial_scale=4.0),
+}
+
+
+@pytest.mark.parametrize("name", list(COPYABLE))
+@pytest.mark.parametrize("backend_name", ["numpy", "torch", "jax"])
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+@pytest.mark.parametrize("wrapped", [True, False], ids=["variables", "native"])
+def test_an_optimizer_copied_with_its_variables_trains_on_as_the_original(name, backend_name, how, wrapped):
+    load_backend(backend_name)
+    if backend_name == "jax" and not wrapped:
+        return  # JAX arrays are immutable: only inertia.Variables hold them
+    rng = np.random.default_rng(5)
+    values = [rng.standard_normal(shape).astype(np.float32) for shape in ((3, 2), (2,))]
+    targets = [tensor(v, backend_name=backend_name) for v in values]
+    if wrapped:
+        targets = [inertia.Variable(t, name=n) for t, n in zip(targets, ("kernel", "bias"))]
+    opt = COPYABLE[name]()
+    if name == "sgd everything":
+        opt.exclude_from_weight_decay(var_list=[targets[1]])
+    grads = [[tensor(rng.standard_normal(v.shape).astype(np.float32), backend_name=backend_name) for v in values]
+             for _ in range(7)]
+    apply = (lambda o, g, t: o.apply_gradients(list(zip(g, t)))) if name == "legacy" else (lambda o, g, t: o.apply(g, t))
+    for g in grads[:3]:
+        apply(opt, g, targets)
+    clone_opt, clone_targets = (copy.deepcopy((opt, targets)) if how == "deepcopy"
+                                else pickle.loads(pickle.dumps((opt, targets))))
+    for g in grads[3:]:
+        apply(opt, g, targets)
+        apply(clone_opt, g, clone_targets)
+    numpy = lambda t: np.asarray(t.numpy() if hasattr(t, "numpy") and not isinstance(t, np.ndarray) else t)
+    for a, b in zip(targets, clone_targets):
+        assert a is not b
+        np.testing.assert_array_equal(numpy(b), numpy(a))
+    state = (lambda o: o.variables()) if name == "legacy" else (lambda o: o.variables)
+    assert len(state(opt)) == len(state(clone_opt)) > 2
+    for a, b in zip(state(opt), state(clone_opt)):
+        np.testing.assert_array_equal(numpy(b), numpy(a))
+    if name != "legacy":  # (tf.keras' legacy optimizers take new variables at any step)
+        with pytest.raises(ValueError, match="Unknown variable"):  # the copy belongs to the copied variables
+            apply(clone_opt, grads[0], targets)

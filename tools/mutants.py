@@ -305,6 +305,15 @@ MUTANTS: list[Mutant] = [
         "wrong variables",
         ("tests/test_optimizer.py",),
     ),
+    # --- copies of an optimizer ---------------------------------------------------------------
+    Mutant(
+        "optimizer-copy-forgets-exclusions",
+        "src/inertia/optimizer.py",
+        "            self._exclude_from_weight_decay_ids = {id(wrappers[i]) for i in excluded}",
+        "            self._exclude_from_weight_decay_ids = set()",
+        "a deep-copied or unpickled optimizer decays the variables the user excluded from weight decay",
+        ("tests/test_optimizer.py",),
+    ),
     # --- kernel builds and the private cache (inertia/kernels.py) -------------------------------
     Mutant(
         "cache-build-hash-unchecked",

@@ -1194,11 +1194,32 @@ class Optimizer:
         state["_compiled"] = CompiledSteps()  # compiled functions are rebuilt on demand
         state["_fused_plan"] = None
         state.pop("_lock", None)  # a lock is not state (and cannot be pickled): each copy gets its own
+        # Indexes keyed by id() mean nothing in a copy: they travel as positions and are
+        # keyed again by the copied variables in __setstate__.
+        indices = state.pop("_trainable_variables_indices", None)
+        excluded = state.pop("_exclude_from_weight_decay_ids", set())
+        wrappers = state.get("_trainable_variables") or []
+        if indices is not None:
+            state["_excluded_positions"] = sorted(
+                index for index, wrapper in enumerate(wrappers)
+                if id(wrapper) in excluded or (wrapper._aliases_native and id(wrapper.value) in excluded)
+            )
         return state
 
     def __setstate__(self, state: dict) -> None:
+        excluded = state.pop("_excluded_positions", None)
         self.__dict__.update(state)
         self._lock = threading.RLock()
+        if excluded is not None:
+            wrappers = self._trainable_variables
+            self._trainable_variables_indices = {}
+            for index, wrapper in enumerate(wrappers):
+                self._trainable_variables_indices[id(wrapper)] = index
+                if wrapper._aliases_native:
+                    self._trainable_variables_indices[id(wrapper.value)] = index
+            self._exclude_from_weight_decay_ids = {id(wrappers[i]) for i in excluded}
+        else:
+            self._exclude_from_weight_decay_ids = set()
 
 
 # ----------------------------------------------------------------------------------------

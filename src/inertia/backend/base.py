@@ -18,6 +18,13 @@ class ArrayBackend(ABC):
     #: Whether ``compile`` really compiles (the optimizer then runs eager steps compiled).
     compiles: bool = False
 
+    def __reduce__(self) -> tuple:
+        # One instance per library: code compares backends with `is`, so a copy or an
+        # unpickled optimizer must get the very same object back, not a clone.
+        from inertia.backend import get
+
+        return (get, (self.name,))
+
     # --- identity and dtypes -------------------------------------------------------------
     @abstractmethod
     def is_array(self, value: Any) -> bool:
