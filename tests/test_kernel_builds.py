@@ -252,7 +252,8 @@ with warnings.catch_warnings(record=True) as caught:
         opt.apply([np.full(3, 0.25, np.float32)], [w])
     inertia.SGD(learning_rate=0.5).apply([np.ones(3, np.float32)], [inertia.Variable(np.ones(3, np.float32))])
 slow = [str(c.message) for c in caught if issubclass(c.category, kernels.PerformanceWarning)]
-print(repr((kernels.load() is not None, kernels.unavailable_reason(), slow, opt._fused_plan is None, w.numpy().tolist())))
+where = sorted({c.filename for c in caught if issubclass(c.category, kernels.PerformanceWarning)})
+print(repr((kernels.load() is not None, kernels.unavailable_reason(), slow, opt._fused_plan is None, w.numpy().tolist(), where)))
 """
 EXTENSION_PATCHES = {
     "not built": (
@@ -278,7 +279,8 @@ EXTENSION_PATCHES = {
 @pytest.mark.parametrize("case", list(EXTENSION_PATCHES))
 def test_a_missing_or_stale_extension_warns_once_and_steps_on_the_reference_path(case):
     patch, expected = EXTENSION_PATCHES[case]
-    loaded, reason, slow, no_plan, weights = eval(_python(MISSING_EXTENSION.format(patch=patch)).splitlines()[-1])
+    loaded, reason, slow, no_plan, weights, where = eval(_python(MISSING_EXTENSION.format(patch=patch)).splitlines()[-1])
+    assert where == ["<string>"]  # the warning points at the user's line that stepped, not into inertia
     assert not loaded and no_plan
     assert expected in reason
     assert len(slow) == 1 and reason in slow[0] and "inertia doctor" in slow[0]

@@ -119,7 +119,18 @@ class _Unavailable(Exception):
 def _warn_slow(what: str, reason: str) -> None:
     warnings.warn(f"inertia: {what} is unavailable, so steps take the slower reference path: {reason} "
                   "(`inertia doctor` shows what inertia found; INERTIA_KERNELS=0 silences this)",
-                  PerformanceWarning, stacklevel=4)
+                  PerformanceWarning, stacklevel=_first_frame_outside_inertia())
+
+
+def _first_frame_outside_inertia() -> int:
+    """The ``stacklevel`` that points the warning at the user's line that stepped."""
+    import sys
+
+    package = str(Path(__file__).resolve().parent)
+    frame, level = sys._getframe(1), 1
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 # ---- the extension, built with the package --------------------------------------------------
