@@ -252,7 +252,7 @@ with warnings.catch_warnings(record=True) as caught:
         opt.apply([np.full(3, 0.25, np.float32)], [w])
     inertia.SGD(learning_rate=0.5).apply([np.ones(3, np.float32)], [inertia.Variable(np.ones(3, np.float32))])
 slow = [str(c.message) for c in caught if issubclass(c.category, kernels.PerformanceWarning)]
-where = sorted({c.filename for c in caught if issubclass(c.category, kernels.PerformanceWarning)})
+where = sorted({{c.filename for c in caught if issubclass(c.category, kernels.PerformanceWarning)}})
 print(repr((kernels.load() is not None, kernels.unavailable_reason(), slow, opt._fused_plan is None, w.numpy().tolist(), where)))
 """
 EXTENSION_PATCHES = {
