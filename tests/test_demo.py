@@ -307,6 +307,27 @@ def test_compare_with_tf_keras_legacy_agrees_within_its_schedule_rounding() -> N
                                   "(learning rates): inertia.legacy.SGD and tf_keras.optimizers.legacy.SGD")
 
 
+@needs_sklearn
+def test_compare_with_tf_keras_legacy_is_bit_identical_given_the_same_rates(monkeypatch) -> None:
+    """The difference above is the schedule's alone: tf_keras stepping with inertia's rates
+    gives inertia's weights bit for bit."""
+    import numpy as np
+
+    tf, tf_keras = requires("tensorflow"), requires("tf_keras")
+    from inertia import schedules
+
+    class InertiasCosineDecay(tf_keras.optimizers.schedules.LearningRateSchedule):
+        def __init__(self, initial_learning_rate: float, decay_steps: int, alpha: float) -> None:
+            self.rates = schedules.CosineDecay(initial_learning_rate, decay_steps=decay_steps, alpha=alpha)
+
+        def __call__(self, step):
+            return tf.constant(np.float32(self.rates(int(step))))
+
+    monkeypatch.setattr(tf_keras.optimizers.schedules, "CosineDecay", InertiasCosineDecay)
+    comparison = demo.run(epochs=1, seed=0, quiet=True, face="legacy", compare=True)["comparison"]
+    assert comparison["bit_identical"], comparison["verdict"]
+
+
 # --- progress display --------------------------------------------------------------------
 
 
