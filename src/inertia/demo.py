@@ -30,7 +30,7 @@ from typing import Any, Optional, Sequence, TextIO
 import numpy as np
 
 import inertia
-from inertia.demo_faces import FACES, Recipe, Trajectory, face_for
+from inertia.demo_faces import FACES, Recipe, Trajectory, face_for, is_installed
 from inertia.demo_model import BACKENDS, Model, numpy_logits, numpy_loss
 from inertia.progress import FitProgress
 
@@ -117,10 +117,8 @@ def option_problems(backend: str, face: str, ema_momentum: Optional[float] = Non
 def missing_libraries(backend: str, face: str, compare: bool = False) -> list[str]:
     """What is not installed that this run needs, each with what to install (empty when
     everything is here). scikit-learn, which every run needs, is checked when the data loads."""
-    from inertia.demo_faces import _installed
-
     missing = []
-    if backend in _BACKEND_LIBRARIES and not _installed(_BACKEND_LIBRARIES[backend][0]):
+    if backend in _BACKEND_LIBRARIES and not is_installed(_BACKEND_LIBRARIES[backend][0]):
         missing.append(f"the {backend} backend needs {_BACKEND_LIBRARIES[backend][1]}")
     if compare and face in FACES:
         reference = FACES[face].missing_reference()

@@ -18,6 +18,7 @@ Frameworks are imported only inside the code that needs them.
 
 from __future__ import annotations
 
+import abc
 import importlib.util
 import os
 import sys
@@ -29,7 +30,7 @@ import numpy as np
 
 from inertia.demo_model import Model
 
-__all__ = ["FACES", "Face", "Recipe", "Trajectory", "face_for"]
+__all__ = ["FACES", "Face", "Recipe", "Trajectory", "face_for", "is_installed"]
 
 # The weights, in the order the model takes them; biases are spared weight decay.
 WEIGHT_NAMES = ("hidden_kernel", "hidden_bias", "output_kernel", "output_bias")
@@ -54,7 +55,7 @@ class Recipe:
         total_steps: the decay's length: every step of the run.
         momentum: Nesterov momentum.
         weight_decay: Keras' decoupled decay (``w -= lr * weight_decay * w``), kernels only.
-        ema_momentum: the moving average's momentum (used by the faces that have one).
+        ema_momentum: the moving average's momentum; None for a face that keeps no average.
     """
 
     learning_rate: float
@@ -62,7 +63,7 @@ class Recipe:
     total_steps: int
     momentum: float
     weight_decay: float
-    ema_momentum: float
+    ema_momentum: Optional[float]
 
     @property
     def l2_weight_decay(self) -> float:
@@ -87,7 +88,7 @@ class Recipe:
         return f"CosineDecay({_format(self.learning_rate)}, decay_steps={self.total_steps}, alpha={_format(self.alpha)})"
 
 
-class Trajectory:
+class Trajectory(abc.ABC):
     """One optimizer stepping one copy of the model's weights.
 
     Attributes:
@@ -98,18 +99,18 @@ class Trajectory:
     label: str = ""
     averaged: bool = False
 
+    @abc.abstractmethod
     def weights(self) -> list:
         """The current weights as the demo backend's arrays, in :data:`WEIGHT_NAMES` order."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def apply(self, grads: list) -> float:
         """One optimizer step with ``grads`` (the demo backend's arrays); returns the learning
         rate the step used, as the optimizer reports it."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def snapshot(self) -> list[np.ndarray]:
         """NumPy copies of the current weights."""
-        raise NotImplementedError
 
     def final_weights(self) -> list[np.ndarray]:
         """The model kept at the end: the moving average where there is one, else the last
@@ -117,7 +118,7 @@ class Trajectory:
         return self.snapshot()
 
 
-class Face:
+class Face(abc.ABC):
     """A face of inertia, configured to the recipe, and its reference system.
 
     Attributes:
@@ -134,33 +135,37 @@ class Face:
     backends: tuple[str, ...] = ("numpy", "torch", "jax")
     has_ema = False
 
+    @abc.abstractmethod
     def describe(self, recipe: Recipe) -> list[str]:
         """The header's lines for this face: its settings first, then what it derives or
         lacks and what the demo does instead."""
-        raise NotImplementedError
 
     def adjust_gradients(self, recipe: Recipe, grads: list, weights: list) -> list:
         """What the demo adds to the gradients itself, for a setting the face lacks (both
         trajectories of a comparison get the same treatment)."""
         return grads
 
+    @abc.abstractmethod
     def missing_reference(self) -> Optional[str]:
         """What to install for ``--compare``, or None when the reference system is here."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def describe_reference(self, model: Model) -> str:
         """The header's line for ``--compare``: the reference, its version and arrays, and how
         arrays cross between it and the demo's backend."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def inertia_trajectory(self, recipe: Recipe, model: Model, initial: Sequence[np.ndarray]) -> Trajectory:
-        raise NotImplementedError
+        """The face's optimizer, configured to ``recipe``, stepping a copy of ``initial`` as
+        ``model``'s arrays."""
 
+    @abc.abstractmethod
     def reference_trajectory(self, recipe: Recipe, model: Model, initial: Sequence[np.ndarray]) -> Trajectory:
-        raise NotImplementedError
+        """The reference system with the face's options, stepping its own copy of ``initial``."""
 
 
-def _installed(module: str) -> bool:
+def is_installed(module: str) -> bool:
+    """Whether ``module`` can be imported here (found, not imported)."""
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
@@ -199,7 +204,7 @@ class KerasFace(Face):
         ]
 
     def missing_reference(self) -> Optional[str]:
-        return None if _installed("keras") else "keras (Keras 3): pip install keras"
+        return None if is_installed("keras") else "keras (Keras 3): pip install keras"
 
     @staticmethod
     def _keras_backend(model: Model) -> tuple[str, str]:
@@ -383,7 +388,7 @@ class LegacyFace(Face):
         return [g + l2 * w if _decays(n) else g for g, w, n in zip(grads, weights, WEIGHT_NAMES)]
 
     def missing_reference(self) -> Optional[str]:
-        return None if _installed("tf_keras") else "tf_keras (tf.keras' legacy optimizers, on TensorFlow): pip install tf-keras"
+        return None if is_installed("tf_keras") else "tf_keras (tf.keras' legacy optimizers, on TensorFlow): pip install tf-keras"
 
     def describe_reference(self, model: Model) -> str:
         return (
@@ -442,7 +447,7 @@ class MlxFace(Face):
         ]
 
     def missing_reference(self) -> Optional[str]:
-        if _installed("mlx.optimizers"):
+        if is_installed("mlx.optimizers"):
             return None
         return "mlx (MLX; on Linux its CPU build): pip install mlx (Linux: pip install 'mlx[cpu]')"
 
