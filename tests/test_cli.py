@@ -40,7 +40,8 @@ def test_demo_help() -> None:
     done = _inertia("demo", "--help")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: inertia demo ")
-    for option in ("--epochs", "--seed", "--ema-momentum", "--quiet", "inertia[demo]"):
+    for option in ("--backend {numpy,torch,jax}", "--face {keras,torch,legacy,mlx}", "--compare", "--epochs", "--seed",
+                   "--ema-momentum", "--quiet", "inertia[demo]"):
         assert option in done.stdout
 
 
@@ -64,15 +65,16 @@ def test_demo_end_to_end() -> None:
     assert done.stderr == ""
     assert "\r" not in done.stdout  # a pipe is not a terminal: no redrawing
     lines = done.stdout.splitlines()
-    assert len(lines) == 6, done.stdout
+    assert len(lines) == 7, done.stdout
     assert lines[0].startswith(f"inertia {inertia.__version__} demo: MLP 64-64-10")
-    assert lines[1].startswith("optimizer: SGD(learning_rate=CosineDecay(")
-    assert lines[2].startswith("ema_momentum 0.900 is derived from the run's 43 steps")
+    assert lines[1] == "backend numpy (numpy.ndarray weights, gradients from autograd), face keras (inertia.SGD)"
+    assert lines[2].startswith("optimizer: inertia.SGD(learning_rate=CosineDecay(")
+    assert lines[3].startswith("ema_momentum 0.900 is derived from the run's 43 steps")
     figures = r"loss: \d\.\d{4} - accuracy: \d\.\d{4} - val_loss: \d\.\d{4} - val_accuracy: \d\.\d{4} - lr: \d\.\d{4}"
-    assert re.fullmatch(r"Epoch 1/1 - 43/43 - \d+\.\d\ds \d+[mu]s/step - " + figures, lines[3]), lines[3]
-    assert re.match(r"train loss \d+\.\d{4} \(train accuracy \d+\.\d\d%\) after 1 epoch, 43 steps", lines[4])
-    accuracy = re.match(r"test accuracy (\d+\.\d\d)% \(\d+/450\)", lines[5])
-    assert accuracy, lines[5]
+    assert re.fullmatch(r"Epoch 1/1 - 43/43 - \d+\.\d\ds \d+[mu]s/step - " + figures, lines[4]), lines[4]
+    assert re.match(r"train loss \d+\.\d{4} \(train accuracy \d+\.\d\d%\) after 1 epoch, 43 steps", lines[5])
+    accuracy = re.match(r"test accuracy (\d+\.\d\d)% \(\d+/450\)", lines[6])
+    assert accuracy, lines[6]
     assert float(accuracy.group(1)) >= 85.0
 
 
@@ -121,6 +123,59 @@ def test_console_script_is_declared() -> None:
         pytest.skip("inertia is not installed, so it has no console script")
     scripts = [ep for ep in distribution.entry_points if ep.group == "console_scripts"]
     assert [(ep.name, ep.value) for ep in scripts] == [("inertia", "inertia.cli:main")]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--face", "torch"], "inertia demo: error: --face torch: inertia.torch.SGD steps torch tensors only, so it needs "
+                          "the torch backend (--backend torch), not numpy"),
+    (["--backend", "jax", "--face", "torch", "--compare"], "--face torch: inertia.torch.SGD steps torch tensors only"),
+    (["--face", "legacy", "--ema-momentum", "0.5"],
+     "--ema-momentum 0.5: the legacy face keeps no moving average of the weights (tf_keras.optimizers.legacy.SGD has "
+     "none); only the keras and torch faces do"),
+    (["--backend", "tensorflow"], "argument --backend: invalid choice: 'tensorflow'"),
+    (["--face", "optax"], "argument --face: invalid choice: 'optax'"),
+])
+def test_demo_combinations_that_cannot_run_are_usage_errors(args: list[str], message: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["demo", *args])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("usage: inertia demo ")
+    assert message in captured.err
+
+
+def test_demo_compare_without_the_reference_exits_1_naming_what_to_install() -> None:
+    hide_tf_keras = (
+        "import sys; sys.modules['tf_keras'] = None\n"
+        "from inertia.cli import main; sys.exit(main(['demo', '--face', 'legacy', '--compare']))"
+    )
+    done = _inertia(code=hide_tf_keras)
+    assert done.returncode == 1
+    assert done.stdout == ""  # nothing trained
+    assert done.stderr == (
+        "inertia demo: error: comparing the legacy face with tf_keras.optimizers.legacy.SGD needs tf_keras "
+        "(tf.keras' legacy optimizers, on TensorFlow): pip install tf-keras\n"
+    )
+
+
+@needs_sklearn
+def test_demo_compare_prints_the_agreement_and_plots_both_systems(tmp_path) -> None:
+    requires("mlx.optimizers")
+    requires("matplotlib")
+    done = subprocess.run(
+        [sys.executable, "-m", "inertia", "demo", "--epochs", "1", "--face", "mlx", "--compare", "--plot", "demo.png"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300, env={**os.environ, "PYTHONPATH": _SRC},
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[5].startswith("compare: mlx.optimizers.SGD (MLX ")
+    assert lines[6].startswith("Epoch 1/1 - 43/43 - ")
+    assert lines[7] == "  vs mlx.optimizers.SGD: max abs difference of the weights 0, of the step losses 0"
+    assert lines[-2] == ("verdict: bit-identical: inertia.mlx.SGD and mlx.optimizers.SGD gave the same weights after "
+                         "each of the 43 steps, the same loss at each")
+    assert lines[-1] == "wrote demo.png"
+    png = (tmp_path / "demo.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
 
 
 def test_demo_rejects_an_ema_momentum_outside_its_range() -> None:

@@ -31,6 +31,32 @@ def test_the_demo_figure_is_a_png_of_its_three_panels(tmp_path):
     assert _image(path)[:2] == (900, 800)
 
 
+def _reference_pixels(path) -> int:
+    """Pixels of the reference system's curves: matplotlib's tab:red (214, 39, 40), which
+    nothing else in the demo's figure uses."""
+    import numpy as np
+
+    image = requires("matplotlib.image").imread(path)[..., :3]
+    return int(np.sum(np.all(np.abs(image - np.array([214, 39, 40]) / 255) < 0.02, axis=-1)))
+
+
+def test_under_compare_the_demo_figure_overlays_the_reference_curves(tmp_path):
+    requires("sklearn")
+    requires("mlx.optimizers")
+    from inertia import demo
+
+    plain = plots.plot_demo(demo.run(epochs=1, seed=0, quiet=True, face="mlx"), tmp_path / "plain.png")
+    result = demo.run(epochs=1, seed=0, quiet=True, face="mlx", compare=True)
+    compared = plots.plot_demo(result, tmp_path / "compared.png")
+    data = compared.read_bytes()
+    assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000
+    assert _image(compared)[:2] == (900, 800)
+    assert _reference_pixels(plain) == 0
+    # two dashed curves (loss and learning rate) and their two legend entries; the dashes lie
+    # on inertia's bit-identical curves, drawn after them
+    assert _reference_pixels(compared) > 300  # about 650 at this size
+
+
 def test_the_benchmark_figure_has_a_panel_per_workload_and_configuration(tmp_path):
     row = lambda workload, config, name, ms: {  # noqa: E731
         "workload": workload, "config": config, "contender": name, "median_ms": ms, "of_bandwidth": 0.5,

@@ -361,7 +361,9 @@ _WORKER_CONTENDERS = ("keras-torch", "keras-jax")  # Keras picks one backend per
 # measuring
 # ---------------------------------------------------------------------------------------------
 # Memory is read from /proc, not psutil: the peak a step adds needs the high-water mark reset
-# first (Linux's clear_refs), which psutil does not offer; elsewhere it is reported as unknown.
+# first (writing "5" to /proc/self/clear_refs, Linux 4.0+), which neither psutil nor the standard
+# library's resource.getrusage (whose ru_maxrss only ever grows) can do; elsewhere, or where the
+# write is refused, the peak is reported as unknown (None).
 def _rss_bytes(field_name: str) -> int:
     with open("/proc/self/status") as status:
         for line in status:

@@ -14,7 +14,7 @@ import sys
 from typing import Sequence
 
 from inertia import __version__, demo, plots
-from inertia.demo import DEFAULT_EPOCHS, DEFAULT_SEED
+from inertia.demo import BACKENDS, DEFAULT_BACKEND, DEFAULT_EPOCHS, DEFAULT_FACE, DEFAULT_SEED, FACES
 
 __all__ = ["build_parser", "main"]
 
@@ -62,11 +62,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="train a small MLP on scikit-learn's digits with inertia.SGD",
+        help="train a small MLP on scikit-learn's digits with one of inertia's optimizers",
         description="Train a 64-64-10 MLP on scikit-learn's bundled digits (no download) with "
-        "inertia.SGD: Nesterov momentum, a cosine learning-rate decay, weight decay on the "
-        "kernels and a moving average of the weights. Prints the training loss and the test "
-        "accuracy reached. Needs scikit-learn: pip install 'inertia[demo]'.",
+        "inertia's SGD: Nesterov momentum, a cosine learning-rate decay, weight decay on the "
+        "kernels and a moving average of the weights, each as close as the chosen face allows "
+        "(the header prints every setting, and what a face lacks). Prints the training loss and "
+        "the test accuracy reached; --compare also trains with the system the face reproduces "
+        "and compares the two, step by step. Needs scikit-learn: pip install 'inertia[demo]'.",
+    )
+    demo.add_argument(
+        "--backend",
+        choices=list(BACKENDS),
+        default=DEFAULT_BACKEND,
+        help=f"the array library of the model, its weights and gradients: numpy (autograd), torch "
+        f"(torch.autograd) or jax (jax.grad) (default: {DEFAULT_BACKEND})",
+    )
+    demo.add_argument(
+        "--face",
+        choices=list(FACES),
+        default=DEFAULT_FACE,
+        help="the optimizer: keras (inertia.SGD), torch (inertia.torch.SGD; --backend torch only), "
+        f"legacy (inertia.legacy.SGD), mlx (inertia.mlx.SGD) (default: {DEFAULT_FACE})",
+    )
+    demo.add_argument(
+        "--compare",
+        action="store_true",
+        help="also train from the same initial weights on the same batches with the face's reference "
+        "system (keras.optimizers.SGD, torch.optim.SGD, tf_keras.optimizers.legacy.SGD or "
+        "mlx.optimizers.SGD), with the same options, and print after each epoch the largest "
+        "difference of the weights and of the losses, then a verdict",
     )
     demo.add_argument(
         "--epochs",
@@ -94,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--plot",
         default=None,
         metavar="FILE",
-        help="also write a PNG of the loss and learning rate per step and the accuracy per epoch "
+        help="also write a PNG of the loss and learning rate per step and the accuracy per epoch, "
+        "with the reference system's loss and learning rate drawn over them under --compare "
         "(needs matplotlib: pip install 'inertia[plot]')",
     )
     demo.add_argument(
@@ -103,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no header and no progress bar: print only the final results",
     )
-    demo.set_defaults(handler=_demo)
+    demo.set_defaults(handler=_demo, parser=demo)
 
     bench = commands.add_parser(
         "bench",
@@ -193,10 +218,19 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    problems = demo.option_problems(args.backend, args.face, args.ema_momentum)
+    if problems:  # a usage error (exit 2), before anything is imported or trained
+        args.parser.error("; ".join(problem.for_command_line() for problem in problems))
+    missing = demo.missing_libraries(args.backend, args.face, args.compare)
     try:
+        if missing:
+            raise demo.MissingDependencyError("; ".join(missing))
         if args.plot:
             plots.pyplot()  # a missing matplotlib stops the command before it trains
-        result = demo.run(epochs=args.epochs, seed=args.seed, quiet=args.quiet, ema_momentum=args.ema_momentum)
+        result = demo.run(
+            epochs=args.epochs, seed=args.seed, quiet=args.quiet, ema_momentum=args.ema_momentum,
+            backend=args.backend, face=args.face, compare=args.compare,
+        )
     except (demo.MissingDependencyError, plots.MissingPlotLibraryError) as error:
         print(f"inertia demo: error: {error}", file=sys.stderr)
         return 1

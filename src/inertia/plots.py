@@ -32,30 +32,46 @@ def pyplot() -> Any:
 
 def plot_demo(result: dict, path: Union[str, Path]) -> Path:
     """Loss and learning rate per step, accuracy per epoch (train and validation) of a
-    :func:`inertia.demo.run` result, as a PNG at ``path``."""
+    :func:`inertia.demo.run` result, as a PNG at ``path``. A result of ``compare=True`` also
+    has the reference system's loss and learning rate per step drawn over inertia's, dashed
+    (where the two are bit-identical the dashes lie exactly on inertia's line)."""
     plt = pyplot()
     figure, (losses, accuracy, rates) = plt.subplots(3, 1, figsize=(8, 9), sharex=False)
+    comparison = result.get("comparison")
+    ours = result.get("optimizer", "inertia")
     steps = range(1, len(result["step_losses"]) + 1)
-    losses.plot(steps, result["step_losses"], linewidth=0.8, label="training loss (each step)")
+    losses.plot(steps, result["step_losses"], linewidth=0.8, color="tab:blue", label=f"{ours}: training loss (each step)")
+    if comparison:
+        losses.plot(steps, comparison["step_losses"], linewidth=1.2, linestyle=(0, (4, 3)), color="tab:red",
+                    label=f"{comparison['reference']}: training loss (each step)")
     per_epoch = [len(result["step_losses"]) // len(result["metrics"]) * (k + 1) for k in range(len(result["metrics"]))]
-    losses.plot(per_epoch, [m["val_loss"] for m in result["metrics"]], marker="o", label="validation loss (each epoch)")
+    losses.plot(per_epoch, [m["val_loss"] for m in result["metrics"]], marker="o", color="tab:orange",
+                label=f"{ours}: validation loss (each epoch)")
     losses.set_yscale("log")
     losses.set_xlabel("step")
     losses.set_ylabel("cross-entropy")
-    losses.legend()
+    losses.legend(fontsize=8)
     epochs = range(1, len(result["metrics"]) + 1)
     accuracy.plot(epochs, [m["accuracy"] for m in result["metrics"]], marker="o", label="training")
     accuracy.plot(epochs, [m["val_accuracy"] for m in result["metrics"]], marker="o", label="validation")
     accuracy.set_xlabel("epoch")
-    accuracy.set_ylabel("accuracy")
-    accuracy.legend()
-    rates.plot(steps, result["step_learning_rates"])
+    accuracy.set_ylabel(f"accuracy ({ours})")
+    accuracy.legend(fontsize=8)
+    rates.plot(steps, result["step_learning_rates"], color="tab:blue", label=ours)
+    if comparison:
+        rates.plot(steps, comparison["step_learning_rates"], linewidth=1.2, linestyle=(0, (4, 3)), color="tab:red",
+                   label=comparison["reference"])
+        rates.legend(fontsize=8)
     rates.set_xlabel("step")
     rates.set_ylabel("learning rate")
-    figure.suptitle(
-        f"inertia demo: {result['epochs']} epochs, test accuracy {result['test_accuracy']:.2%} "
-        "(moving average of the weights)"
-    )
+    final_model = "moving average of the weights" if result.get("ema_momentum") is not None else "last weights"
+    title = f"inertia demo: {result['epochs']} epochs, test accuracy {result['test_accuracy']:.2%} ({final_model})"
+    if comparison:
+        agreement = "bit-identical" if comparison["bit_identical"] else (
+            f"weights within {comparison['weights']:.1e}, losses within {comparison['loss']:.1e}"
+        )
+        title += f"\n{ours} vs {comparison['reference']}: {agreement}"
+    figure.suptitle(title, fontsize=11)
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path, dpi=100)

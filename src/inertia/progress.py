@@ -100,11 +100,22 @@ class FitProgress:
         if self.interactive and self._task is not None:
             self._progress().update(self._task, completed=self.steps, per_step=per_step, metrics=format_metrics(metrics))
             self._task = None
+            # Each epoch's bar is a live display of its own, stopped here: it stays on screen as
+            # drawn last, and whatever is printed next (a note) comes below it, not above.
+            self.close()
         else:
             self.stream.write(
                 f"Epoch {self._epoch}/{self.epochs} - {self.steps}/{self.steps} - {seconds:.2f}s {per_step} - "
                 f"{format_metrics(metrics)}\n"
             )
+            self.stream.flush()
+
+    def note(self, text: str) -> None:
+        """A line of the caller's below the epoch that just ended (the demo's comparison)."""
+        if self.interactive:
+            self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            self.stream.write(text + "\n")
             self.stream.flush()
 
     def close(self) -> None:
