@@ -22,7 +22,6 @@ import abc
 import importlib.util
 import os
 import sys
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
@@ -403,11 +402,7 @@ class LegacyFace(Face):
         schedule = recipe.schedule()
         optimizer = inertia.legacy.SGD(learning_rate=schedule, momentum=recipe.momentum, nesterov=True)
         variables = [inertia.Variable(model.asarray(w), name=n) for w, n in zip(initial, WEIGHT_NAMES)]
-        with warnings.catch_warnings():
-            # The face counts steps in int64, as tf_keras does; JAX without x64 keeps the counter
-            # as int32 (ample for any run of the demo) and warns that it truncates the dtype.
-            warnings.filterwarnings("ignore", message="Explicitly requested dtype int64", category=UserWarning)
-            optimizer.build(variables)
+        optimizer.build(variables)
         # OptimizerV2 calls a schedule with the step as a float of the variable's dtype.
         return _KerasStyleTrajectory(
             "inertia.legacy.SGD", optimizer, variables, read=lambda v: model.to_numpy(v.value),

@@ -506,3 +506,16 @@ def test_loss_scale_optimizer_in_jit_skips_inf_steps_and_halves_the_scale(jax, j
     # The optimizer's own state never moved.
     assert float(optimizer.dynamic_scale) == 8.0 and int(optimizer.iterations) == 0
     np.testing.assert_array_equal(w.numpy(), [1.0, -1.0])
+
+
+def test_a_64_bit_counter_without_x64_is_32_bit_and_says_nothing():
+    load_backend("jax")
+    import jax
+
+    with jax.enable_x64(False):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # JAX's "Explicitly requested dtype int64" would fail this
+            w = inertia.Variable(jax.numpy.ones(3, jax.numpy.float32))
+            opt = inertia.legacy.SGD(0.1, momentum=0.9)
+            opt.apply_gradients([(jax.numpy.ones(3, jax.numpy.float32), w)])
+        assert opt.iterations.value.dtype.name == "int32" and int(opt.iterations.value) == 1

@@ -49,6 +49,10 @@ class JaxBackend(ArrayBackend):
             value = np.asarray(value)
             if value.dtype.kind in "OSUV" and value.dtype.name != "bfloat16":
                 raise TypeError(f"Cannot make a JAX array of value={value!r} (dtype {value.dtype})")
+        if dtype in ("int64", "uint64"):
+            # A 64-bit counter (tf.keras' int64 `iter`) is 32-bit where JAX runs without x64:
+            # asked for directly, so that JAX does not warn about a truncation inertia chose.
+            dtype = jax.dtypes.canonicalize_dtype(dtype).name
         return jnp.array(value, dtype=dtype, copy=True)
 
     def cast(self, value: Array, dtype: str) -> Array:
