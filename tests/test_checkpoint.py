@@ -21,7 +21,13 @@ What this file proves:
 * Writing is atomic: a subprocess saving in a loop is killed with SIGKILL 50 times at
   seeded random moments; after each kill the file is a whole, loadable checkpoint equal to
   one of those written (the newest that completed). Temporary files of dead processes are
-  removed, live ones kept; the data is synced before the rename, the directory after.
+  removed, live ones kept; the data is synced before the rename, the directory after (where
+  the system can: a directory it will not open or sync fails no save). The file is opened in
+  binary mode, a file held open elsewhere (Windows) is replaced once free or named, a
+  symbolic link stays a link, a replaced file keeps its permissions, and a path that cannot
+  name a file is refused before any work.
+* A save is a snapshot: a step another thread runs before the file is made changes nothing
+  in it. Malformed metadata is a ValueError naming the file, never a crash deep inside.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -287,6 +294,35 @@ def test_torch_face_keeps_bfloat16_buffers_and_tensor_learning_rates(tmp_path):
     assert opt2.param_groups[0]["lr"].dtype == torch.float64
 
 
+def test_torch_state_is_written_whatever_its_memory_layout(tmp_path):
+    """Non-contiguous, channels-last, offset and negated-view tensors are written as their
+    values, row-major (a GPU tensor takes the same copy to the host)."""
+    import safetensors.numpy
+    import torch
+
+    import inertia.torch
+
+    params = [torch.nn.Parameter(torch.zeros(shape)) for shape in ((3, 2), (2, 3, 4, 5), (4,), (2, 3))]
+    opt = inertia.torch.SGD(params, lr=0.1, momentum=0.9)
+    base = torch.arange(24, dtype=torch.float32)
+    buffers = [
+        base[:6].reshape(2, 3).t(),  # transposed
+        torch.arange(120, dtype=torch.float32).reshape(2, 3, 4, 5).to(memory_format=torch.channels_last),
+        base[10:14],  # an offset into a larger storage
+        base[:6].reshape(2, 3)._neg_view(),  # torch's lazy negation
+    ]
+    for param, buffer in zip(params, buffers):
+        opt.state[param]["momentum_buffer"] = buffer
+    inertia.save(opt, tmp_path / "c")
+    arrays = safetensors.numpy.load_file(str(tmp_path / "c"))
+    for index, buffer in enumerate(buffers):
+        np.testing.assert_array_equal(arrays[f"state.{index}.momentum_buffer"], buffer.resolve_neg().numpy(), strict=True)
+    fresh = inertia.torch.SGD([torch.nn.Parameter(torch.zeros(p.shape)) for p in params], lr=0.1, momentum=0.9)
+    inertia.load(fresh, tmp_path / "c")
+    for index, buffer in enumerate(buffers):
+        assert torch.equal(fresh.state_dict()["state"][index]["momentum_buffer"], buffer)
+
+
 # ----------------------------------------------------------------------------------------
 # the MLX face
 # ----------------------------------------------------------------------------------------
@@ -387,6 +423,30 @@ def test_state_moves_between_array_libraries(tmp_path):
     inertia.load(moved, tmp_path / "keras.safetensors", var_list=torch_weights_)
     assert all(isinstance(v.value, torch.Tensor) for v in moved.variables)
     assert_same_arrays(keras_state(keras_opt), keras_state(moved))
+
+
+def test_state_an_array_library_cannot_hold_is_refused_not_narrowed(tmp_path):
+    """An MLX-face optimizer not yet initialized takes the file's arrays in the library they
+    were saved from; JAX without x64 cannot hold float64 (it makes float32 of it, warning)."""
+    load_backend("jax")
+    import jax
+    import jax.numpy as jnp
+
+    import inertia.mlx
+
+    opt = inertia.mlx.SGD(0.1, momentum=0.9)
+    opt.apply_gradients({"w": jnp.ones(3, jnp.float64)}, {"w": jnp.ones(3, jnp.float64)})
+    inertia.save(opt, tmp_path / "c")
+    jax.config.update("jax_enable_x64", False)
+    try:
+        fresh = inertia.mlx.SGD(0.1, momentum=0.9)
+        with pytest.raises(ValueError, match="its tensor 'w.v' is float64, which jax arrays cannot hold here"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # JAX's "float64 is not available"
+                inertia.load(fresh, tmp_path / "c")
+        assert list(fresh.state) == ["step", "learning_rate"] and int(fresh.step) == 0
+    finally:
+        jax.config.update("jax_enable_x64", True)
 
 
 # ----------------------------------------------------------------------------------------
@@ -799,6 +859,8 @@ def test_the_torch_face_refuses_what_does_not_fit(tmp_path):
             file=rewrite(path, tmp_path / "lr.safetensors", document=lambda d: d["param_groups"][0].__setitem__("lr", -0.5)))
     refused(target, "'state.0.average' has dtype float64 in the checkpoint, float32",
             file=rewrite(path, tmp_path / "dt.safetensors", tensors={"state.0.average": np.zeros((4, 3), np.float64)}))
+    refused(target, r"its metadata gives the tensors \['state.0.average'\] no role",
+            file=rewrite(path, tmp_path / "role.safetensors", document=lambda d: d["tensors"].__setitem__("state.0.average", "ema")))
     refused(target, "is state inertia.torch.SGD does not keep \\('exp_avg'\\)",
             file=rewrite(path, tmp_path / "adam.safetensors", tensors={"state.0.exp_avg": np.zeros((4, 3), np.float32)},
                          document=lambda d: d["tensors"]["state.0.exp_avg"].update(param=0)))
@@ -855,6 +917,59 @@ def test_the_mlx_face_checks_its_tree(tmp_path):
     scheduled = inertia.mlx.SGD(lambda step: 0.1, momentum=0.9)
     with pytest.raises(ValueError, match="learning_rate_kind: checkpoint 'value', optimizer 'schedule'"):
         inertia.load(scheduled, path)
+
+
+def _edit(*keys, value):
+    def edit(doc):
+        for key in keys[:-1]:
+            doc = doc[key]
+        doc[keys[-1]] = value
+
+    return edit
+
+
+MALFORMED = {
+    "torch: a group's params not a list": ("torch", _edit("param_groups", 0, "params", value=None), "'param_groups' .* are malformed"),
+    "torch: a param index not an int": ("torch", _edit("param_groups", 0, "params", 0, value="0"), "'param_groups' .* are malformed"),
+    "torch: a param not a dict": ("torch", _edit("params", 0, value=[2]), "'params' .* are malformed"),
+    "torch: a shape not a list": ("torch", _edit("params", 0, "shape", value=2), "'params' .* are malformed"),
+    "torch: a tensor reference not a name": (
+        "torch", _edit("param_groups", 0, "lr", value={"__tensor__": ["lr"]}), r"refers to a tensor \['lr'\] that it does not hold",
+    ),
+    "mlx: a dict's items not pairs": ("mlx", _edit("tree", "dict", 2, value=[["w"]]), "state tree is malformed at 'the top'"),
+    "mlx: a list not a list": ("mlx", _edit("tree", "dict", 2, 1, value={"list": None}), "state tree is malformed at 'w'"),
+    "mlx: a tensor name not a string": ("mlx", _edit("tree", "dict", 2, 1, "dict", 0, 1, value={"tensor": ["w.v"]}), "refers to a tensor"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_metadata_is_refused_with_the_path_named(tmp_path, case):
+    """A hand-edited or damaged document raises a ValueError naming the file (not a TypeError
+    or AttributeError from deep inside), and changes nothing."""
+    torch = requires("torch")
+    import inertia.mlx
+    import inertia.torch
+
+    face, edit, message = MALFORMED[case]
+    if face == "torch":
+        def make():
+            w = torch.nn.Parameter(torch.ones(2))
+            return inertia.torch.SGD([w], lr=torch.tensor(0.5), momentum=0.9), w
+
+        opt, w = make()
+        w.grad = torch.ones(2)
+        opt.step()
+        target, _ = make()
+    else:
+        opt, target = inertia.mlx.SGD(0.1, momentum=0.9), inertia.mlx.SGD(0.1, momentum=0.9)
+        opt.apply_gradients({"w": np.ones(2, np.float32)}, {"w": np.ones(2, np.float32)})
+    inertia.save(opt, tmp_path / "c")
+    bad = rewrite(tmp_path / "c", tmp_path / "bad", document=edit)
+    with pytest.raises(ValueError, match=message) as error:
+        inertia.load(target, bad)
+    assert f"Cannot load checkpoint {str(bad)!r}" in str(error.value)
+    assert not target.state or list(target.state) == ["step", "learning_rate"]
+    inertia.load(target, tmp_path / "c")
 
 
 # ----------------------------------------------------------------------------------------
@@ -967,13 +1082,13 @@ def test_a_checkpoint_survives_every_kill_at_random_moments(tmp_path):
 
 
 def test_temporaries_are_removed_only_when_their_process_is_gone(tmp_path):
-    from inertia.checkpoint import _host_tag
+    from inertia.checkpoint.file import host_tag
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        host = _host_tag()
+        host = host_tag()
         names = {
             "dead": f".c.{host}.{gone.pid}.0123abcd.tmp",
             "alive": f".c.{host}.{alive.pid}.0123abcd.tmp",
@@ -1029,3 +1144,192 @@ def test_the_data_is_synced_before_the_rename_and_the_directory_after(tmp_path, 
     if os.path.exists("/proc/self/fd"):  # which file each fsync synced: the temporary, then the directory
         assert calls[0][1].startswith(".c.") and calls[0][1].endswith(".tmp")
         assert calls[1][1] == "c" and calls[2][1] == tmp_path.name
+
+
+def test_a_directory_that_cannot_be_synced_does_not_fail_the_save(tmp_path, monkeypatch):
+    """The file is in place once renamed: a directory the system will not open or sync (one
+    that may be written but not read, a file system without directory sync) skips the sync."""
+    real_open, real_fsync = os.open, os.fsync
+
+    def open_(name, flags, *args, **kwargs):
+        if os.path.isdir(name):
+            raise PermissionError(13, "Permission denied", name)  # e.g. mode 0o300
+        return real_open(name, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+    inertia.save(inertia.SGD(0.1), tmp_path / "c")
+    assert inertia.checkpoint.read_metadata(tmp_path / "c")["counters"] == {"iteration": 0}
+    monkeypatch.setattr(os, "open", real_open)
+
+    def fsync(descriptor):
+        if os.path.isdir(os.readlink(f"/proc/self/fd/{descriptor}")) if os.path.exists("/proc/self/fd") else False:
+            raise OSError(38, "Function not implemented")  # ENOSYS: a file system without directory sync
+        return real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    inertia.save(inertia.SGD(0.2), tmp_path / "c")
+    assert inertia.checkpoint.read_metadata(tmp_path / "c")["scalars"]["learning_rate"] == float(np.float32(0.2))
+
+
+def test_the_file_is_written_in_binary_mode_where_the_system_has_a_text_mode(tmp_path, monkeypatch):
+    """Windows opens a descriptor in text mode unless asked for O_BINARY (each \\n written as \\r\\n)."""
+    binary = 1 << 28  # a flag no POSIX system uses, standing in for Windows' O_BINARY
+    flags = []
+    real_open = os.open
+
+    def open_(name, flag, *args, **kwargs):
+        flags.append(flag)
+        return real_open(name, flag & ~binary, *args, **kwargs)
+
+    monkeypatch.setattr(os, "O_BINARY", binary, raising=False)
+    monkeypatch.setattr(os, "open", open_)
+    inertia.save(inertia.SGD(0.1), tmp_path / "c")
+    assert flags and flags[0] & binary and flags[0] & os.O_EXCL  # the temporary file's open
+
+
+def test_a_file_held_open_elsewhere_is_replaced_once_free_on_windows(tmp_path, monkeypatch):
+    """Windows refuses to replace a file another program holds open: the rename is tried again
+    for a while; then a PermissionError names the path, and the previous checkpoint stays."""
+    from inertia.checkpoint import file
+
+    monkeypatch.setattr(file, "_POSIX", False)
+    monkeypatch.setattr(file, "_REPLACE_WAITS", (0.0,) * 3)
+    path = tmp_path / "c"
+    inertia.save(inertia.SGD(0.1), path)
+    good = path.read_bytes()
+    real_replace, refusals = os.replace, []
+
+    def busy(times):
+        def replace(source, target):
+            if len(refusals) < times:
+                refusals.append(target)
+                raise PermissionError(13, "The process cannot access the file because it is being used by another process")
+            return real_replace(source, target)
+
+        return replace
+
+    monkeypatch.setattr(os, "replace", busy(2))
+    inertia.save(inertia.SGD(0.2), path)
+    assert len(refusals) == 2 and path.read_bytes() != good
+    good = path.read_bytes()
+    refusals.clear()
+    monkeypatch.setattr(os, "replace", busy(100))
+    with pytest.raises(PermissionError, match=rf"Cannot save to path={str(path)!r}: the file could not be replaced .* hold it open"):
+        inertia.save(inertia.SGD(0.3), path)
+    assert len(refusals) == 4 and path.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_a_symbolic_link_is_saved_through(tmp_path):
+    """A link at `path` stays a link; the file it points to is replaced (its temporary file is
+    made beside that file, on its file system, so the rename is atomic)."""
+    real = tmp_path / "runs" / "opt.safetensors"
+    real.parent.mkdir()
+    link = tmp_path / "latest.safetensors"
+    link.symlink_to(real)  # dangling until the first save
+    inertia.save(inertia.SGD(0.1), link)
+    assert link.is_symlink() and real.is_file()
+    inertia.save(inertia.SGD(0.2), link)
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert inertia.checkpoint.read_metadata(real)["scalars"]["learning_rate"] == float(np.float32(0.2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.safetensors", "runs"]
+    assert sorted(p.name for p in real.parent.iterdir()) == ["opt.safetensors"]
+    nowhere = tmp_path / "nowhere.safetensors"
+    nowhere.symlink_to(tmp_path / "missing" / "opt.safetensors")
+    with pytest.raises(FileNotFoundError, match=rf"path={str(nowhere)!r} \(a symbolic link to .*missing.*\): its directory .* does not exist"):
+        inertia.save(inertia.SGD(0.1), nowhere)
+
+
+def test_a_path_that_cannot_name_a_file_is_refused_before_any_work(tmp_path, monkeypatch):
+    opt = inertia.SGD(0.1)
+    with pytest.raises(IsADirectoryError, match=r"it names a directory \(it ends in a separator\)"):
+        inertia.save(opt, str(tmp_path / "new") + os.sep)
+    assert not (tmp_path / "new").exists()  # not a file named "new"
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(NotADirectoryError, match=rf"Cannot save to path={str(tmp_path / 'file' / 'c')!r}: .* is not a directory"):
+        inertia.save(opt, tmp_path / "file" / "c")
+    from inertia.checkpoint import keras
+
+    monkeypatch.setattr(keras, "save", lambda optimizer: pytest.fail("the state was read before the path was checked"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        inertia.save(opt, tmp_path / "missing" / "c")
+    with pytest.raises(IsADirectoryError, match="it is a directory"):
+        inertia.save(opt, tmp_path)
+
+
+# ----------------------------------------------------------------------------------------
+# saving while another thread steps
+# ----------------------------------------------------------------------------------------
+def _stepping(face: str):
+    """An optimizer of ``face`` after 3 steps, a function that runs its 4th step, a function
+    that reads an optimizer's state, a fresh optimizer of the same kind and load's keywords."""
+    import inertia.mlx
+
+    if face == "keras":
+        opt, w = inertia.SGD(0.1, momentum=0.9), inertia.Variable(np.ones(4, np.float32), name="w")
+        keras_steps(opt, [w], 0, 3)
+        return opt, lambda: keras_steps(opt, [w], 3, 4), keras_state, inertia.SGD(0.1, momentum=0.9), {"var_list": [w]}
+    if face == "torch":
+        torch = requires("torch")
+        from inertia.torch import SGD
+
+        param = torch.nn.Parameter(torch.ones(4))
+        opt = SGD([param], lr=0.1, momentum=0.9)
+
+        def step(number):
+            param.grad = torch.from_numpy(gradient_values(number, (4,))).float()
+            opt.step()
+
+        for number in range(3):
+            step(number)
+        return opt, lambda: step(3), torch_state, SGD([torch.nn.Parameter(torch.ones(4))], lr=0.1, momentum=0.9), {}
+    opt, params = inertia.mlx.SGD(0.1, momentum=0.9), [{"w": np.ones(4, np.float32)}]
+
+    def step(number):
+        params[0] = opt.apply_gradients({"w": gradient_values(number, (4,)).astype(np.float32)}, params[0])
+
+    for number in range(3):
+        step(number)
+    return opt, lambda: step(3), lambda o: mlx_leaves(o.state), inertia.mlx.SGD(0.1, momentum=0.9), {}
+
+
+@pytest.mark.parametrize("face", ["keras", "torch", "mlx"])
+def test_a_save_holds_the_state_it_was_called_with_when_another_thread_steps(tmp_path, monkeypatch, face):
+    """A step that runs between the save's reading of the state and its writing of the file
+    (another thread's) changes nothing in the file: the state is copied at once, and each
+    counter in the metadata is its tensor's value, so the file loads, as the state it was."""
+    import safetensors
+
+    opt, step, state, fresh, load_keywords = _stepping(face)
+    before = state(opt)
+    real_serialize = safetensors.serialize
+
+    def serialize(*args, **kwargs):
+        step()  # another thread's step, at the worst moment
+        return real_serialize(*args, **kwargs)
+
+    monkeypatch.setattr(safetensors, "serialize", serialize)
+    inertia.save(opt, tmp_path / "c")
+    inertia.load(fresh, tmp_path / "c", **load_keywords)
+    assert_same_arrays(before, state(fresh))
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_a_replaced_checkpoint_keeps_its_permissions(tmp_path, monkeypatch):
+    """The new file replaces the old one under its name; it takes the old one's mode, as
+    writing into the file would (a checkpoint made private stays private). A file system
+    without POSIX modes fails no save."""
+    path = tmp_path / "c"
+    inertia.save(inertia.SGD(0.1), path)
+    os.chmod(path, 0o600)
+    inertia.save(inertia.SGD(0.2), path)
+    assert (path.stat().st_mode & 0o777) == 0o600
+    os.chmod(path, 0o640)
+    inertia.save(inertia.SGD(0.3), path)
+    assert (path.stat().st_mode & 0o777) == 0o640
+
+    def fchmod(descriptor, mode):
+        raise PermissionError(1, "Operation not permitted")  # as on a FAT or SMB mount
+
+    monkeypatch.setattr(os, "fchmod", fchmod)
+    inertia.save(inertia.SGD(0.4), path)
+    assert inertia.checkpoint.read_metadata(path)["scalars"]["learning_rate"] == float(np.float32(0.4))

@@ -953,18 +953,18 @@ MUTANTS: list[Mutant] = [
         "divided by the loss scale",
         ("tests/test_keras_parity.py", "tests/test_keras_cases.py"),
     ),
-    # --- checkpoint.py: inertia.save / inertia.load (issue 15) -------------------------------
+    # --- checkpoint/: inertia.save / inertia.load (issue 15) ---------------------------------
     Mutant(
         "checkpoint-written-in-place",
-        "src/inertia/checkpoint.py",
-        "temporary = os.path.join(directory, f\".{base}.{_host_tag()}.{os.getpid()}.{secrets.token_hex(4)}{_TEMP_SUFFIX}\")",
+        "src/inertia/checkpoint/file.py",
+        "temporary = os.path.join(directory, f\".{base}.{host_tag()}.{os.getpid()}.{secrets.token_hex(4)}{_TEMP_SUFFIX}\")",
         "temporary = target",
         "a checkpoint is written under its own name (then the O_EXCL open fails on an existing file; with O_TRUNC a kill mid-write leaves a truncated checkpoint)",
         ("tests/test_checkpoint.py",),
     ),
     Mutant(
         "checkpoint-not-synced-before-rename",
-        "src/inertia/checkpoint.py",
+        "src/inertia/checkpoint/file.py",
         "            os.fsync(handle.fileno())  # the bytes",
         "            pass  # the bytes",
         "the rename can reach the disk before the data: a power cut leaves an empty or partial checkpoint under the name",
@@ -972,7 +972,7 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "checkpoint-live-temporaries-removed",
-        "src/inertia/checkpoint.py",
+        "src/inertia/checkpoint/file.py",
         "or _process_exists(int(match[\"pid\"]))",
         "",
         "a save removes the temporary file another live process is writing, whose rename then fails",
@@ -980,7 +980,7 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "checkpoint-counter-range-unchecked",
-        "src/inertia/checkpoint.py",
+        "src/inertia/checkpoint/checks.py",
         "if value < 0 or (high is not None and value > high) or (limit is not None and value >= limit):",
         "if False:",
         "a negative or overflowing counter (or a loss-scale step counter past dynamic_growth_steps) is loaded",
@@ -988,7 +988,7 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "checkpoint-dtype-unchecked",
-        "src/inertia/checkpoint.py",
+        "src/inertia/checkpoint/checks.py",
         "    if stored.dtype != dtype:\n        problems.append",
         "    if False:\n        problems.append",
         "a float64 momentum loads into a float32 slot (cast silently), or a torch buffer of another dtype is taken",
@@ -996,15 +996,15 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "checkpoint-structural-options-allowed",
-        "src/inertia/checkpoint.py",
-        "(structural if key.rsplit(\".\", 1)[-1] in _STRUCTURAL else changed)",
+        "src/inertia/checkpoint/checks.py",
+        "(structural if key.rsplit(\".\", 1)[-1] in STRUCTURAL else changed)",
         "changed",
         "use_ema, accumulation, nesterov or momentum on/off may differ from the checkpoint when the user accepts changes",
         ("tests/test_checkpoint.py",),
     ),
     Mutant(
         "checkpoint-built-before-checks",
-        "src/inertia/checkpoint.py",
+        "src/inertia/checkpoint/keras.py",
         "            target.build(var_list)",
         "            target = optimizer\n            target.build(var_list)",
         "a load refused after building leaves the optimizer built (not as it was)",
@@ -1012,7 +1012,7 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "checkpoint-torch-groups-not-restored",
-        "src/inertia/checkpoint.py",
+        "src/inertia/checkpoint/torch.py",
         "        restored.append({key: decoded(value, group.get(key)) for key, value in saved.items() if key != \"params\"})",
         "        restored.append({key: value for key, value in group.items() if key != \"params\"})",
         "the torch face keeps the fresh optimizer's lr: a resumed run with an LR scheduler takes other steps",
@@ -1020,10 +1020,26 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "checkpoint-torch-ema-dropped",
-        "src/inertia/checkpoint.py",
+        "src/inertia/checkpoint/torch.py",
         "        state.setdefault(index, {})[key] = name",
         "        if key != \"average\":\n            state.setdefault(index, {})[key] = name",
         "the torch face's EMA averages are not restored: the EMA restarts from the weights after resuming",
+        ("tests/test_checkpoint.py",),
+    ),
+    Mutant(
+        "checkpoint-live-state-written",
+        "src/inertia/checkpoint/arrays.py",
+        "array = np.array(value, copy=True)  # NumPy state",
+        "array = np.asarray(value)  # NumPy state",
+        "a save writes the live NumPy arrays: a step in another thread before the bytes are made leaves a file whose counters disagree with their tensors (refused at load)",
+        ("tests/test_checkpoint.py",),
+    ),
+    Mutant(
+        "checkpoint-symlink-replaced",
+        "src/inertia/checkpoint/file.py",
+        "target = os.path.realpath(path)",
+        "target = os.path.abspath(path)",
+        "a save to a symbolic link replaces the link with a file (the file it pointed to keeps the old state)",
         ("tests/test_checkpoint.py",),
     ),
 ]
