@@ -1333,3 +1333,36 @@ def test_a_replaced_checkpoint_keeps_its_permissions(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fchmod", fchmod)
     inertia.save(inertia.SGD(0.4), path)
     assert inertia.checkpoint.read_metadata(path)["scalars"]["learning_rate"] == float(np.float32(0.4))
+
+
+@pytest.mark.parametrize("face", ["keras", "torch", "mlx", "loss scale inner"])
+def test_save_and_load_wait_for_a_step_in_progress(tmp_path, face):
+    """A step holds the optimizer's lock (the inner optimizer's too, under a loss-scale one):
+    a save or load from another thread waits for it, so it never reads or writes half a step."""
+    import threading
+
+    if face == "loss scale inner":
+        opt = inertia.LossScaleOptimizer(inertia.SGD(0.1, momentum=0.9))
+        w = inertia.Variable(np.ones(3, np.float32), name="w")
+        opt.apply([np.ones(3, np.float32)], [w])
+        lock, fresh, load_keywords = opt.inner_optimizer._lock, None, {}
+    else:
+        opt, _, _, fresh, load_keywords = _stepping(face)
+        lock = opt._lock
+    inertia.save(opt, tmp_path / "c")
+    for action in ("save", "load"):
+        done = threading.Event()
+
+        def work():
+            if action == "save":
+                inertia.save(opt, tmp_path / "d")
+            else:
+                inertia.load(opt, tmp_path / "c", **(load_keywords if fresh is not None else {}))
+            done.set()
+
+        with lock:  # a step in progress
+            worker = threading.Thread(target=work)
+            worker.start()
+            assert not done.wait(0.3), f"{action} ran while a step held the lock"
+        assert done.wait(30), f"{action} never finished"
+        worker.join()

@@ -305,6 +305,14 @@ MUTANTS: list[Mutant] = [
         "wrong variables",
         ("tests/test_optimizer.py",),
     ),
+    Mutant(
+        "checkpoint-save-without-the-lock",
+        "src/inertia/checkpoint/__init__.py",
+        "            lock = getattr(owner, \"_lock\", None)",
+        "            lock = None",
+        "a save from one thread while another steps writes half a step; a load changes state mid-step",
+        ("tests/test_checkpoint.py",),
+    ),
     # --- copies of an optimizer ---------------------------------------------------------------
     Mutant(
         "optimizer-copy-forgets-exclusions",

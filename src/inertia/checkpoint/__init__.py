@@ -54,9 +54,8 @@ out of the optimizer first, array by array (a step that another thread runs mean
 change what is written, and each counter in the metadata is its tensor's value), and the
 file's bytes are made in memory (safetensors' own file writer goes through a temporary file of
 its own, which a killed process would leave behind unnamed), so a save needs memory for two
-copies of the state. Save between steps: :func:`save` does not lock the optimizer, so a step
-running in another thread during the copy leaves some arrays of the step before it and some
-of the step after.
+copies of the state. The copy is taken holding the optimizer's lock, which every step holds:
+with steps running in other threads, the file holds the state between two of them.
 
 Loading checks everything before it changes anything, and says what does not fit: the format
 and its version, the face and class, the configuration, the tensors' names, shapes and dtypes,
@@ -65,10 +64,11 @@ the counters' ranges, finite learning rates. See :func:`load` for the configurat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Iterable, Iterator, Optional, Union
 
 from inertia.checkpoint import keras as _keras_face
 from inertia.checkpoint import mlx as _mlx_face
@@ -113,7 +113,8 @@ def save(optimizer: Any, path: PathLike) -> None:
     name = _path_argument(path, "path")
     face = _face_of(optimizer)
     target = writable_target(name)  # checked before any work: a clear error naming `path`
-    document, tensors = _FACES[face].save(optimizer)  # the state's snapshot, taken at once
+    with _holding(optimizer):  # between two steps: no other thread's step is half done
+        document, tensors = _FACES[face].save(optimizer)  # the state's snapshot, taken at once
     from inertia import __version__
 
     document = {
@@ -226,8 +227,21 @@ def load(
             f"{where}: it holds the state of an optimizer of class {document.get('class')}; this optimizer's class is "
             f"{class_name(optimizer)}."
         )
-    commit = _FACES[face].load(optimizer, Context(where, document, arrays, allowed), var_list)
-    commit()
+    with _holding(optimizer):  # checked and changed between two steps of other threads
+        commit = _FACES[face].load(optimizer, Context(where, document, arrays, allowed), var_list)
+        commit()
+
+
+@contextlib.contextmanager
+def _holding(optimizer: Any) -> Iterator[None]:
+    """Hold the lock every step of ``optimizer`` holds (and its inner optimizer's, in the order
+    a loss-scale optimizer's step takes them)."""
+    with contextlib.ExitStack() as stack:
+        for owner in (optimizer, getattr(optimizer, "inner_optimizer", None)):
+            lock = getattr(owner, "_lock", None)
+            if lock is not None:
+                stack.enter_context(lock)
+        yield
 
 
 def read_metadata(path: PathLike) -> dict:
