@@ -644,7 +644,11 @@ KERAS_REFUSALS = {
     ),
     "counter beyond its dtype": (
         dict(tensors={"iteration": np.array(2**40, np.int64)}, document=lambda d: d["counters"].__setitem__("iteration", 2**40)),
-        "(the range of int32)",
+        "< 2147483647 (the range of int32",
+    ),
+    "counter at its dtype's maximum": (
+        dict(tensors={"iteration": np.array(2**31 - 1, np.int32)}, document=lambda d: d["counters"].__setitem__("iteration", 2**31 - 1)),
+        "(the range of int32, less one step)",
     ),
     "float counter": (dict(tensors={"iteration": np.array(3.0, np.float32)}), "must be an integer scalar"),
     "counter unlike its metadata": (dict(document=lambda d: d["counters"].__setitem__("iteration", 7)), "the file is inconsistent"),
@@ -1366,3 +1370,26 @@ def test_save_and_load_wait_for_a_step_in_progress(tmp_path, face):
             assert not done.wait(0.3), f"{action} ran while a step held the lock"
         assert done.wait(30), f"{action} never finished"
         worker.join()
+
+
+def test_a_refused_load_leaves_an_unbuilt_optimizer_unbuilt(tmp_path):
+    """With `var_list`, an unbuilt optimizer is built only once every check passes: a counter
+    at its dtype's maximum (which the face's own loader refuses too) leaves it unbuilt."""
+    from safetensors.numpy import load_file, save_file
+    from safetensors import safe_open
+
+    w = inertia.Variable(np.ones(2, np.float32), name="w")
+    opt = inertia.SGD(0.1, momentum=0.9)
+    opt.apply([np.ones(2, np.float32)], [w])
+    inertia.save(opt, tmp_path / "c")
+    tensors = load_file(tmp_path / "c")
+    with safe_open(tmp_path / "c", "np") as handle:
+        metadata = handle.metadata()
+    document = json.loads(metadata["inertia"])
+    tensors["iteration"] = np.array(2**31 - 1, np.int32)
+    document["counters"]["iteration"] = 2**31 - 1
+    save_file(tensors, tmp_path / "edge", metadata={**metadata, "inertia": json.dumps(document)})
+    fresh = inertia.SGD(0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="counter 'iteration' is 2147483647"):
+        inertia.load(fresh, tmp_path / "edge", var_list=[w])
+    assert not fresh.built

@@ -792,7 +792,7 @@ def test_unavailable_kernels_keep_the_reference_path(monkeypatch):
         for grads in stream:
             optimizer.apply(grads, variables)
         pair.append((optimizer, variables))
-    assert pair[1][0]._fused_plan is None  # the fused path stopped before making a plan
+    assert kernels.load() is None  # asked for, and still missing: every step took the reference path
     assert_bitwise(state(*pair[0]), state(*pair[1]), "without kernels")
 
 

@@ -761,3 +761,20 @@ def test_rejected_inputs_name_the_argument_and_change_nothing(case):
     for optimizer_, variables_ in ((optimizer, variables), (twin, twin_variables)):  # and it goes on as its twin
         optimizer_.apply_gradients([(np.array([0.5, 0.5], "float32"), variables_[0]), (np.array([1.0], "float32"), variables_[1])])
     assert_same_arrays(snapshot(optimizer, variables), snapshot(twin, twin_variables))
+
+
+def test_a_bad_gradient_for_a_new_variable_registers_nothing():
+    """tf.keras' legacy optimizers take new variables at any step; a bad gradient for one
+    (wrong shape, integer) raises before the variable is registered or gets slots."""
+    w = inertia.Variable(np.ones(2, np.float32), name="w")
+    v = inertia.Variable(np.ones(3, np.float32), name="v")
+    opt = inertia.legacy.SGD(0.1, momentum=0.9)
+    opt.apply_gradients([(np.ones(2, np.float32), w)])
+    before = [x.path for x in opt.variables()]
+    for gradient, error in ((np.ones(2, np.float32), ValueError), (np.ones(3, np.int32), TypeError)):
+        with pytest.raises(error):
+            opt.apply_gradients([(np.ones(2, np.float32), w), (gradient, v)])
+        assert [x.path for x in opt.variables()] == before
+        np.testing.assert_array_equal(w.numpy(), np.float32(1) - np.float32(0.1))
+    opt.apply_gradients([(np.ones(2, np.float32), w), (np.ones(3, np.float32), v)])  # a good one registers it
+    assert len(opt.variables()) == len(before) + 1

@@ -274,8 +274,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "optimizer-exclusions-accumulate-across-calls",
         "src/inertia/optimizer.py",
-        "self._exclude_from_weight_decay_ids = {id(v) for v in (var_list or [])}",
-        "self._exclude_from_weight_decay_ids |= {id(v) for v in (var_list or [])}",
+        "self._exclude_from_weight_decay_variables = list(var_list or [])",
+        "self._exclude_from_weight_decay_variables += list(var_list or [])",
         "a second exclude_from_weight_decay(var_list=...) call keeps the first call's variables "
         "excluded (and the fused plan, comparing the same set object, misses the change)",
         ("tests/test_optimizer.py", "tests/test_fused.py", "tests/test_keras_cases.py"),
@@ -317,8 +317,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "optimizer-copy-forgets-exclusions",
         "src/inertia/optimizer.py",
-        "            self._exclude_from_weight_decay_ids = {id(wrappers[i]) for i in excluded}",
-        "            self._exclude_from_weight_decay_ids = set()",
+        "        self._exclude_from_weight_decay_ids = {id(v) for v in getattr(self, \"_exclude_from_weight_decay_variables\", [])}",
+        "        self._exclude_from_weight_decay_ids = set()",
         "a deep-copied or unpickled optimizer decays the variables the user excluded from weight decay",
         ("tests/test_optimizer.py",),
     ),

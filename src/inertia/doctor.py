@@ -46,7 +46,10 @@ def _version(distribution: str) -> Optional[str]:
 
 
 def _compiler() -> str:
-    command = kernel_build.compiler_command()
+    try:
+        command = kernel_build.compiler_command()
+    except ValueError as error:
+        return f"unusable: {error}"
     try:
         done = subprocess.run(command + ["--version"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError) as error:

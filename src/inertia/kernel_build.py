@@ -47,7 +47,11 @@ OPTIONAL_FLAGS = ["-fvect-cost-model=dynamic"]
 
 def user_flags() -> list[str]:
     """``$INERTIA_KERNEL_CFLAGS``, split as a shell would."""
-    return shlex.split(os.environ.get("INERTIA_KERNEL_CFLAGS", ""))
+    text = os.environ.get("INERTIA_KERNEL_CFLAGS", "")
+    try:
+        return shlex.split(text)
+    except ValueError as error:
+        raise ValueError(f"INERTIA_KERNEL_CFLAGS cannot be split as a shell would ({error}). Received: {text!r}") from None
 
 
 def source_digest(source_name: str, folder: Path = HERE) -> str:
@@ -64,7 +68,11 @@ def compiler_command() -> list[str]:
     """The C compiler a run-time build calls: ``$CC``, else Python's own, else ``cc``."""
     import sysconfig
 
-    return shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
+    text = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    try:
+        return shlex.split(text) or ["cc"]
+    except ValueError as error:
+        raise ValueError(f"CC cannot be split as a shell would ({error}). Received: {text!r}") from None
 
 
 def accepted(flags: list[str], compiles: Callable[[Path, list[str]], bool]) -> list[str]:

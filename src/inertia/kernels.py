@@ -126,7 +126,7 @@ def _first_frame_outside_inertia() -> int:
     """The ``stacklevel`` that points the warning at the user's line that stepped."""
     import sys
 
-    package = str(Path(__file__).resolve().parent)
+    package = str(Path(__file__).resolve().parent) + os.sep
     frame, level = sys._getframe(1), 1
     while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
         frame, level = frame.f_back, level + 1
@@ -146,6 +146,8 @@ def load() -> Optional[ModuleType]:
                 _loaded = _import_extension()
             except _Unavailable as error:
                 _reason = str(error)
+            except Exception as error:  # whatever goes wrong, steps take the reference path
+                _reason = f"loading the compiled kernel failed: {type(error).__name__}: {error}"
             _tried = True
             if _reason is not None and _reason != _DISABLED:
                 _warn_slow("the compiled kernel (inertia._kernels)", _reason)
@@ -161,7 +163,7 @@ def _import_extension() -> ModuleType:
         if not _extension_files():
             raise _Unavailable(
                 "inertia was installed without its compiled kernel (the build found no working C compiler); "
-                "install gcc or clang, then reinstall inertia (`pip install --force-reinstall --no-deps --no-binary inertia inertia`, "
+                "install gcc or clang, then reinstall inertia (`pip install --force-reinstall --no-deps --no-cache-dir --no-binary inertia inertia`, "
                 "or `pip install -e .` in a checkout)") from None
         raise _Unavailable(f"the compiled kernel does not load ({error}); reinstall inertia") from None
     built_from = getattr(module, "source_digest", "")
@@ -199,6 +201,8 @@ def load_xla() -> Optional[Any]:
                 _xla_loaded = _build_xla()
             except _Unavailable as error:
                 _xla_reason = str(error)
+            except Exception as error:  # a bad setting ($CC, $INERTIA_KERNEL_CFLAGS): never a failed step
+                _xla_reason = f"building the XLA handler failed: {type(error).__name__}: {error}"
             _xla_tried = True
             if _xla_reason is not None and _xla_reason != _DISABLED:
                 _warn_slow("JAX's fused CPU kernel (the XLA handler)", _xla_reason)
@@ -210,6 +214,8 @@ def _build_xla() -> Any:
 
     if _disabled():
         raise _Unavailable(_DISABLED)
+    if os.name != "posix":  # a private cache needs POSIX owners and modes; the build, .so and pthreads
+        raise _Unavailable(f"the XLA handler is built on POSIX systems only (this is {os.name!r})")
     try:
         import jax.ffi
         import jaxlib
@@ -259,6 +265,30 @@ def _private_folder(folder: Path) -> Path:
     return folder
 
 
+def _close_default_cache(root: Path) -> None:
+    """Make the default cache private where an older inertia left it open (created with the
+    umask, 0775 under Debian's `umask 002`): when it is this user's own folder, close it to
+    0700 and delete every build in it, which another user may have written meanwhile. A
+    folder named by INERTIA_CACHE_DIR is the user's choice and is only checked."""
+    geteuid = getattr(os, "geteuid", None)
+    try:
+        info = root.stat()
+    except OSError:
+        return
+    if geteuid is None or not stat.S_ISDIR(info.st_mode) or info.st_uid != geteuid():
+        return
+    if not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return
+    try:
+        os.chmod(root, 0o700)
+        for build in root.glob("*/*"):
+            if build.is_dir() and not build.is_symlink():
+                continue
+            build.unlink()
+    except OSError:
+        pass  # the check that follows refuses it, with the reason
+
+
 def _cpu_fingerprint() -> str:
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -287,7 +317,10 @@ def _cached_build(source_name: str, includes: list[str], key_parts: list[bytes])
         [digest.encode(), version.encode(), " ".join(candidates).encode(), platform.machine().encode(),
          _cpu_fingerprint().encode()] + key_parts
     )).hexdigest()[:20]
-    folder = _private_folder(cache_dir())
+    root = cache_dir()
+    if not os.environ.get("INERTIA_CACHE_DIR"):
+        _close_default_cache(root)
+    folder = _private_folder(root)
     folder = _private_folder(folder / key)
     stem = Path(source_name).stem
     found = _verified(folder, stem)

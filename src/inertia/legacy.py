@@ -323,7 +323,13 @@ class SGD(_KerasSGD):
                 known = self._trainable_variables_indices
                 new = [v for _, v in pairs if id(v) not in known]
                 if new:
-                    self._add_variables([v for i, v in enumerate(new) if all(v is not w for w in new[:i])])
+                    unique = [v for i, v in enumerate(new) if all(v is not w for w in new[:i])]
+                    # Checked before the new variables get slots: a bad one changes nothing.
+                    self._check_targets(self._trainable_variables + unique, "grads_and_vars")
+                    for gradient, variable in pairs:
+                        if id(variable) not in known:
+                            self._check_gradient(gradient, variable)
+                    self._add_variables(unique)
         return super().apply_gradients(pairs, name=name, skip_gradients_aggregation=not experimental_aggregate_gradients)
 
     def _name_of(self, target: Any) -> str:

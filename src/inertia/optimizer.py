@@ -280,6 +280,7 @@ class Optimizer:
         self._trainable_variables_indices: dict[int, int] = {}
         self._model_variables_moving_average: list[Optional[Variable]] = []
         self._accumulated_gradients: list[Optional[Variable]] = []
+        self._exclude_from_weight_decay_variables: list = []
         self._exclude_from_weight_decay_ids: set[int] = set()
         self._exclude_from_weight_decay_pattern: Optional[re.Pattern] = None
         self._compiled = CompiledSteps()
@@ -636,7 +637,10 @@ class Optimizer:
                 pattern = re.compile("|".join(sorted(set(names))))
             except re.error as error:
                 raise ValueError(f"Argument `var_names` holds an invalid regular expression: var_names={names!r} ({error})") from None
-        self._exclude_from_weight_decay_ids = {id(v) for v in (var_list or [])}
+        # The variables themselves are kept (not only their ids): a copy of the optimizer keys
+        # its exclusions by the copied variables.
+        self._exclude_from_weight_decay_variables = list(var_list or [])
+        self._exclude_from_weight_decay_ids = {id(v) for v in self._exclude_from_weight_decay_variables}
         self._exclude_from_weight_decay_pattern = pattern
 
     def _use_weight_decay(self, variable: Variable) -> bool:
@@ -662,16 +666,17 @@ class Optimizer:
         """Sum gradients across replicas: identity on one process (a distributed engine's hook)."""
         return grads_and_vars
 
-    @locked
     def apply_gradients(
         self, grads_and_vars: Iterable[tuple], name: Optional[str] = None, skip_gradients_aggregation: bool = False
     ) -> Variable:
         """Apply ``(gradient, variable)`` pairs; returns the iteration counter variable."""
         pairs = checked_pairs(grads_and_vars)
         if not skip_gradients_aggregation:
+            # Outside the optimizer's lock: an all-reduce here waits for the other replicas,
+            # which may be threads stepping this very optimizer (tf.distribute's mirrored replicas).
             pairs = list(self.aggregate_gradients(pairs))
         grads, variables = zip(*pairs)
-        self.apply(list(grads), list(variables))
+        self.apply(list(grads), list(variables))  # holds the lock
         return self._iterations
 
     @locked
@@ -1190,36 +1195,26 @@ class Optimizer:
         return f"<inertia.{type(self).__name__} name={self.name!r} built={self.built}>"
 
     def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
+        with self._lock:  # a copy taken while another thread steps gets a whole step
+            state = dict(self.__dict__)
         state["_compiled"] = CompiledSteps()  # compiled functions are rebuilt on demand
         state["_fused_plan"] = None
         state.pop("_lock", None)  # a lock is not state (and cannot be pickled): each copy gets its own
-        # Indexes keyed by id() mean nothing in a copy: they travel as positions and are
-        # keyed again by the copied variables in __setstate__.
-        indices = state.pop("_trainable_variables_indices", None)
-        excluded = state.pop("_exclude_from_weight_decay_ids", set())
-        wrappers = state.get("_trainable_variables") or []
-        if indices is not None:
-            state["_excluded_positions"] = sorted(
-                index for index, wrapper in enumerate(wrappers)
-                if id(wrapper) in excluded or (wrapper._aliases_native and id(wrapper.value) in excluded)
-            )
+        # Indexes keyed by id() mean nothing in a copy: they are keyed again by the copied
+        # variables in __setstate__.
+        state.pop("_trainable_variables_indices", None)
+        state.pop("_exclude_from_weight_decay_ids", None)
         return state
 
     def __setstate__(self, state: dict) -> None:
-        excluded = state.pop("_excluded_positions", None)
         self.__dict__.update(state)
         self._lock = threading.RLock()
-        if excluded is not None:
-            wrappers = self._trainable_variables
-            self._trainable_variables_indices = {}
-            for index, wrapper in enumerate(wrappers):
-                self._trainable_variables_indices[id(wrapper)] = index
-                if wrapper._aliases_native:
-                    self._trainable_variables_indices[id(wrapper.value)] = index
-            self._exclude_from_weight_decay_ids = {id(wrappers[i]) for i in excluded}
-        else:
-            self._exclude_from_weight_decay_ids = set()
+        self._trainable_variables_indices = {}
+        for index, wrapper in enumerate(getattr(self, "_trainable_variables", None) or []):
+            self._trainable_variables_indices[id(wrapper)] = index
+            if wrapper._aliases_native:
+                self._trainable_variables_indices[id(wrapper.value)] = index
+        self._exclude_from_weight_decay_ids = {id(v) for v in getattr(self, "_exclude_from_weight_decay_variables", [])}
 
 
 # ----------------------------------------------------------------------------------------

@@ -384,12 +384,13 @@ class SGD(torch.optim.Optimizer):
                     param.grad.zero_()
 
     # --- the step ---------------------------------------------------------------------------
-    @locked
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
         """One optimisation step (a micro-step under gradient accumulation).
 
-        Every check runs before any parameter or state changes.
+        Every check runs before any parameter or state changes. The closure runs before the
+        step takes the optimizer's lock: a backward that waits for other threads (replicas
+        that step this optimizer) must not wait behind it.
         """
         if self._ema_swapped:
             raise RuntimeError("The EMA weights are swapped in; call `swap_ema_weights()` again before stepping.")
@@ -397,6 +398,12 @@ class SGD(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        with self._lock:
+            return self._locked_step(loss)
+
+    def _locked_step(self, loss: Any) -> Any:
+        if self._ema_swapped:  # swapped in by another thread meanwhile
+            raise RuntimeError("The EMA weights are swapped in; call `swap_ema_weights()` again before stepping.")
         if self._flat is not None:
             self._flat.sync()  # raises, changing nothing, if a model parameter left its buffer
             updates = self._updates

@@ -85,9 +85,10 @@ def _register() -> bool:
                     import jax
 
                     try:
-                        jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(library.inertia_sgd_step), platform="cpu")
+                        handler = library.inertia_sgd_step
+                        jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(handler), platform="cpu")
                         _registered = True
-                    except Exception:  # a jax whose FFI differs: the reference path serves
+                    except Exception:  # a library without the symbol, a jax whose FFI differs: the reference path serves
                         _registered = False
     return _registered
 

@@ -182,8 +182,10 @@ def check_counter(
         return None
     value = stored.integer()
     high = int(np.iinfo(dtype).max) if dtype in INTEGER_DTYPES else None
-    if value < 0 or (high is not None and value > high) or (limit is not None and value >= limit):
-        bound = f"< {limit}" if limit is not None else f"<= {high} (the range of {dtype})"
+    # The dtype's maximum itself is out of range, as the faces' own loaders hold: one more
+    # step would overflow it.
+    if value < 0 or (high is not None and value >= high) or (limit is not None and value >= limit):
+        bound = f"< {limit}" if limit is not None else f"< {high} (the range of {dtype}, less one step)"
         problems.append(f"counter {name!r} is {value}; it must be >= 0 and {bound}")
     counters = context.document.get("counters")
     if not isinstance(counters, dict) or counters.get(name) != value:

@@ -155,7 +155,7 @@ def apply(optimizer: Any, grads: list, trainable_variables: Optional[Sequence[An
     caller then runs the reference path.
     """
     description = optimizer.describe_step()
-    if description is None or not host.enabled() or host.kernels.load() is None:
+    if description is None or not host.enabled():
         return False
     if not optimizer.built:
         optimizer._prepare(grads, trainable_variables)  # checks everything, then builds
@@ -165,7 +165,9 @@ def apply(optimizer: Any, grads: list, trainable_variables: Optional[Sequence[An
     if len(grads) != len(targets):
         return False
     plan = _current_plan(optimizer, targets)
-    if plan is None:
+    # Loaded only for a step the kernel would run: a missing kernel then warns, and steps it
+    # would never serve (JAX, CUDA, float16) stay silent.
+    if plan is None or host.kernels.load() is None:
         return False
     answer = _run(optimizer, description, plan, grads)
     if answer == host.MOVED:  # a resized array, a tensor given new storage: plan again, once
