@@ -989,7 +989,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "checkpoint-counter-range-unchecked",
         "src/inertia/checkpoint/checks.py",
-        "if value < 0 or (high is not None and value > high) or (limit is not None and value >= limit):",
+        "if value < 0 or (high is not None and value >= high) or (limit is not None and value >= limit):",
         "if False:",
         "a negative or overflowing counter (or a loss-scale step counter past dynamic_growth_steps) is loaded",
         ("tests/test_checkpoint.py",),

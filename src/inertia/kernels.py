@@ -52,7 +52,7 @@ from inertia import kernel_build
 
 __all__ = [
     "load", "load_xla", "unavailable_reason", "xla_unavailable_reason", "cache_dir", "thread_count",
-    "PerformanceWarning",
+    "PerformanceWarning", "known_missing", "private_cache_problem",
 ]
 
 
@@ -175,6 +175,12 @@ def _import_extension() -> ModuleType:
         raise _Unavailable(f"the compiled kernel {module.__file__} was built from other sources than the installed ones; "
                            "rebuild it (`pip install -e .`, or `python setup.py build_ext --inplace` in a checkout)")
     return module
+
+
+def known_missing() -> bool:
+    """Whether the extension is known to be unavailable (turned off, or tried and missing),
+    without trying it: a step checks this before it plans for the kernel."""
+    return _disabled() or (_tried and _loaded is None)
 
 
 def _extension_module() -> ModuleType:

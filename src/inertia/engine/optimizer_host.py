@@ -155,7 +155,7 @@ def apply(optimizer: Any, grads: list, trainable_variables: Optional[Sequence[An
     caller then runs the reference path.
     """
     description = optimizer.describe_step()
-    if description is None or not host.enabled():
+    if description is None or not host.enabled() or host.kernels.known_missing():
         return False
     if not optimizer.built:
         optimizer._prepare(grads, trainable_variables)  # checks everything, then builds
