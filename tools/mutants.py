@@ -981,7 +981,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "checkpoint-live-temporaries-removed",
         "src/inertia/checkpoint/file.py",
-        "or _process_exists(int(match[\"pid\"]))",
+        "or process_exists(int(match[\"pid\"]))",
         "",
         "a save removes the temporary file another live process is writing, whose rename then fails",
         ("tests/test_checkpoint.py",),

@@ -49,6 +49,7 @@ from types import ModuleType
 from typing import Any, Optional
 
 from inertia import kernel_build
+from inertia._processes import process_exists
 
 __all__ = [
     "load", "load_xla", "unavailable_reason", "xla_unavailable_reason", "cache_dir", "thread_count",
@@ -360,21 +361,13 @@ def _remove_stale_temporaries(folder: Path) -> None:
         parts = path.name.split(".")
         pid = int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else None
         try:
-            alive = pid is not None and _process_alive(pid)
+            alive = pid is not None and process_exists(pid)
             if not alive or time.time() - path.stat().st_mtime > _STALE_TEMPORARY_S:
                 path.unlink()
         except OSError:
             continue
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # it exists, as another user's process
-        return True
-    return True
 
 
 def _compile(compiler: list[str], flags: list[str], source: Path, includes: list[str], folder: Path, stem: str) -> Path:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from inertia._processes import process_exists
 from inertia.checkpoint.arrays import DTYPE_OF_CODE, ArrayBytes
 
 FORMAT = "inertia.optimizer-checkpoint"
@@ -177,7 +178,7 @@ def _remove_stale_temporaries(directory: str, base: str) -> None:
         return
     for entry in names:
         match = pattern.match(entry)
-        if match is None or match["host"] != host or int(match["pid"]) == own or _process_exists(int(match["pid"])):
+        if match is None or match["host"] != host or int(match["pid"]) == own or process_exists(int(match["pid"])):
             continue
         try:
             os.unlink(os.path.join(directory, entry))
@@ -185,14 +186,6 @@ def _remove_stale_temporaries(directory: str, base: str) -> None:
             pass
 
 
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. another user's process: it exists
-        return True
-    return True
 
 
 # ----------------------------------------------------------------------------------------
