@@ -8,11 +8,17 @@ The optimizer (``optimizer.py``) owns the order in which these stages run.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from inertia.backend.base import ArrayBackend
 
+# Sums squared norms across the ranks that hold shards of the same gradients (ZeRO's
+# partitions, a DTensor's local shards): local squared sums in, global ones out, in one
+# collective for the whole list. None: the gradients are whole, nothing to reduce.
+SquaresReducer = Callable[[list], list]
+
 __all__ = [
+    "SquaresReducer",
     "unscale",
     "accumulate",
     "accumulated_mean",
@@ -44,21 +50,33 @@ def accumulated_mean(ops: ArrayBackend, gradient: Any, accumulator: Any, steps: 
     return (gradient + accumulator) / _scalar(ops, steps, gradient)
 
 
-def clip_by_norm(ops: ArrayBackend, gradient: Any, clipnorm: float) -> Any:
+def clip_by_norm(ops: ArrayBackend, gradient: Any, clipnorm: float, squared: Any = None) -> Any:
     """Per-tensor norm clipping: ``g * c / max(||g||, c)``.
 
     Like Keras, the result is ``(g*c)/c`` even when no clipping is needed, and the norm of
     an all-zero gradient is taken as 0 without a square root (its gradient would be NaN).
+    ``squared``: the squared norm when it is known already (summed across shards).
     """
     c = _scalar(ops, clipnorm, gradient)
-    squared = ops.sum(ops.square(gradient), keepdims=True)
+    if squared is None:
+        squared = ops.sum(ops.square(gradient), keepdims=True)
     positive = squared > 0
     norm = ops.where(positive, ops.sqrt(ops.where(positive, squared, 1)), squared)
     return (gradient * c) / ops.maximum(norm, c)
 
 
+def squared_norms(ops: ArrayBackend, gradients: Sequence[Any], reduce_squares: Optional[SquaresReducer]) -> list:
+    """Each gradient's squared norm (a 0-d array), summed across shards by ``reduce_squares``."""
+    squares = [ops.sum(ops.square(g)) for g in gradients]
+    return squares if reduce_squares is None else list(reduce_squares(squares))
+
+
 def clip_by_global_norm(
-    ops: ArrayBackend, gradients: Sequence[Any], clipnorm: float, reciprocal_in_dtype: bool = False
+    ops: ArrayBackend,
+    gradients: Sequence[Any],
+    clipnorm: float,
+    reciprocal_in_dtype: bool = False,
+    reduce_squares: Optional[SquaresReducer] = None,
 ) -> list:
     """Scale all gradients together so that their joint norm is at most ``clipnorm``.
 
@@ -67,12 +85,16 @@ def clip_by_global_norm(
     Keras 3 rounds ``1/c`` once from the Python float; ``reciprocal_in_dtype`` forms it as
     ``tf.clip_by_global_norm`` does (tf.keras legacy), ``1 / c`` with ``c`` already in the
     norm's dtype: the two differ in the last bit for thresholds such as 1.7 in float32.
+    ``reduce_squares`` sums the local total across the ranks that hold the other shards
+    (one scalar per step).
     """
-    squared_norms = [ops.sum(ops.square(g)) for g in gradients]
-    dtype = _widest(ops, squared_norms)
-    total = ops.cast(squared_norms[0], dtype)
-    for value in squared_norms[1:]:
+    squares = [ops.sum(ops.square(g)) for g in gradients]
+    dtype = _widest(ops, squares)
+    total = ops.cast(squares[0], dtype)
+    for value in squares[1:]:
         total = total + ops.cast(value, dtype)
+    if reduce_squares is not None:
+        (total,) = reduce_squares([total])
     norm = ops.sqrt(total)
     c = ops.scalar(clipnorm, dtype, like=norm)
     if reciprocal_in_dtype:
@@ -95,12 +117,19 @@ def clip(
     clipnorm: Optional[float],
     global_clipnorm: Optional[float],
     clipvalue: Optional[float],
+    reduce_squares: Optional[SquaresReducer] = None,
 ) -> list:
-    """Keras' clipping: the first of clipnorm, global_clipnorm, clipvalue that is > 0."""
+    """Keras' clipping: the first of clipnorm, global_clipnorm, clipvalue that is > 0.
+
+    ``reduce_squares``: for sharded gradients, the norms are the whole tensors' (one
+    collective for the list, see :data:`SquaresReducer`)."""
     if clipnorm and clipnorm > 0:
-        return [clip_by_norm(ops, g, clipnorm) for g in gradients]
+        if reduce_squares is None:
+            return [clip_by_norm(ops, g, clipnorm) for g in gradients]
+        squares = squared_norms(ops, gradients, reduce_squares)
+        return [clip_by_norm(ops, g, clipnorm, squared) for g, squared in zip(gradients, squares)]
     if global_clipnorm and global_clipnorm > 0:
-        return clip_by_global_norm(ops, gradients, global_clipnorm)
+        return clip_by_global_norm(ops, gradients, global_clipnorm, reduce_squares=reduce_squares)
     if clipvalue and clipvalue > 0:
         return [clip_by_value(ops, g, clipvalue) for g in gradients]
     return list(gradients)
