@@ -1,0 +1,47 @@
+"""Scale-out on the engines people already run: torch.distributed (DDP, ZeRO, FSDP2) and
+JAX sharding. inertia adds no communication engine of its own; it adds the two hooks an
+optimizer needs to give a single process' numbers under them:
+
+* **gradient aggregation**, a stage of every face that runs on real update steps only,
+  after the accumulation mean and before clipping (``Optimizer.aggregate_gradients``, the
+  torch face's ``aggregate=``). A :class:`GradientAggregator` is a ready-made one:
+  :func:`inertia.distributed.torch.all_reduce_mean` (a torch.distributed group) and
+  :func:`inertia.distributed.jax.pmean` (a named axis of ``shard_map`` / ``pmap``).
+* **norms of sharded gradients**: clipping sums the local squared norms across the ranks
+  that hold the other shards in one collective (``pipeline.SquaresReducer``), for ZeRO's
+  partitions (``clip_group=``) and DTensor's local shards.
+
+Backend modules (``torch``, ``jax``, ``dtensor``) are imported on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+__all__ = ["GradientAggregator"]
+
+
+class GradientAggregator:
+    """A gradient-aggregation stage: ``reduce(gradients) -> gradients``, one array in and
+    out per gradient, in order. Called with a list of gradients (the torch face's
+    ``aggregate=``) or of ``(gradient, variable)`` pairs (the Keras faces'
+    ``aggregate_gradients``), it returns the same structure.
+
+    Every rank must call it on every real update step with the same number of gradients,
+    as any collective requires.
+    """
+
+    def reduce(self, gradients: list) -> list:  # pragma: no cover - the subclasses' work
+        raise NotImplementedError
+
+    def __call__(self, items: Sequence[Any]) -> list:
+        items = list(items)
+        pairs = bool(items) and all(isinstance(item, tuple) and len(item) == 2 for item in items)
+        gradients = [item[0] for item in items] if pairs else items
+        reduced = list(self.reduce(gradients))
+        if len(reduced) != len(gradients):
+            raise ValueError(
+                f"{type(self).__name__}.reduce returned {len(reduced)} gradients for {len(gradients)}; "
+                "an aggregator returns one gradient per gradient, in order."
+            )
+        return [(g, item[1]) for g, item in zip(reduced, items)] if pairs else reduced
