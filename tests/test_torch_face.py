@@ -86,7 +86,15 @@ def checkpoint(state_dict):
 def snapshot(optimizer, params):
     """Clones of the params and of every state tensor, and the counters."""
     state = {i: {k: v.clone() for k, v in optimizer.state[p].items()} for i, p in enumerate(params) if p in optimizer.state}
-    return [p.detach().clone() for p in params], state, optimizer.state_dict()["inertia"]
+    return [p.detach().clone() for p in params], state, counters_of(optimizer.state_dict())
+
+
+def counters_of(state_dict):
+    """The step counters a state dict holds: in every param group, the same in each."""
+    found = {(g["micro_steps"], g["updates"]) for g in state_dict["param_groups"]}
+    assert len(found) == 1, found
+    micro_steps, updates = found.pop()
+    return {"micro_steps": micro_steps, "updates": updates}
 
 
 def assert_unchanged(optimizer, params, before):
@@ -210,13 +218,14 @@ def test_matches_torch_sgd_bit_for_bit_after_every_step(seed):
     # torch's state_dict layout, plus inertia's counters and per-group clipping options
     mine, theirs = ours.state_dict(), reference.state_dict()
     assert {k: sorted(v) for k, v in mine["state"].items()} == {k: sorted(v) for k, v in theirs["state"].items()}
+    counted = sum(any(g is not None for g in grads) for grads in scenario.gradients)
+    assert counters_of(mine) == {"micro_steps": counted, "updates": counted}
     for our_group, their_group in zip(mine["param_groups"], theirs["param_groups"]):
         assert our_group.pop("clipnorm") is None and our_group.pop("clipvalue") is None
+        our_group.pop("micro_steps"), our_group.pop("updates")
         our_group.pop("foreach"), their_group.pop("foreach")
         assert our_group == their_group
     # a step without any gradient changes nothing, its counters included (torch.optim.SGD does nothing then)
-    counted = sum(any(g is not None for g in grads) for grads in scenario.gradients)
-    assert mine["inertia"] == {"micro_steps": counted, "updates": counted}
     assert ours.updates == counted
 
 
@@ -337,18 +346,18 @@ def test_loading_torchs_state_dict_resets_counters_and_keeps_constructor_clippin
     params, ours = interchange_model(SGD, clipnorm=0.5)
     ours.param_groups[1]["clipnorm"] = 2.0
     train(ours, params, INTERCHANGE_GRADS[:3])
-    assert ours.updates == 3 and ours.state_dict()["inertia"] == {"micro_steps": 3, "updates": 3}
+    assert ours.updates == 3 and counters_of(ours.state_dict()) == {"micro_steps": 3, "updates": 3}
     own_state = ours.state_dict()
     torch_params, reference = interchange_model(torch.optim.SGD)
     train(reference, torch_params, INTERCHANGE_GRADS[:2])
     ours.load_state_dict(checkpoint(reference.state_dict()))
-    assert ours.updates == 0 and ours.state_dict()["inertia"] == {"micro_steps": 0, "updates": 0}
+    assert ours.updates == 0 and counters_of(ours.state_dict()) == {"micro_steps": 0, "updates": 0}
     assert [g["clipnorm"] for g in ours.param_groups] == [0.5, 0.5]
     assert [g["clipvalue"] for g in ours.param_groups] == [None, None]
     assert_same_momentum_buffers(ours, reference, params, torch_params)
     ours.load_state_dict(own_state)  # its own state dict brings back the override and counters
     assert [g["clipnorm"] for g in ours.param_groups] == [0.5, 2.0]
-    assert ours.updates == 3 and ours.state_dict()["inertia"] == {"micro_steps": 3, "updates": 3}
+    assert ours.updates == 3 and counters_of(ours.state_dict()) == {"micro_steps": 3, "updates": 3}
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, "3", None, True])
@@ -359,10 +368,15 @@ def test_bad_counters_in_a_state_dict_are_rejected_before_loading(bad):
     other_params, other = interchange_model(SGD)
     train(other, other_params, INTERCHANGE_GRADS[2:5])
     before = snapshot(ours, params)
-    with pytest.raises(ValueError, match=rf"state_dict\['inertia'\]\['updates'\].*{bad!r}"):
+    with pytest.raises(ValueError, match=rf"state_dict\['inertia'\]\['updates'\].*{bad!r}"):  # inertia 0.1's layout
         ours.load_state_dict({**other.state_dict(), "inertia": {"micro_steps": 1, "updates": bad}})
     assert_unchanged(ours, params, before)
-    assert ours.state_dict()["inertia"] == state["inertia"]
+    in_groups = other.state_dict()
+    in_groups["param_groups"][-1]["updates"] = bad
+    with pytest.raises(ValueError, match=rf"'updates'.*{bad!r}|different 'updates' counters"):
+        ours.load_state_dict(in_groups)
+    assert_unchanged(ours, params, before)
+    assert counters_of(ours.state_dict()) == counters_of(state)
 
 
 def _changed(path, value):
@@ -406,8 +420,12 @@ BAD_STATE_DICTS = {
     "group with an optimizer-wide key": (_changed(("param_groups", 0, "use_ema"), True), ValueError, r"\[0\]: .*use_ema.*whole optimizer"),
     "one group too few": (_changed(("param_groups",), lambda groups: groups[:1]), ValueError, r"has 1 groups but this optimizer has 2"),
     "a parameter too many": (_changed(("param_groups", 0, "params"), lambda ids: ids + [9]), ValueError, r"\[0\] lists 2 parameters.*has 1"),
-    "updates at the int64 limit": (_changed(("inertia", "updates"), 2**63 - 1), ValueError, r"\['updates'\] must be below 9223372036854775807"),
-    "micro_steps past the int64 limit": (_changed(("inertia", "micro_steps"), 2**70), ValueError, r"\['micro_steps'\].*1180591620717411303424"),
+    "updates at the int64 limit": (_changed(("param_groups", 0, "updates"), 2**63 - 1), ValueError, r"\[0\]: .*'updates' must be below 9223372036854775807"),
+    "micro_steps past the int64 limit": (_changed(("param_groups", 1, "micro_steps"), 2**70), ValueError, r"\[1\]: .*'micro_steps'.*1180591620717411303424"),
+    "groups with different counters": (_changed(("param_groups", 1, "updates"), 1), ValueError, r"different 'updates' counters \[1, 3\]"),
+    "a group repeating an optimizer-wide key with another value": (
+        _changed(("param_groups", 1, "global_clipnorm"), 1.0), ValueError, r"\[1\]: .*global_clipnorm=1\.0.*whole optimizer, whose value is None"
+    ),
 }
 
 
@@ -483,7 +501,7 @@ def test_copies_keep_counters_extras_and_train_identically(how):
     train(ours, params, INTERCHANGE_GRADS[:5])  # 2 updates, then a pending micro-step
     duplicate = copy.deepcopy(ours) if how == "deepcopy" else pickle.loads(pickle.dumps(ours))
     assert type(duplicate) is SGD
-    assert duplicate.state_dict()["inertia"] == ours.state_dict()["inertia"] == {"micro_steps": 5, "updates": 2}
+    assert counters_of(duplicate.state_dict()) == counters_of(ours.state_dict()) == {"micro_steps": 5, "updates": 2}
     assert duplicate.updates == 2
     for key, value in EXTRAS.items():
         assert getattr(duplicate, key) == value
@@ -787,7 +805,7 @@ def test_accumulation_applies_the_mean_gradient_every_third_step(dtype):
         in_dtype = [[torch.tensor(g[i], dtype=dtype) for g in grads] for i in range(2)]
         replace_grads(reference_params, [(g1 + g2 + g3) / 3 for g1, g2, g3 in in_dtype])
         reference.step()
-        assert ours.updates == cycle + 1 and ours.state_dict()["inertia"]["micro_steps"] == 3 * cycle + 3
+        assert ours.updates == cycle + 1 and counters_of(ours.state_dict())["micro_steps"] == 3 * cycle + 3
         assert_bitwise_equal(our_params, reference_params)
         assert_same_momentum_buffers(ours, reference, our_params, reference_params)
         for p in our_params:
@@ -846,9 +864,30 @@ def test_constructor_errors_name_the_argument_and_value(kwargs, error, message):
 
 
 @pytest.mark.parametrize("key", ["global_clipnorm", "use_ema", "ema_momentum", "ema_overwrite_frequency", "gradient_accumulation_steps"])
-def test_an_optimizer_wide_option_in_a_group_is_refused(key):
-    with pytest.raises(ValueError, match=rf"\['{key}'\] apply to the whole optimizer"):
+def test_an_optimizer_wide_option_in_a_group_with_another_value_is_refused(key):
+    with pytest.raises(ValueError, match=rf"sets {key}=2, but {key} applies to the whole optimizer"):
         SGD([{"params": parameters([[1.0]]), key: 2}], lr=0.1)
+    ours = SGD(parameters([[1.0]]), lr=0.1)
+    ours.param_groups[0][key] = 2  # set after construction: refused at the step, nothing changed
+    before = [p.detach().clone() for p in ours.param_groups[0]["params"]]
+    set_grads(ours.param_groups[0]["params"], [[1.0]])
+    with pytest.raises(ValueError, match=rf"sets {key}=2"):
+        ours.step()
+    assert_bitwise_equal(list(ours.param_groups[0]["params"]), before) and ours.updates == 0
+
+
+def test_optimizer_wide_options_repeated_in_groups_are_accepted_as_zero_redundancy_optimizer_copies_them():
+    wide = dict(global_clipnorm=0.5, use_ema=True, ema_momentum=0.9, ema_overwrite_frequency=2, gradient_accumulation_steps=2)
+    params, twin_params = parameters([[1.0, 2.0], [3.0]]), parameters([[1.0, 2.0], [3.0]])
+    ours = SGD([{"params": params, **wide}], lr=0.1, momentum=0.9, **wide)
+    twin = SGD(twin_params, lr=0.1, momentum=0.9, **wide)
+    for _ in range(4):
+        set_grads(params, [[1.0, -2.0], [3.0]])
+        set_grads(twin_params, [[1.0, -2.0], [3.0]])
+        ours.step()
+        twin.step()
+    assert_bitwise_equal(params, twin_params)
+    assert ours.updates == twin.updates == 2
 
 
 def trained_pair(**options):
@@ -961,7 +1000,7 @@ def test_a_step_without_any_gradient_changes_nothing(options):
     train(ours, params, INTERCHANGE_GRADS[3:])  # the gradless steps did not count
     train(twin, twin_params, INTERCHANGE_GRADS[3:])
     assert_bitwise_equal(params, twin_params)
-    assert ours.state_dict()["inertia"] == twin.state_dict()["inertia"]
+    assert counters_of(ours.state_dict()) == counters_of(twin.state_dict())
 
 
 def _step_from_threads(optimizer, params, threads: int, steps: int) -> None:

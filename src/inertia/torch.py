@@ -40,14 +40,22 @@ from inertia.engine.step import MODE_NONE, GroupSettings
 from inertia.engine.step import TORCH as TORCH_STEP
 from inertia.optimizer import locked
 from inertia.rule import sgd_update
+from inertia.distributed.torch import all_reduce_mean
 from inertia.torch_flat import FlatParameters
 
-__all__ = ["SGD", "FlatParameters"]
+__all__ = ["SGD", "FlatParameters", "all_reduce_mean"]
 
 _GROUP_EXTRAS = {"clipnorm": None, "clipvalue": None}
 _GRAD = operator.attrgetter("grad")
 _DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
-_OPTIMIZER_WIDE = ("global_clipnorm", "use_ema", "ema_momentum", "ema_overwrite_frequency", "gradient_accumulation_steps")
+_OPTIMIZER_WIDE = (
+    "global_clipnorm", "use_ema", "ema_momentum", "ema_overwrite_frequency", "gradient_accumulation_steps",
+    "clip_group", "aggregate",
+)
+_COMMUNICATION = ("clip_group", "aggregate")
+# The step counters live in every param group (each holds the same values): where torch's
+# state_dict hooks, ZeroRedundancyOptimizer's consolidation and other wrappers carry them.
+_COUNTER_KEYS = ("micro_steps", "updates")
 # A loaded group may lack what older torch versions did not save (filled in by __setstate__).
 _GROUP_FALLBACKS = {"nesterov": False, "maximize": False, "foreach": None, "differentiable": False, "fused": False}
 # The per-parameter state this optimizer keeps: each a tensor of the parameter's shape (or None).
@@ -81,8 +89,10 @@ def _check_number(name: str, value: Any, *, minimum: Optional[float] = 0.0, opti
         raise ValueError(f"{text} (argument `{name}`, received {value!r})")
 
 
-def _check_group(group: dict) -> None:
-    """torch.optim.SGD's checks, applied to every group, plus inertia's own."""
+def _check_group(group: dict, optimizer_wide: Optional[Mapping] = None) -> None:
+    """torch.optim.SGD's checks, applied to every group, plus inertia's own. A group may
+    repeat an optimizer-wide option (ZeroRedundancyOptimizer copies every constructor
+    keyword into each group) with the optimizer's own value, ``optimizer_wide``."""
     _check_number("lr", group["lr"])
     _check_number("momentum", group["momentum"])
     _check_number("dampening", group["dampening"], minimum=None)
@@ -104,9 +114,59 @@ def _check_group(group: dict) -> None:
             "Only one of `clipnorm` and `clipvalue` can be set for a param group. "
             f"Received: clipnorm={group['clipnorm']}, clipvalue={group['clipvalue']}"
         )
-    wide = [key for key in _OPTIMIZER_WIDE if key in group]
+    own = optimizer_wide or {}
+    wide = [key for key in _OPTIMIZER_WIDE if key in group and not (key in own and _same(group[key], own[key]))]
     if wide:
+        key = wide[0]
+        if key in own:
+            raise ValueError(
+                f"A param group sets {key}={group[key]!r}, but {key} applies to the whole optimizer, whose value is "
+                f"{own[key]!r}: a group may only repeat it (as ZeroRedundancyOptimizer copies it into each group)."
+            )
         raise ValueError(f"{wide} apply to the whole optimizer and cannot be set per param group.")
+    for key in _COUNTER_KEYS:
+        if key in group:
+            _check_counter(f"param group key {key!r}", group[key])
+
+
+def _same(value: Any, own: Any) -> bool:
+    """Whether a group's copy of an optimizer-wide option is the optimizer's value: equal
+    numbers or names; the very object for anything else (a process group, a callable)."""
+    if value is own:
+        return True
+    if isinstance(value, bool) or isinstance(own, bool):
+        return isinstance(value, bool) and isinstance(own, bool) and value == own
+    if isinstance(value, numbers.Real) and isinstance(own, numbers.Real):
+        return value == own
+    return isinstance(value, str) and isinstance(own, str) and value == own
+
+
+def _check_counter(where: str, value: Any) -> None:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{where} must be an integer >= 0. Received: {value!r}")
+    if value >= _COUNTER_LIMIT:
+        raise ValueError(f"{where} must be below {_COUNTER_LIMIT} (an int64 counter; nothing is wrapped). Received: {value!r}")
+
+
+def _check_clip_group(clip_group: Any, global_clipnorm: Optional[float]) -> None:
+    if clip_group is None:
+        return
+    if clip_group != "world" and not _is_process_group(clip_group):
+        raise TypeError(
+            "Argument `clip_group` must be a torch.distributed process group, or 'world' for the default group "
+            f"(a name that pickles, for state dicts that carry it). Received: clip_group={clip_group!r}"
+        )
+    if global_clipnorm is None:
+        raise ValueError(
+            "Argument `clip_group` sums global_clipnorm's norm over the ranks that hold the other shards; it needs "
+            f"global_clipnorm. Received: clip_group={clip_group!r}, global_clipnorm=None"
+        )
+
+
+def _is_process_group(value: Any) -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and isinstance(value, dist.ProcessGroup)
 
 
 class SGD(torch.optim.Optimizer):
@@ -148,6 +208,18 @@ class SGD(torch.optim.Optimizer):
             every N-th applies their mean (clipping and EMA act on real updates only). A
             micro-step without a gradient for a param counts as zero for it; a param with no
             gradient in the whole cycle is skipped.
+        aggregate: a callable on the list of this step's gradients returning their
+            aggregates (one per gradient, same shapes), run on real updates only, after
+            the accumulation mean and before clipping: with DDP's ``no_sync()`` on every
+            micro-step and ``aggregate=inertia.torch.all_reduce_mean()``, replicas
+            communicate once per update. Every rank must step together.
+        clip_group: a torch.distributed group (or ``"world"``) over whose ranks
+            global_clipnorm's norm is summed, for state sharded by parameter
+            (ZeroRedundancyOptimizer): one all_reduce of one scalar per update, which
+            every rank joins, one whose shard has no gradient included.
+
+    The step counters (``micro_steps``, ``updates``) live in every param group, where
+    ``state_dict``, its hooks and ZeroRedundancyOptimizer's consolidation carry them.
 
     Example:
         >>> import torch, inertia.torch
@@ -179,6 +251,8 @@ class SGD(torch.optim.Optimizer):
         ema_momentum: float = 0.99,
         ema_overwrite_frequency: Optional[int] = None,
         gradient_accumulation_steps: Optional[int] = None,
+        aggregate: Optional[Callable[[list], list]] = None,
+        clip_group: Any = None,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -211,13 +285,17 @@ class SGD(torch.optim.Optimizer):
         ):
             if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < least):
                 raise ValueError(f"`{name}` must be an integer >= {least} or None. Received: {name}={value!r}")
+        if aggregate is not None and not callable(aggregate):
+            raise TypeError(f"Argument `aggregate` must be a callable on a list of gradients, or None. Received: aggregate={aggregate!r}")
+        _check_clip_group(clip_group, global_clipnorm)
+        self.aggregate = aggregate
+        self.clip_group = clip_group
         self.global_clipnorm = None if global_clipnorm is None else float(global_clipnorm)
         self.use_ema = use_ema
         self.ema_momentum = float(ema_momentum)
         self.ema_overwrite_frequency = int(ema_overwrite_frequency) if use_ema and ema_overwrite_frequency else None
         self.gradient_accumulation_steps = int(gradient_accumulation_steps) if gradient_accumulation_steps else None
-        self._micro_steps = 0
-        self._updates = 0
+        self._counters_without_groups = dict.fromkeys(_COUNTER_KEYS, 0)
         self._ema_swapped = False
         self._lock = threading.RLock()
         self._flat: Optional[FlatParameters] = params if isinstance(params, FlatParameters) else None
@@ -227,7 +305,8 @@ class SGD(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         """Add a param group (validated: torch's checks and inertia's, for every group)."""
         if isinstance(param_group, dict):
-            _check_group({**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}})
+            _check_group({**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}, self._optimizer_wide())
+        counters = {key: self._counter(key) for key in _COUNTER_KEYS}
         flat = getattr(self, "_flat", None)  # set before torch's __init__ adds the first groups
         if flat is not None and isinstance(param_group, dict):
             given = param_group.get("params")
@@ -239,6 +318,38 @@ class SGD(torch.optim.Optimizer):
                     f"{tuple(inside[0].shape)} already lives in a FlatParameters buffer this optimizer steps."
                 )
         super().add_param_group(param_group)
+        self.param_groups[-1].update(counters)  # a group's counters are the optimizer's
+
+    def _optimizer_wide(self) -> dict:
+        """The optimizer-wide options, which a param group may only repeat."""
+        return {key: getattr(self, key, None) for key in _OPTIMIZER_WIDE}
+
+    def _counter(self, key: str) -> int:
+        groups = self.__dict__.get("param_groups")
+        if groups:
+            return groups[0].get(key, 0)
+        return self.__dict__.get("_counters_without_groups", {}).get(key, 0)
+
+    def _set_counter(self, key: str, value: int) -> None:
+        for group in self.__dict__.get("param_groups") or ():
+            group[key] = value
+        self.__dict__.setdefault("_counters_without_groups", {})[key] = value
+
+    @property
+    def _micro_steps(self) -> int:
+        return self._counter("micro_steps")
+
+    @_micro_steps.setter
+    def _micro_steps(self, value: int) -> None:
+        self._set_counter("micro_steps", value)
+
+    @property
+    def _updates(self) -> int:
+        return self._counter("updates")
+
+    @_updates.setter
+    def _updates(self, value: int) -> None:
+        self._set_counter("updates", value)
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
@@ -247,8 +358,11 @@ class SGD(torch.optim.Optimizer):
         self.__dict__.setdefault("ema_momentum", 0.99)
         self.__dict__.setdefault("ema_overwrite_frequency", None)
         self.__dict__.setdefault("gradient_accumulation_steps", None)
-        self.__dict__.setdefault("_micro_steps", 0)
-        self.__dict__.setdefault("_updates", 0)
+        self.__dict__.setdefault("aggregate", None)
+        self.__dict__.setdefault("clip_group", None)
+        # Counters pickled by an older version (attributes, not group keys) move into the groups.
+        older = {key: self.__dict__.pop(f"_{key}") for key in _COUNTER_KEYS if f"_{key}" in self.__dict__}
+        self.__dict__.setdefault("_counters_without_groups", dict.fromkeys(_COUNTER_KEYS, 0))
         self.__dict__.setdefault("_ema_swapped", False)
         self.__dict__.setdefault("_flat", None)
         # Not replaced when load_state_dict sets the state (it holds this lock then); a copy
@@ -259,10 +373,12 @@ class SGD(torch.optim.Optimizer):
                 group.setdefault(key, value)
             for key, value in _GROUP_EXTRAS.items():  # the options this optimizer was built with
                 group.setdefault(key, self.defaults.get(key, value))
+            for key in _COUNTER_KEYS:  # and its counters start at 0
+                group.setdefault(key, older.get(key, 0))
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
-        for key in _OPTIMIZER_WIDE + ("_micro_steps", "_updates", "_ema_swapped", "_flat"):
+        for key in _OPTIMIZER_WIDE + ("_counters_without_groups", "_ema_swapped", "_flat"):
             state[key] = getattr(self, key)
         return state
 
@@ -273,16 +389,17 @@ class SGD(torch.optim.Optimizer):
 
     @locked
     def state_dict(self) -> dict:
-        """torch.optim.SGD's layout (``state``, ``param_groups``), loadable by it, plus an
-        ``"inertia"`` entry with the step counters (torch ignores it)."""
-        state_dict = super().state_dict()
-        state_dict["inertia"] = {"micro_steps": self._micro_steps, "updates": self._updates}
-        return state_dict
+        """torch.optim.SGD's layout (``state``, ``param_groups``), loadable by it; each group
+        also holds inertia's options and the step counters ``micro_steps`` and ``updates``
+        (torch.optim.SGD keeps them as unknown group keys)."""
+        return super().state_dict()
 
     @locked
     def load_state_dict(self, state_dict: dict) -> None:
         """Load a state dict of this class or of ``torch.optim.SGD`` (counters then restart
-        at 0, and a missing EMA restarts from the weights at the next update).
+        at 0, and a missing EMA restarts from the weights at the next update). The counters
+        come from the groups (a top-level ``"inertia"`` entry, as older versions saved
+        them, is read too).
 
         Checked whole before anything changes: the layout, each group's hyperparameters (as
         the constructor checks them), each state tensor (a floating tensor of its
@@ -291,20 +408,41 @@ class SGD(torch.optim.Optimizer):
             raise RuntimeError("The EMA weights are swapped in; call `swap_ema_weights()` again before loading state.")
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"Argument `state_dict` must be a dict, as `state_dict()` returns. Received: state_dict={state_dict!r:.200}")
+        if isinstance(state_dict.get("param_groups"), (list, tuple)):
+            # How the saver communicated (ZeroRedundancyOptimizer copies every option into
+            # the groups) is not state: a sharded run's state loads into an unsharded one.
+            state_dict = {**state_dict, "param_groups": [
+                {k: v for k, v in group.items() if k not in _COMMUNICATION} if isinstance(group, Mapping) else group
+                for group in state_dict["param_groups"]
+            ]}
         self._check_loaded_state(state_dict)
-        counters = state_dict.get("inertia", {"micro_steps": 0, "updates": 0})
-        for key in ("micro_steps", "updates"):
-            value = counters.get(key) if isinstance(counters, dict) else None
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"state_dict['inertia'][{key!r}] must be an integer >= 0. Received: {value!r}")
-            if value >= _COUNTER_LIMIT:
-                raise ValueError(
-                    f"state_dict['inertia'][{key!r}] must be below {_COUNTER_LIMIT} (an int64 counter; nothing is "
-                    f"wrapped). Received: {value!r}"
-                )
+        counters = self._loaded_counters(state_dict)
         torch_part = {k: v for k, v in state_dict.items() if k != "inertia"}
+        torch_part["param_groups"] = [  # the other optimizer-wide options, checked equal, are this optimizer's
+            {k: v for k, v in group.items() if k not in _OPTIMIZER_WIDE} for group in torch_part["param_groups"]
+        ]
         super().load_state_dict(torch_part)
-        self._micro_steps, self._updates = int(counters["micro_steps"]), int(counters["updates"])
+        self._micro_steps, self._updates = counters["micro_steps"], counters["updates"]
+
+    @staticmethod
+    def _loaded_counters(state_dict: Mapping) -> dict:
+        """The counters of a state dict to load (0 for torch.optim.SGD's), checked."""
+        if "inertia" in state_dict:  # the layout of inertia 0.1's state_dict
+            counters = state_dict["inertia"]
+            for key in _COUNTER_KEYS:
+                value = counters.get(key) if isinstance(counters, dict) else None
+                _check_counter(f"state_dict['inertia'][{key!r}]", value)
+            return {key: int(counters[key]) for key in _COUNTER_KEYS}
+        found = {}
+        for key in _COUNTER_KEYS:
+            values = {int(group.get(key, 0)) for group in state_dict["param_groups"]}
+            if len(values) > 1:
+                raise ValueError(
+                    f"state_dict['param_groups'] hold different {key!r} counters {sorted(values)}; every group holds "
+                    "the optimizer's counters, the same in each."
+                )
+            found[key] = values.pop() if values else 0
+        return found
 
     def _check_loaded_state(self, state_dict: Mapping) -> None:
         """The layout, hyperparameters and state tensors of a state dict to load (see
@@ -338,7 +476,9 @@ class SGD(torch.optim.Optimizer):
                     raise ValueError(f"{where} has no {key!r} entry. Received: a group with keys {sorted(k for k in saved if k != 'params')}")
             extras = {key: self.defaults.get(key, value) for key, value in _GROUP_EXTRAS.items()}
             try:
-                _check_group({**_GROUP_FALLBACKS, **extras, **{k: v for k, v in saved.items() if k != "params"}})
+                _check_group(
+                    {**_GROUP_FALLBACKS, **extras, **{k: v for k, v in saved.items() if k != "params"}}, self._optimizer_wide()
+                )
             except (TypeError, ValueError) as error:
                 raise type(error)(f"{where}: {error}") from None
             indices += list(saved["params"])
@@ -417,6 +557,12 @@ class SGD(torch.optim.Optimizer):
     def _run_step(self, loss: Any) -> Any:
         steps = self.gradient_accumulation_steps
         updating = not steps or (self._micro_steps + 1) % steps == 0
+        if updating and (self.aggregate is not None or self.clip_group is not None):
+            self._communicating_update()
+            return loss
+        if self._holds_no_parameters():
+            self._count_empty_step(updating)
+            return loss
         if self._fast_step(updating) or self._multi_tensor_step(updating):
             return loss
         work = self._collect(include_accumulated=bool(steps) and updating)
@@ -436,7 +582,12 @@ class SGD(torch.optim.Optimizer):
                 accumulator = self.state[param].get("gradient_accumulator") if param in self.state else None
                 if accumulator is not None:
                     accumulator.zero_()
-        work = self._clip(work)
+        self._reference_update(self._clip(work))
+        return loss
+
+    def _reference_update(self, work: list) -> None:
+        """Update each ``(group, param, gradient)`` of ``work`` (gradients final: averaged and
+        clipped), then the EMA of every parameter, and count the update."""
         settings = {id(group): self._hyperparameters(group) for group in self.param_groups}
         for group, param, grad in work:
             self._update_one(settings[id(group)], param, grad)
@@ -444,16 +595,120 @@ class SGD(torch.optim.Optimizer):
             self._update_ema()
         self._updates += 1
         self._micro_steps += 1
-        return loss
 
-    def _fast_step(self, updating: bool) -> bool:
+    def _communicating_update(self) -> None:
+        """A real update whose gradients meet the other ranks': the accumulation mean, then
+        ``aggregate``, then clipping (global_clipnorm's norm summed over ``clip_group``),
+        then the update on the fast path or the reference path.
+
+        Everything that can fail (the checks, the collectives, the aggregate's result) runs
+        before the first change. A step in which no rank has a gradient changes nothing; a
+        rank without gradients in a step where others have some still joins the collective
+        and counts the update (its EMA advances, as one process' would)."""
+        steps = self.gradient_accumulation_steps
+        work = self._collect(include_accumulated=bool(steps))
+        ops = _get_backend("torch")
+        if steps:
+            work = [(group, param, pipeline.accumulated_mean(ops, grad, self._saved_accumulator(param, grad), steps))
+                    for group, param, grad in work]
+        if self.aggregate is not None and work:
+            work = self._aggregated(work)
+        clipped = self.clip_group is not None
+        if clipped:
+            grads, ranks_with_gradients = self._clip_across_ranks([grad for _, _, grad in work])
+            work = [(group, param, grad) for (group, param, _), grad in zip(work, grads)]
+        elif not work:
+            if self._holds_no_parameters():
+                self._count_empty_step(True)
+            return  # no gradient, no collective waits on this rank: nothing changes, as torch.optim.SGD
+        if clipped and ranks_with_gradients == 0:
+            return
+        if work and (self._fast_step(True, final=work, clip=not clipped) or self._multi_tensor_step(True, final=work, clip=not clipped)):
+            return
+        if steps:
+            for param in self._parameters():
+                accumulator = self.state[param].get("gradient_accumulator") if param in self.state else None
+                if accumulator is not None:
+                    accumulator.zero_()
+        self._reference_update(work if clipped else self._clip(work))
+
+    def _holds_no_parameters(self) -> bool:
+        return not any(group["params"] for group in self.param_groups)
+
+    def _count_empty_step(self, updating: bool) -> None:
+        """An optimizer without parameters (ZeroRedundancyOptimizer's empty shard, when a
+        model has fewer parameters than there are ranks) counts every step, so that its
+        counters, which consolidation may save, stay the other ranks'."""
+        self._micro_steps += 1
+        if updating:
+            self._updates += 1
+
+    def _saved_accumulator(self, param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """The param's gradient accumulator, or zeros (not stored: the step may yet fail)."""
+        state = self.state.get(param)
+        accumulator = state.get("gradient_accumulator") if state is not None else None
+        return accumulator if accumulator is not None else torch.zeros_like(grad)
+
+    def _aggregated(self, work: list) -> list:
+        """``work`` with the gradients ``aggregate`` returns, checked: one tensor per gradient,
+        of its shape, dtype and device (a ValueError / TypeError before any change)."""
+        grads = [grad for _, _, grad in work]
+        returned = self.aggregate(list(grads))
+        returned = list(returned) if isinstance(returned, (list, tuple)) else returned
+        if not isinstance(returned, list) or len(returned) != len(grads):
+            raise ValueError(
+                f"`aggregate` must return a list of {len(grads)} gradients, one per gradient it was given. "
+                f"Received: {returned!r:.200}"
+            )
+        for position, (grad, new) in enumerate(zip(grads, returned)):
+            if not isinstance(new, torch.Tensor) or new.shape != grad.shape or new.dtype != grad.dtype or new.device != grad.device:
+                got = f"a tensor of shape {tuple(new.shape)}, {new.dtype} on {new.device}" if isinstance(new, torch.Tensor) else repr(new)[:100]
+                raise TypeError(
+                    f"`aggregate` returned, for gradient {position}, {got}; expected a tensor of shape {tuple(grad.shape)}, "
+                    f"{grad.dtype} on {grad.device}, as the gradient it aggregates."
+                )
+        return [(group, param, new) for (group, param, _), new in zip(work, returned)]
+
+    def _clip_across_ranks(self, grads: list) -> tuple[list, int]:
+        """global_clipnorm over the shards of every rank in ``clip_group``: the squared norm
+        of this rank's gradients and their count, summed in one all_reduce (which every
+        rank joins, one without gradients too). Returns the clipped gradients and the
+        number of gradients all ranks had."""
+        from inertia.distributed.torch import squares_and_count_reducer
+
+        reduce, counted = squares_and_count_reducer(self.clip_group, len(grads), self._reduction_device(grads))
+        if not grads:
+            reduce([torch.zeros((), dtype=torch.float32, device=self._reduction_device(grads))])
+            return [], counted()
+        clipped = pipeline.clip_by_global_norm(_get_backend("torch"), grads, self.global_clipnorm, reduce_squares=reduce)
+        return clipped, counted()
+
+    def _reduction_device(self, grads: list) -> torch.device:
+        if grads:
+            return grads[0].device
+        first = next(iter(self._parameters()), None)
+        if first is not None:
+            return first.device
+        from inertia.distributed.torch import default_device
+
+        return default_device(self.clip_group)
+
+    def _fast_step(self, updating: bool, final: Optional[list] = None, clip: bool = True) -> bool:
         """The whole step (an update, or an accumulation micro-step) in one call of inertia's
         host kernel (``inertia.engine.host``), with the reference path's numbers (clipping
         norms aside: summed in double); False, having changed nothing, where the kernel does
         not cover the step. The per-parameter reference path (``foreach=False``, as torch's
-        for-loop implementation) runs then."""
+        for-loop implementation) runs then.
+
+        ``final``: an update's ``(group, param, gradient)`` list whose gradients are already
+        averaged over the accumulation cycle and aggregated (``_communicating_update``);
+        the accumulators then restart. ``clip``: False when they are clipped already."""
         if not host.enabled():
             return False
+        gradient_of = _GRAD
+        if final is not None:
+            given = {id(param): grad for _, param, grad in final}
+            gradient_of = lambda param: given.get(id(param))  # noqa: E731
         groups = self.param_groups
         params: list = []
         grads: list = []
@@ -462,9 +717,9 @@ class SGD(torch.optim.Optimizer):
         for index, group in enumerate(groups):
             if group["foreach"] is False or group["differentiable"]:
                 return False
-            _check_group({k: v for k, v in group.items() if k != "params"})
+            _check_group({k: v for k, v in group.items() if k != "params"}, self._optimizer_wide())
             members = group["params"]
-            found = list(map(_GRAD, members))
+            found = list(map(gradient_of, members))
             if any(map(operator.is_, found, repeat(None))):
                 missing = True
                 pairs = [(p, g) for p, g in zip(members, found) if g is not None]
@@ -476,7 +731,7 @@ class SGD(torch.optim.Optimizer):
             return False
         state_of = self.state.get
         states = list(map(state_of, params))
-        accumulating = bool(self.gradient_accumulation_steps)
+        accumulating = bool(self.gradient_accumulation_steps) and final is None
         fresh: dict = {"gradient_accumulator": {}, "momentum_buffer": {}, "average": {}}
         accumulators = None
         if accumulating:
@@ -507,15 +762,16 @@ class SGD(torch.optim.Optimizer):
         arguments = dict(
             weights=params, grads=grads, velocities=buffers, averages=averages, accumulators=accumulators,
             flags=bytes(flags), group_of=None if len(groups) == 1 else np.array(group_of, dtype=np.int64),
-            global_clipnorm=self.global_clipnorm, ema_momentum=self.ema_momentum,
-            accumulation_steps=self.gradient_accumulation_steps or 1,
+            global_clipnorm=self.global_clipnorm if clip else None, ema_momentum=self.ema_momentum,
+            accumulation_steps=self.gradient_accumulation_steps or 1 if accumulating else 1,
         )
         run = lambda plan: host.run(plan, TORCH_STEP, settings, **arguments)  # noqa: E731
         if not self._run_planned(run, [params, buffers, averages, accumulators]):
             return False
         self._install(params, fresh)
-        if accumulating and missing:  # every accumulator restarts, those of params without a gradient too
-            in_step = set(map(id, accumulators))
+        if self.gradient_accumulation_steps and (missing or not accumulating):
+            # every accumulator restarts, those of params without a gradient (or outside the kernel's step) too
+            in_step = set(map(id, accumulators or ()))
             for param in self._parameters():
                 accumulator = self.state[param].get("gradient_accumulator") if param in self.state else None
                 if accumulator is not None and id(accumulator) not in in_step:
@@ -526,21 +782,24 @@ class SGD(torch.optim.Optimizer):
         self._micro_steps += 1
         return True
 
-    def _multi_tensor_step(self, updating: bool) -> bool:
+    def _multi_tensor_step(self, updating: bool, final: Optional[list] = None, clip: bool = True) -> bool:
         """The step as torch multi-tensor (``_foreach_*``) calls, for tensors off the CPU
         (CUDA), with the reference path's numbers (norms aside: torch sums them in its own
         order); False, having changed nothing, where it does not cover the step (CPU tensors,
         which the host kernel or the reference path serve; gradient accumulation; tensors of
-        several devices or dtypes; ``foreach=False``)."""
-        if not updating or self.gradient_accumulation_steps or not host.enabled():
+        several devices or dtypes; ``foreach=False``). ``final`` and ``clip``: as ``_fast_step``'s."""
+        if not updating or (self.gradient_accumulation_steps and final is None) or not host.enabled():
             return False
         groups = self.param_groups
-        first = next((p for group in groups for p in group["params"] if p.grad is not None), None)
+        if final is not None:
+            first = final[0][1] if final else None
+        else:
+            first = next((p for group in groups for p in group["params"] if p.grad is not None), None)
         if first is None or (first.device.type == "cpu" and not multi_tensor._ON_CPU_TOO):
             return False
         if any(group["foreach"] is False for group in groups):
             return False
-        work = self._collect()  # raises what the reference path raises, before any change
+        work = self._collect() if final is None else final  # raises what the reference path raises, before any change
         device, dtype = first.device, first.dtype
         if dtype not in _DTYPE_NAMES:
             return False  # half types: torch's in-place multi-tensor ops round their scalars otherwise
@@ -552,7 +811,8 @@ class SGD(torch.optim.Optimizer):
         by_group: dict[int, list] = {}
         for group, param, grad in work:
             by_group.setdefault(id(group), []).append((param, grad))
-        if self.global_clipnorm is not None:
+        own = False  # whether the gradients are this step's temporaries (then updated in place)
+        if self.global_clipnorm is not None and clip:
             clipped, own = multi_tensor.clip_lists(torch, [g for _, _, g in work], None, None, self.global_clipnorm)
             replacement = iter(clipped)
             by_group = {key: [(p, next(replacement)) for p, _ in pairs] for key, pairs in by_group.items()}
@@ -580,6 +840,11 @@ class SGD(torch.optim.Optimizer):
                 if average is None:
                     self.state[param]["average"] = param.detach().clone(memory_format=torch.preserve_format)
             self._overwrite_with_ema_when_due()
+        if final is not None and self.gradient_accumulation_steps:
+            for param in self._parameters():
+                accumulator = self.state[param].get("gradient_accumulator") if param in self.state else None
+                if accumulator is not None:
+                    accumulator.zero_()
         self._updates += 1
         self._micro_steps += 1
         return True
@@ -657,7 +922,7 @@ class SGD(torch.optim.Optimizer):
         """
         work = []
         for group in self.param_groups:
-            _check_group({k: v for k, v in group.items() if k != "params"})
+            _check_group({k: v for k, v in group.items() if k != "params"}, self._optimizer_wide())
             for param in group["params"]:
                 grad = param.grad
                 if grad is None:

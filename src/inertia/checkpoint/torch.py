@@ -27,6 +27,7 @@ _COMPARED_GROUP_KEYS = ("nesterov", "dampening", "weight_decay", "maximize", "cl
 _WIDE_KEYS = ("use_ema", "ema_momentum", "ema_overwrite_frequency", "gradient_accumulation_steps", "global_clipnorm")
 _TENSOR_REF = "__tensor__"
 _COUNTERS = ("micro_steps", "updates")
+_NOT_GROUP_SETTINGS = _COUNTERS + ("clip_group", "aggregate")
 
 
 def _indexed_params(optimizer: Any, state_dict: dict) -> dict[int, Any]:
@@ -89,6 +90,8 @@ def save(optimizer: Any) -> tuple[dict, dict[str, ArrayBytes]]:
     for number, group in enumerate(state_dict["param_groups"]):
         saved: dict[str, Any] = {}
         for key, value in group.items():
+            if key in _NOT_GROUP_SETTINGS:
+                continue  # the counters are the document's "counters"; how ranks communicate is not state
             if isinstance(value, torch.Tensor):
                 name = f"param_groups.{number}.{key}"
                 tensors[name] = snapshot(value, name)
@@ -102,7 +105,7 @@ def save(optimizer: Any) -> tuple[dict, dict[str, ArrayBytes]]:
             taken = tensors[f"param_groups.{number}.lr"].floats()
             lr = float(taken.reshape(-1)[0]) if taken.size == 1 else taken.tolist()
         scalars[f"param_groups.{number}.lr"] = jsonable(lr, "lr")
-    counters = state_dict.get("inertia", {"micro_steps": 0, "updates": 0})
+    counters = {key: optimizer._counter(key) for key in _COUNTERS}
     document = {
         "backend": "torch",
         "config": _config(optimizer),
@@ -185,7 +188,7 @@ def load(optimizer: Any, context: Context, var_list: Any) -> Callable[[], None]:
             if f"param_groups.{number}.{key}" in accepted:
                 values[key] = group.get(key)
         try:
-            _check_group({**optimizer.defaults, **values})
+            _check_group({**optimizer.defaults, **values}, optimizer._optimizer_wide())
         except (TypeError, ValueError) as error:
             raise context.fail(f"param group {number}: {error}") from None
         new_groups.append({**values, "params": list(saved["params"])})
