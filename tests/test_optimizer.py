@@ -835,33 +835,3 @@ def test_an_unbuilt_copy_keeps_its_weight_decay_exclusions(how):
     opt.apply([np.zeros(2, np.float32)] * 2, [kernel, bias])
     np.testing.assert_array_equal(bias.numpy(), [1, 1])  # excluded: untouched by a zero gradient
     np.testing.assert_array_equal(kernel.numpy(), np.float32(1) - np.float32(1 * np.float32(0.1)) * np.float32(0.5))
-
-
-def test_aggregate_gradients_runs_outside_the_lock_so_replicas_can_meet_there():
-    """tf.distribute's mirrored replicas are threads that step one optimizer; an all-reduce in
-    `aggregate_gradients` waits for all of them, so it must not hold the optimizer's lock."""
-    replicas = 2
-    meeting = threading.Barrier(replicas, timeout=10)
-
-    class AllReduce(inertia.SGD):
-        def aggregate_gradients(self, grads_and_vars):
-            meeting.wait()  # an all-reduce: every replica arrives, or none goes on
-            return grads_and_vars
-
-    opt = AllReduce(learning_rate=0.1)
-    w = inertia.Variable(np.ones(2, np.float32), name="w")
-    opt.build([w])
-    failures = []
-
-    def replica():
-        try:
-            opt.apply_gradients([(np.ones(2, np.float32), w)])
-        except Exception as error:  # a broken barrier: the replicas never met
-            failures.append(error)
-
-    threads = [threading.Thread(target=replica) for _ in range(replicas)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert failures == [] and int(opt.iterations.numpy()) == replicas

@@ -184,6 +184,8 @@ class Optimizer:
     _iterations_dtype = "int32"
     # True only while inertia's own compiled step is traced (engine/compiled.py; see `_fused_update`).
     _in_own_step = False
+    # Within one apply_gradients(skip_gradients_aggregation=True): no aggregation stage.
+    _skip_aggregation = False
     # Within one apply(): a plain callable learning rate's value, once called (see `_called_learning_rate`).
     _in_apply = False
     _step_learning_rate: Optional[tuple] = None
@@ -663,20 +665,66 @@ class Optimizer:
     # apply
     # ------------------------------------------------------------------------------------
     def aggregate_gradients(self, grads_and_vars: list) -> list:
-        """Sum gradients across replicas: identity on one process (a distributed engine's hook)."""
+        """The gradient-aggregation stage: ``(gradient, variable)`` pairs in, the same pairs
+        with each gradient aggregated across replicas out. Identity on one process.
+
+        It runs on real update steps only (never on accumulation micro-steps), after the
+        accumulation mean and before clipping, in ``apply``, ``apply_gradients``,
+        ``minimize`` and ``stateless_apply``; under tracing (``jax.jit``, ``shard_map``)
+        it is traced with the step. Override it, or assign a ready-made one:
+        ``opt.aggregate_gradients = inertia.torch.all_reduce_mean()`` (torch.distributed),
+        ``inertia.distributed.jax.pmean("data")`` (inside ``shard_map`` / ``pmap``). It
+        runs holding the optimizer's lock: replicas are processes, or one traced program,
+        never threads stepping one optimizer.
+        """
         return grads_and_vars
 
+    def _aggregates(self) -> bool:
+        """Whether this step has an aggregation stage: ``aggregate_gradients`` overridden
+        or assigned, and not skipped (``apply_gradients(skip_gradients_aggregation=True)``)."""
+        if self._skip_aggregation:
+            return False
+        return "aggregate_gradients" in self.__dict__ or type(self).aggregate_gradients is not Optimizer.aggregate_gradients
+
+    def _aggregated(self, grads: list, variables: list) -> list:
+        """``grads`` through ``aggregate_gradients``, checked: one gradient per variable, in
+        order, each an array of the variable's backend, shape and dtype."""
+        pairs = [(g, v) for g, v in zip(grads, variables)]
+        returned = self.aggregate_gradients(pairs)
+        returned = list(returned) if isinstance(returned, (list, tuple)) else returned
+        if not isinstance(returned, list) or len(returned) != len(pairs):
+            raise ValueError(
+                f"`aggregate_gradients` must return {len(pairs)} (gradient, variable) pairs, one per pair it was "
+                f"given. Received: {returned!r:.200}"
+            )
+        aggregated = []
+        for (gradient, variable), pair in zip(pairs, returned):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise TypeError(f"`aggregate_gradients` must return (gradient, variable) pairs. Received: {pair!r:.200}")
+            new = pair[0].value if isinstance(pair[0], Variable) else pair[0]
+            ops = variable.backend
+            if backends.of(new) is not ops or ops.shape(new) != ops.shape(gradient) or ops.dtype_name(new) != ops.dtype_name(gradient):
+                raise TypeError(
+                    f"`aggregate_gradients` returned for {_describe(variable)} {_describe(new)}; expected a {ops.name} "
+                    f"array of shape {ops.shape(gradient)} and dtype {ops.dtype_name(gradient)}, as the gradient it aggregates."
+                )
+            aggregated.append(new)
+        return aggregated
+
+    @locked
     def apply_gradients(
         self, grads_and_vars: Iterable[tuple], name: Optional[str] = None, skip_gradients_aggregation: bool = False
     ) -> Variable:
-        """Apply ``(gradient, variable)`` pairs; returns the iteration counter variable."""
+        """Apply ``(gradient, variable)`` pairs; returns the iteration counter variable.
+        ``skip_gradients_aggregation``: this step has no aggregation stage (the gradients
+        are aggregated already)."""
         pairs = checked_pairs(grads_and_vars)
-        if not skip_gradients_aggregation:
-            # Outside the optimizer's lock: an all-reduce here waits for the other replicas,
-            # which may be threads stepping this very optimizer (tf.distribute's mirrored replicas).
-            pairs = list(self.aggregate_gradients(pairs))
         grads, variables = zip(*pairs)
-        self.apply(list(grads), list(variables))  # holds the lock
+        previous, self._skip_aggregation = self._skip_aggregation, bool(skip_gradients_aggregation)
+        try:
+            self.apply(list(grads), list(variables))
+        finally:
+            self._skip_aggregation = previous
         return self._iterations
 
     @locked
@@ -692,21 +740,69 @@ class Optimizer:
             self._in_apply, self._step_learning_rate = False, None
 
     def _apply(self, grads: list, trainable_variables: Optional[Sequence[Any]]) -> None:
+        aggregating = self._aggregates() and not self._backend.is_traced(self._iterations.value)
+        if aggregating and self._is_update_step():
+            self._apply_aggregated(grads, trainable_variables)
+            return
         if self.jit_compile and (
-            self._fused_apply(grads, trainable_variables) or self._compiled.repeat(self, grads, trainable_variables)
+            self._fused_apply(grads, trainable_variables)
+            or (not aggregating and self._compiled.repeat(self, grads, trainable_variables))
         ):
             return
         grads, variables = self._prepare(grads, trainable_variables)
         ops = self._backend
         # A plain callable learning rate may read Python state, so it runs eagerly (a compiled
-        # step would call it once, when tracing, and keep that value for good).
+        # step would call it once, when tracing, and keep that value for good). So does a
+        # micro-step with an aggregation stage: compiled, it would trace the stage too.
         plain_callable = callable(self._learning_rate) and not isinstance(self._learning_rate, LearningRateSchedule)
-        if self.jit_compile and ops.compiles and not plain_callable and not ops.is_traced(self._iterations.value):
+        if (self.jit_compile and ops.compiles and not plain_callable and not aggregating
+                and not ops.is_traced(self._iterations.value)):
             kept_grads, kept = self._filter_empty_gradients(grads, variables)
             self._compiled.run(self, kept_grads, kept, trainable_variables, repeatable=len(kept) == len(grads))
             return
         with ops.step_context():
             self._apply_prepared(grads, variables)
+
+    def _is_update_step(self) -> bool:
+        """Whether this step is a real update (not an accumulation micro-step)."""
+        steps = self.gradient_accumulation_steps
+        return not steps or (int(self._iterations.value) + 1) % steps == 0
+
+    def _apply_aggregated(self, grads: list, trainable_variables: Optional[Sequence[Any]]) -> None:
+        """A real update with an aggregation stage, in the pipeline's order: unscale, the
+        accumulation mean, ``aggregate_gradients``, then the rest of the step (on the host
+        kernel where it covers it). The stage and every check run before the first change,
+        so a failing collective changes nothing."""
+        grads, variables = self._prepare(grads, trainable_variables)
+        grads, variables = self._filter_empty_gradients(grads, variables)
+        stage = [(g, v) for g, v in zip(grads, variables) if not v.overwrite_with_gradient]
+        final = [g for g, _ in stage]
+        kept = [v for _, v in stage]
+        if self.loss_scale_factor is not None:
+            final = [pipeline.unscale(v.backend, g, self.loss_scale_factor) for g, v in zip(final, kept)]
+        steps = self.gradient_accumulation_steps
+        if steps:
+            final = [
+                pipeline.accumulated_mean(v.backend, g, self._accumulated_gradients[self._get_variable_index(v)].value, steps)
+                for g, v in zip(final, kept)
+            ]
+        if final:
+            final = self._aggregated(final, kept)
+        with self._backend.step_context():
+            self._overwrite_variables_directly_with_gradients(grads, variables)
+            # The kernel's plan is kept by the targets as given: the step's own list when it is whole.
+            given = self._trainable_variables if trainable_variables is None else list(trainable_variables)
+            if final and optimizer_host.apply_final(self, final, given if len(given) == len(kept) else kept):
+                return
+            if final:
+                self._update(final, kept, aggregated=True)
+                for variable in kept:
+                    if variable.constraint is not None:
+                        variable.assign(variable.constraint(variable))
+            for accumulator in self._accumulated_gradients if steps else ():
+                if accumulator is not None:
+                    _reset(accumulator)
+            self._iterations.assign(self._iterations.value + 1)
 
     def describe_step(self) -> Optional[StepDescription]:
         """This optimizer's step as data for the engine's fast paths
@@ -879,8 +975,11 @@ class Optimizer:
 
         self._branch(self._flag((self._iterations.value + 1) % steps == 0), update, accumulate)
 
-    def _update(self, grads: list, variables: list[Variable]) -> None:
-        """A real update step: clip, decay, update_step, then the EMA."""
+    def _update(self, grads: list, variables: list[Variable], aggregated: bool = False) -> None:
+        """A real update step: aggregate (unless ``aggregated`` already), clip, decay,
+        update_step, then the EMA."""
+        if not aggregated and self._aggregates():  # traced: the stage is part of the traced step
+            grads = self._aggregated(grads, variables)
         learning_rate = self._learning_rate_array()
         if not self._fused_update(grads, variables, learning_rate):
             grads = self._clip_gradients(grads, variables)

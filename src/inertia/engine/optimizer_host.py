@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 from inertia.engine import host
 from inertia.engine.step import StepDescription
 
-__all__ = ["apply"]
+__all__ = ["apply", "apply_final"]
 
 _CONSTRAINT_OF = operator.attrgetter("constraint")
 _OVERWRITES_OF = operator.attrgetter("overwrite_with_gradient")
@@ -31,12 +31,13 @@ class _Plan:
     """The kernel's view of one list of variables (``memory`` None: no fast path for them)."""
 
     __slots__ = ("targets", "exclusions", "memory", "variables", "values", "wrappers", "velocities", "averages",
-                 "accumulators", "flags", "accumulator_memory")
+                 "accumulators", "flags", "accumulator_memory", "final_memory")
 
     def __init__(self, targets: list, exclusions: tuple) -> None:
         self.targets = targets
         self.exclusions = exclusions
         self.memory: Optional[host.MemoryPlan] = None
+        self.final_memory: Optional[host.MemoryPlan] = None
 
 
 def _values_of(variables: Optional[list]) -> Optional[list]:
@@ -94,6 +95,8 @@ def _make_plan(optimizer: Any, targets: list) -> _Plan:
     plan.memory = host.plan_memory(ops, dtype, [_values_of(wrappers)] + [_values_of(kept) for kept in lists])
     if plan.accumulators is not None:
         plan.accumulator_memory = host.plan_memory(ops, dtype, [_values_of(plan.accumulators)])
+    # An update whose gradients are final (aggregated): the accumulators are not the kernel's.
+    plan.final_memory = host.plan_memory(ops, dtype, [_values_of(wrappers)] + [_values_of(kept) for kept in lists[:2]])
     decays = optimizer.weight_decay is not None
     plan.flags = bytes(host.FLAG_DECAY if decays and optimizer._use_weight_decay(w) else 0 for w in wrappers)
     return plan
@@ -117,12 +120,14 @@ def _current_plan(optimizer: Any, targets: list) -> Optional[_Plan]:
     return plan
 
 
-def _run(optimizer: Any, description: StepDescription, plan: _Plan, grads: list) -> int:
-    memory = plan.memory
-    unscale = optimizer.loss_scale_factor
+def _run(optimizer: Any, description: StepDescription, plan: _Plan, grads: list, final: bool = False) -> int:
+    memory = plan.final_memory if final else plan.memory
+    unscale = None if final else optimizer.loss_scale_factor
     steps = optimizer.gradient_accumulation_steps
     iterations = optimizer._iterations
-    if steps and (int(iterations.value) + 1) % steps != 0:
+    if memory is None:
+        return host.DECLINED
+    if steps and not final and (int(iterations.value) + 1) % steps != 0:
         if unscale is not None or plan.accumulator_memory is None:
             return host.DECLINED  # micro-steps then store unscaled gradients: the reference path does
         answer = host.accumulate(plan.accumulator_memory, _values_of(plan.accumulators), grads)
@@ -134,9 +139,9 @@ def _run(optimizer: Any, description: StepDescription, plan: _Plan, grads: list)
     done = host.run(
         memory, description, groups,
         weights=_values_of(plan.wrappers), grads=grads, velocities=_values_of(plan.velocities),
-        averages=_values_of(plan.averages), accumulators=_values_of(plan.accumulators) if steps else None,
+        averages=_values_of(plan.averages), accumulators=_values_of(plan.accumulators) if steps and not final else None,
         flags=plan.flags, global_clipnorm=global_clipnorm,
-        unscale=float(unscale) if unscale is not None else 1.0, accumulation_steps=steps or 1,
+        unscale=float(unscale) if unscale is not None else 1.0, accumulation_steps=1 if final else steps or 1,
         ema_momentum=0.0 if steps_taken == 0 else float(optimizer.ema_momentum),
     )
     if done != host.DONE:
@@ -144,8 +149,29 @@ def _run(optimizer: Any, description: StepDescription, plan: _Plan, grads: list)
     frequency = optimizer.ema_overwrite_frequency
     if optimizer.use_ema and frequency and (steps_taken + 1) % frequency == 0:
         optimizer._overwrite_model_variables_with_average_value(optimizer._trainable_variables)
+    if final and steps:
+        for accumulator in plan.accumulators:
+            accumulator.assign(accumulator.backend.zeros(accumulator.shape, accumulator.dtype, like=accumulator.value))
     iterations.assign(iterations.value + 1)
     return host.DONE
+
+
+def apply_final(optimizer: Any, grads: list, wrappers: list) -> bool:
+    """The rest of an update whose gradients are final (unscaled, averaged over the
+    accumulation cycle and aggregated: ``Optimizer._apply_aggregated``): clipping, decay,
+    the rule and the EMA in one kernel call; then the accumulators restart and the step
+    counts. False, having changed nothing, where the kernel does not cover it."""
+    description = optimizer.describe_step()
+    if description is None or not host.enabled() or host.kernels.known_missing():
+        return False
+    plan = _current_plan(optimizer, wrappers)
+    if plan is None or host.kernels.load() is None:
+        return False
+    answer = _run(optimizer, description, plan, grads, final=True)
+    if answer == host.MOVED:
+        plan = optimizer._fused_plan = _make_plan(optimizer, wrappers)
+        answer = host.DECLINED if plan.memory is None else _run(optimizer, description, plan, grads, final=True)
+    return answer == host.DONE
 
 
 def apply(optimizer: Any, grads: list, trainable_variables: Optional[Sequence[Any]]) -> bool:
