@@ -109,6 +109,34 @@ def one_process_averaging_ranks(ranks_data: list) -> dict:
     return torch_ranks.snapshot(model, optimizer)
 
 
+def keras_face_one_process_averaging_ranks(ranks_data: list) -> dict:
+    """As ``one_process_averaging_ranks``, for the Keras face (its accumulation mean is
+    ``(g_last + (g_first + 0))/N`` too)."""
+    model = torch_ranks.model_for()
+    params = list(model.parameters())
+    optimizer = inertia.SGD(**torch_ranks.KERAS_OPTIONS)
+    steps = torch_ranks.ACCUMULATION
+    accumulated = [[torch.zeros_like(p) for p in params] for _ in ranks_data]
+    for step in range(torch_ranks.MICRO_STEPS):
+        grads = []
+        for rank in ranks_data:
+            model.zero_grad()
+            torch_ranks.loss_of(model, torch_ranks.batch(rank, step)).backward()
+            grads.append([p.grad.detach().clone() for p in params])
+        if (step + 1) % steps:
+            for sums, rank_grads in zip(accumulated, grads):
+                for total, grad in zip(sums, rank_grads):
+                    total.copy_(grad + total)
+            continue
+        means = [[(grad + total) / steps for grad, total in zip(rank_grads, sums)] for rank_grads, sums in zip(grads, accumulated)]
+        optimizer.apply([(m0 + m1) / WORLD for m0, m1 in zip(*means)], params)
+        for sums in accumulated:
+            for total in sums:
+                total.zero_()
+    return {"params": {name: p.detach().clone() for name, p in model.named_parameters()},
+            "momentums": [m.value.detach().clone() for m in optimizer.momentums]}
+
+
 def one_process(steps: int = torch_ranks.MICRO_STEPS, single: bool = False) -> tuple:
     model = torch_ranks.model_for(single=single)
     optimizer = inertia.torch.SGD(model.parameters(), **torch_ranks.OPTIONS, global_clipnorm=0.05,
@@ -142,6 +170,16 @@ def test_ddp_no_sync_with_the_aggregation_stage_communicates_once_per_update_and
     assert_bitwise(first["state"], {k: {s: v for s, v in e.items() if s != "gradient_accumulator"} | (
         {"gradient_accumulator": first["state"][k]["gradient_accumulator"]} if "gradient_accumulator" in first["state"][k] else {})
         for k, e in expected["state"].items()})
+
+
+def test_the_keras_face_under_ddp_no_sync_aggregates_once_per_update_and_equals_one_process(ranks):
+    first, second = (r["keras_face_ddp"] for r in ranks)
+    assert_bitwise(first["params"], second["params"])
+    assert first["all_reduce_calls"] == [0, 1] * (torch_ranks.MICRO_STEPS // 2)
+    expected = keras_face_one_process_averaging_ranks([0, 1])
+    assert_bitwise(first["params"], expected["params"])
+    for got, want in zip(first["momentums"], expected["momentums"]):
+        assert torch.equal(got, want)
 
 
 def test_the_accumulators_restart_after_each_update(ranks):

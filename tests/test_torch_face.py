@@ -360,6 +360,18 @@ def test_loading_torchs_state_dict_resets_counters_and_keeps_constructor_clippin
     assert ours.updates == 3 and counters_of(ours.state_dict()) == {"micro_steps": 3, "updates": 3}
 
 
+def test_a_state_dict_in_inertia_0_1s_layout_loads_its_counters():
+    params, ours = interchange_model(SGD)
+    train(ours, params, INTERCHANGE_GRADS[:2])
+    older = ours.state_dict()
+    for group in older["param_groups"]:  # inertia 0.1 kept the counters in a top-level entry
+        group.pop("micro_steps"), group.pop("updates")
+    older["inertia"] = {"micro_steps": 7, "updates": 5}
+    fresh_params, fresh = interchange_model(SGD)
+    fresh.load_state_dict(older)
+    assert counters_of(fresh.state_dict()) == {"micro_steps": 7, "updates": 5} and fresh.updates == 5
+
+
 @pytest.mark.parametrize("bad", [-1, 1.5, "3", None, True])
 def test_bad_counters_in_a_state_dict_are_rejected_before_loading(bad):
     params, ours = interchange_model(SGD)

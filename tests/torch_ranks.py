@@ -21,12 +21,15 @@ from torch.nn.parallel import DistributedDataParallel
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
+import inertia  # noqa: E402
 import inertia.torch  # noqa: E402
 
 MICRO_STEPS = 6
 ACCUMULATION = 2
 OPTIONS = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2, use_ema=True, ema_momentum=0.5,
                ema_overwrite_frequency=2)
+KERAS_OPTIONS = dict(learning_rate=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2, use_ema=True, ema_momentum=0.5,
+                     ema_overwrite_frequency=2, global_clipnorm=0.05)
 
 
 def model_for(seed: int = 0, single: bool = False) -> torch.nn.Module:
@@ -89,6 +92,31 @@ def ddp_accumulating(rank: int, aggregate: bool, same_data: bool) -> dict:
     return {**snapshot(model, optimizer), "all_reduce_calls": calls, "updates": optimizer.updates}
 
 
+def keras_face_ddp(rank: int) -> dict:
+    """The Keras face on torch tensors under DDP's ``no_sync()``, with
+    ``all_reduce_mean`` assigned as its aggregation stage."""
+    model = model_for()
+    ddp = DistributedDataParallel(model)
+    params = list(model.parameters())
+    optimizer = inertia.SGD(**KERAS_OPTIONS, gradient_accumulation_steps=ACCUMULATION)
+    optimizer.aggregate_gradients = inertia.torch.all_reduce_mean()
+    counter = CountingAllReduce()
+    dist.all_reduce = counter
+    calls = []
+    try:
+        for step in range(MICRO_STEPS):
+            before = counter.calls
+            with ddp.no_sync():
+                loss_of(ddp, batch(rank, step)).backward()
+            optimizer.apply([p.grad for p in params], params)
+            ddp.zero_grad()
+            calls.append(counter.calls - before)
+    finally:
+        dist.all_reduce = counter.original
+    return {"params": {name: p.detach().clone() for name, p in model.named_parameters()},
+            "momentums": [m.value.detach().clone() for m in optimizer.momentums], "all_reduce_calls": calls}
+
+
 def zero_run(rank: int, clip_group, steps: int = MICRO_STEPS, single: bool = False, resume_from: str | None = None,
              save_to: str | None = None) -> dict:
     """ZeRO-1 over DDP with every inertia option; identical data on every rank, so DDP's
@@ -148,6 +176,7 @@ def main() -> None:
         "ddp_aggregated_again": ddp_accumulating(rank, aggregate=True, same_data=False),
         "ddp_unaggregated": ddp_accumulating(rank, aggregate=False, same_data=False),
         "ddp_aggregated_same_data": ddp_accumulating(rank, aggregate=True, same_data=True),
+        "keras_face_ddp": keras_face_ddp(rank),
         "zero": zero_run(rank, "world"),
         "zero_without_clip_group": zero_run(rank, None),
         "zero_first_half": zero_run(rank, "world", steps=3, save_to=os.path.join(out, "zero.pt")),

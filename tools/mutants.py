@@ -642,10 +642,10 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "torch-state-dict-counters-not-restored",
         "src/inertia/torch.py",
-        '        self._micro_steps, self._updates = int(counters["micro_steps"]), int(counters["updates"])\n',
+        '        self._micro_steps, self._updates = counters["micro_steps"], counters["updates"]\n',
         "",
-        "load_state_dict keeps the loading optimizer's own step counters: accumulation cycles and "
-        "EMA overwrites resume out of phase",
+        "load_state_dict of inertia 0.1's layout (counters under a top-level 'inertia' key) keeps the "
+        "loading optimizer's own step counters: accumulation cycles and EMA overwrites resume out of phase",
         ("tests/test_torch_face.py",),
     ),
     Mutant(
@@ -1049,5 +1049,41 @@ MUTANTS: list[Mutant] = [
         "target = os.path.abspath(path)",
         "a save to a symbolic link replaces the link with a file (the file it pointed to keeps the old state)",
         ("tests/test_checkpoint.py",),
+    ),
+    # --- scale-out (issue 16) ----------------------------------------------------------
+    Mutant(
+        "keras-stage-on-micro-steps",
+        "src/inertia/optimizer.py",
+        "        if aggregating and self._is_update_step():\n",
+        "        if aggregating:\n",
+        "the aggregation stage runs on accumulation micro-steps too: every micro-step communicates, and "
+        "the stage sees single gradients instead of the cycle's mean",
+        ("tests/test_aggregation.py",),
+    ),
+    Mutant(
+        "torch-clip-group-ignored",
+        "src/inertia/torch.py",
+        "        clipped = self.clip_group is not None\n",
+        "        clipped = False\n",
+        "under ZeroRedundancyOptimizer global_clipnorm's norm covers only the rank's own shard: "
+        "each rank clips by another factor, silently",
+        ("tests/test_scale_out_torch.py",),
+    ),
+    Mutant(
+        "torch-empty-shard-stops-counting",
+        "src/inertia/torch.py",
+        "        self._micro_steps += 1\n        if updating:\n            self._updates += 1\n",
+        "        pass\n",
+        "a ZeRO rank with an empty shard never counts its steps: it skips the collective of the next "
+        "update (the others wait forever), and a consolidated state dict from it restarts the counters",
+        ("tests/test_scale_out_torch.py",),
+    ),
+    Mutant(
+        "all-reduce-sum-not-mean",
+        "src/inertia/distributed/torch.py",
+        "            flat.div_(size)\n",
+        "",
+        "all_reduce_mean returns the sum over the ranks: the update is world-size times too large",
+        ("tests/test_scale_out_torch.py",),
     ),
 ]
