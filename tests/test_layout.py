@@ -13,7 +13,10 @@ FACES = {"inertia.sgd", "inertia.legacy", "inertia.mlx", "inertia.torch", "inert
 FRAMEWORKS = {"torch", "jax", "jaxlib", "tensorflow", "mlx", "keras", "tf_keras"}
 # Modules allowed to import a framework at module level: its backend, and the torch face and
 # its flat buffers (both imported only by users of torch).
-FRAMEWORK_MODULES = {"inertia.backend.torch", "inertia.backend.jax", "inertia.backend.mlx", "inertia.torch", "inertia.torch_flat"}
+FRAMEWORK_MODULES = {
+    "inertia.backend.torch", "inertia.backend.jax", "inertia.backend.mlx", "inertia.torch", "inertia.torch_flat",
+    "inertia.distributed.jax",  # a backend module of inertia.distributed, imported on first use
+}
 
 
 def _module_name(path: Path) -> str:
