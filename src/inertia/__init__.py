@@ -7,7 +7,8 @@
 
 The other faces are submodules, imported on first use: ``inertia.legacy`` (tf.keras'
 OptimizerV2 SGD), ``inertia.mlx`` (mlx.optimizers.SGD) and ``inertia.torch``
-(a torch.optim.Optimizer; importing it imports torch).
+(a torch.optim.Optimizer; importing it imports torch). So is ``inertia.distributed``
+(scale-out: ``inertia.distributed.jax.pmean``, ...).
 
 ``inertia.save(optimizer, path)`` / ``inertia.load(optimizer, path)`` write and read one
 checkpoint file of any face's state (``inertia.checkpoint``).
@@ -24,10 +25,12 @@ from inertia.variable import Variable
 
 __version__ = "0.1.0"
 _FACES = ("legacy", "mlx", "torch")
+# Imported on first use too: its backend parts import their array library.
+_LAZY_SUBMODULES = _FACES + ("distributed",)
 
 
 def __getattr__(name: str):
-    if name in _FACES:
+    if name in _LAZY_SUBMODULES:
         return _importlib.import_module(f"inertia.{name}")
     raise AttributeError(f"module 'inertia' has no attribute {name!r}")
 

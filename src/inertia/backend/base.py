@@ -128,6 +128,27 @@ class ArrayBackend(ABC):
         ``donate_argnums`` donated); identity where eager is best."""
         return function
 
+    def colocated(self, arrays: Sequence[Array]) -> list:
+        """``arrays`` with those free to move (JAX: uncommitted, on the default device) put
+        where the others are spread (replicated over their mesh), so that a compiled step
+        sees its state placed as it will keep it; the same arrays by default."""
+        return list(arrays)
+
+    def placements(self, arrays: Sequence[Array]) -> Any:
+        """Where each of ``arrays`` lives, as a hashable value a compiled step is keyed on
+        (JAX: the shardings); None where placement never changes a compiled step."""
+        return None
+
+    def spans_devices(self, placements: Any) -> bool:
+        """Whether any array of ``placements`` is spread over several devices (then a
+        compiled step declines fused operations that cannot be partitioned)."""
+        return False
+
+    def keep_placements(self, values: Sequence[Array], placements: Any) -> list:
+        """Inside a compiled function: ``values`` placed as ``placements`` say (the inputs'
+        placements, so that donated state keeps its sharding); identity by default."""
+        return list(values)
+
     def are_native(self, arrays: Sequence[Any]) -> bool:
         """Whether every one of ``arrays`` is this backend's own array type (part of the cheap
         check that lets a compiled step run again without the full validation; a compiled

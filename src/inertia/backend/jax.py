@@ -3,6 +3,18 @@
 JAX arrays cannot be updated in place: hold them in ``inertia.Variable``s, or use
 ``Optimizer.stateless_apply`` (pure and traceable) inside ``jax.jit``. float64 needs
 ``jax.config.update("jax_enable_x64", True)``, as everywhere in JAX.
+
+Sharded arrays (a ``NamedSharding`` over several devices) keep their sharding: an array
+made ``like=`` one (a slot, a loaded checkpoint value) is laid out as it is, a scalar or
+an array of another shape (a counter) is replicated over its mesh, and inertia's compiled
+step gives back every array placed as it came in (:meth:`JaxBackend.keep_placements`).
+
+Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from inertia.backend.jax import BACKEND
+    >>> weights = jax.device_put(jnp.ones(4), jax.devices()[0])
+    >>> BACKEND.zeros((4,), "float32", like=weights).sharding == weights.sharding
+    True
 """
 
 from __future__ import annotations
@@ -13,12 +25,44 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from inertia.backend.base import Array, ArrayBackend
 
 _FLOATING = {"float16", "bfloat16", "float32", "float64"}
 
 
+def _placement_like(like: Any, shape: Sequence[int]) -> Any:
+    """Where a new array of ``shape`` made ``like=`` a concrete array spread over several
+    devices goes: ``like``'s own sharding for its shape (a slot sharded as its parameter),
+    replicated over its mesh for any other shape (a counter, a scalar), so that every array
+    of an optimizer's step lives on the same devices. None (JAX's default device, as for
+    single-device arrays) otherwise: a traced ``like`` has no placement to copy, and a
+    multi-device sharding without a mesh has no replicated form to give."""
+    if not isinstance(like, jax.Array) or isinstance(like, jax.core.Tracer):
+        return None
+    sharding = like.sharding
+    if len(sharding.device_set) < 2:
+        return None
+    if tuple(shape) == like.shape:
+        return sharding
+    if isinstance(sharding, NamedSharding):
+        return NamedSharding(sharding.mesh, PartitionSpec())
+    return None
+
+
+def _constrained(value: Any, sharding: Any) -> Any:
+    """``value`` (traced) laid out as ``sharding``: a constraint on XLA's choice over a mesh
+    of automatic axes; over explicit axes (sharding in the type) ``reshard``, as JAX
+    requires there."""
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is not None and jax.sharding.AxisType.Explicit in tuple(getattr(mesh, "axis_types", ())):
+        return jax.sharding.reshard(value, sharding)
+    return jax.lax.with_sharding_constraint(value, sharding)
+
+
+def _placed(value: Any, placement: Any) -> Any:
+    return value if placement is None else jax.device_put(value, placement)
 
 
 class JaxBackend(ArrayBackend):
@@ -53,17 +97,19 @@ class JaxBackend(ArrayBackend):
             # A 64-bit counter (tf.keras' int64 `iter`) is 32-bit where JAX runs without x64:
             # asked for directly, so that JAX does not warn about a truncation inertia chose.
             dtype = jax.dtypes.canonicalize_dtype(dtype).name
-        return jnp.array(value, dtype=dtype, copy=True)
+        array = jnp.array(value, dtype=dtype, copy=True)
+        return array if like is None else _placed(array, _placement_like(like, array.shape))
 
     def cast(self, value: Array, dtype: str) -> Array:
         value = jnp.asarray(value)
         return value if value.dtype.name == dtype else value.astype(dtype)
 
     def zeros(self, shape: Sequence[int], dtype: str, like: Array | None = None) -> Array:
-        return jnp.zeros(tuple(shape), dtype=dtype)
+        placement = None if like is None else _placement_like(like, shape)
+        return jnp.zeros(tuple(shape), dtype=dtype, device=placement)
 
     def scalar(self, value: Any, dtype: str, like: Array | None = None) -> Array:
-        return jnp.asarray(value, dtype=dtype)
+        return _placed(jnp.asarray(value, dtype=dtype), None if like is None else _placement_like(like, ()))
 
     def copy(self, value: Array) -> Array:
         return jnp.array(value, copy=True)
@@ -112,6 +158,31 @@ class JaxBackend(ArrayBackend):
 
     def compile(self, function: Callable, donate_argnums: tuple = ()) -> Callable:
         return jax.jit(function, donate_argnums=donate_argnums)
+
+    def colocated(self, arrays: Sequence[Array]) -> list:
+        # Counters made before the variables were known (INERTIA_BACKEND=jax) sit on the
+        # default device, uncommitted: replicated over the variables' mesh once, here, the
+        # first step's program is the one every later step repeats.
+        mesh = next((a.sharding.mesh for a in arrays if isinstance(a.sharding, NamedSharding) and len(a.sharding.device_set) > 1), None)
+        if mesh is None:
+            return list(arrays)
+        replicated = NamedSharding(mesh, PartitionSpec())
+        return [a if a.committed or len(a.sharding.device_set) > 1 else jax.device_put(a, replicated) for a in arrays]
+
+    def placements(self, arrays: Sequence[Array]) -> tuple:
+        """Each array's sharding (hashable; compared at every repeat of a compiled step)."""
+        return tuple(a.sharding for a in arrays)
+
+    def spans_devices(self, placements: Any) -> bool:
+        return placements is not None and any(len(p.device_set) > 1 for p in placements)
+
+    def keep_placements(self, values: Sequence[Array], placements: Any) -> list:
+        """Inside a compiled step: each value constrained to the sharding its input had where
+        that spans several devices (XLA's propagation could otherwise pick another, e.g.
+        replicate a slot reset to zeros); single-device values are left to XLA."""
+        if placements is None:
+            return list(values)
+        return [_constrained(v, p) if len(p.device_set) > 1 else v for v, p in zip(values, placements)]
 
     def are_native(self, arrays: Sequence[Any]) -> bool:
         return all(map(isinstance, arrays, repeat(jax.Array)))

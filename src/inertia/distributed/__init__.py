@@ -16,9 +16,20 @@ Backend modules (``torch``, ``jax``, ``dtensor``) are imported on first use.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Sequence
 
 __all__ = ["GradientAggregator"]
+
+_BACKEND_MODULES = ("torch", "jax", "dtensor")
+
+
+def __getattr__(name: str) -> Any:
+    # `inertia.distributed.jax.pmean(...)` without importing the submodule first; importing
+    # this package alone must not import torch or jax.
+    if name in _BACKEND_MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class GradientAggregator:

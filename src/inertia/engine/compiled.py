@@ -45,6 +45,7 @@ class _LastStep(NamedTuple):
     constants: tuple
     learning_rate: Any
     count: int  # gradients it takes
+    placements: Any  # where the state was (``ArrayBackend.placements``)
 
 
 def _constants(optimizer: Any) -> tuple:
@@ -66,21 +67,35 @@ class CompiledSteps:
         ops = optimizer._backend
         constants = _constants(optimizer)
         indices = tuple(optimizer._get_variable_index(v) for v in variables)
-        key = (indices, tuple(map(id, own)), id(optimizer._learning_rate), constants)
+        for variable, value in zip(own + trainables, ops.colocated([v._value for v in own + trainables])):
+            variable._value = value
+        placements = ops.placements([v._value for v in own + trainables])
+        key = (indices, tuple(map(id, own)), id(optimizer._learning_rate), constants, placements)
         step = self.steps.get(key)
         if step is None:
             chosen = [trainables[i] for i in indices]
+            # A fused operation (the XLA custom call) has no partitioning rule: on arrays
+            # sharded over several devices XLA would gather each whole array onto every
+            # device for it and return it replicated. XLA's own fusions partition instead.
+            fused_allowed = not ops.spans_devices(placements)
+            own_placements = None if placements is None else placements[: len(own)]
+            trainable_placements = None if placements is None else placements[len(own):]
 
             def pure(own_values: list, trainable_values: list, gradients: list) -> tuple[list, list]:
                 if not self._retrace_allowed:
                     raise Retrace  # a repeat met gradients of another structure, shape or dtype
                 with values_swapped(own + trainables, own_values + trainable_values, copy=False):
-                    optimizer._in_own_step = True  # fused operations may replace reference ones
+                    optimizer._in_own_step = fused_allowed  # fused operations may replace reference ones
                     try:
                         optimizer._apply_prepared(list(gradients), chosen)
                     finally:
                         optimizer._in_own_step = False
-                    return [v.value for v in own], [v.value for v in trainables]
+                    # Placed as they came in: the donated buffers are reused in place, and a
+                    # sharded variable or slot stays sharded, whatever XLA would choose.
+                    return (
+                        ops.keep_placements([v.value for v in own], own_placements),
+                        ops.keep_placements([v.value for v in trainables], trainable_placements),
+                    )
 
             step = self.steps[key] = ops.compile(pure, donate_argnums=(0, 1))
             # Donation consumes the arrays passed in: give the step private copies first, so
@@ -94,7 +109,7 @@ class CompiledSteps:
             self._retrace_allowed = False
         self.last = _LastStep(
             step, None if targets is None else list(targets), own, trainables, constants, optimizer._learning_rate,
-            len(variables),
+            len(variables), placements,
         ) if repeatable else None
 
     def repeat(self, optimizer: Any, grads: list, trainable_variables: Optional[Sequence[Any]]) -> bool:
@@ -122,6 +137,8 @@ class CompiledSteps:
             or len(optimizer._all_variables()) != len(last.own)
             or ops.is_traced(optimizer._iterations.value)
             or not ops.are_native(grads)
+            # a variable assigned an array placed elsewhere (another sharding) needs its own step
+            or ops.placements(list(map(_value_of, last.own + last.trainables))) != last.placements
         ):
             return False
         try:
