@@ -14,6 +14,8 @@ FRAMEWORKS = {"torch", "jax", "jaxlib", "tensorflow", "mlx", "keras", "tf_keras"
 # Modules allowed to import a framework at module level: its backend, and the torch face and
 # its flat buffers (both imported only by users of torch).
 FRAMEWORK_MODULES = {"inertia.backend.torch", "inertia.backend.jax", "inertia.backend.mlx", "inertia.torch", "inertia.torch_flat"}
+# The DTensor support, imported by the torch backend only once torch.distributed.tensor is in use.
+FRAMEWORK_MODULES |= {"inertia.distributed.dtensor"}
 
 
 def _module_name(path: Path) -> str:

@@ -528,9 +528,13 @@ MUTANTS: list[Mutant] = [
         "        if self.clipvalue is not None:\n"
         "            grads = [pipeline.clip_by_value(ops, g, self.clipvalue) for g in grads]\n"
         "        if self.clipnorm is not None:\n"
-        "            grads = [pipeline.clip_by_norm(ops, g, self.clipnorm) for g in grads]\n",
+        "            # Sharded gradients (DTensor): their norms summed across the ranks in one collective.\n"
+        "            squares = pipeline.squared_norms(ops, grads, None) if ops.squares_reducer(grads) is not None else [None] * len(grads)\n"
+        "            grads = [pipeline.clip_by_norm(ops, g, self.clipnorm, squared) for g, squared in zip(grads, squares)]\n",
         "        if self.clipnorm is not None:\n"
-        "            grads = [pipeline.clip_by_norm(ops, g, self.clipnorm) for g in grads]\n"
+        "            # Sharded gradients (DTensor): their norms summed across the ranks in one collective.\n"
+        "            squares = pipeline.squared_norms(ops, grads, None) if ops.squares_reducer(grads) is not None else [None] * len(grads)\n"
+        "            grads = [pipeline.clip_by_norm(ops, g, self.clipnorm, squared) for g, squared in zip(grads, squares)]\n"
         "        if self.clipvalue is not None:\n"
         "            grads = [pipeline.clip_by_value(ops, g, self.clipvalue) for g in grads]\n",
         "legacy SGD with clipvalue and clipnorm clips the norm first (OptimizerV2 clips values first)",
