@@ -17,6 +17,7 @@ FRAMEWORK_MODULES = {
     "inertia.backend.torch", "inertia.backend.jax", "inertia.backend.mlx", "inertia.torch", "inertia.torch_flat",
     "inertia.distributed.torch",  # imported by the torch face, and by users of torch.distributed
     "inertia.distributed.jax",  # a backend module of inertia.distributed, imported on first use
+    "inertia.distributed.dtensor",  # imported by the torch backend only once torch.distributed.tensor is in use
 }
 
 

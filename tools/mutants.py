@@ -528,9 +528,13 @@ MUTANTS: list[Mutant] = [
         "        if self.clipvalue is not None:\n"
         "            grads = [pipeline.clip_by_value(ops, g, self.clipvalue) for g in grads]\n"
         "        if self.clipnorm is not None:\n"
-        "            grads = [pipeline.clip_by_norm(ops, g, self.clipnorm) for g in grads]\n",
+        "            # Sharded gradients (DTensor): their norms summed across the ranks in one collective.\n"
+        "            squares = pipeline.squared_norms(ops, grads, None) if ops.squares_reducer(grads) is not None else [None] * len(grads)\n"
+        "            grads = [pipeline.clip_by_norm(ops, g, self.clipnorm, squared) for g, squared in zip(grads, squares)]\n",
         "        if self.clipnorm is not None:\n"
-        "            grads = [pipeline.clip_by_norm(ops, g, self.clipnorm) for g in grads]\n"
+        "            # Sharded gradients (DTensor): their norms summed across the ranks in one collective.\n"
+        "            squares = pipeline.squared_norms(ops, grads, None) if ops.squares_reducer(grads) is not None else [None] * len(grads)\n"
+        "            grads = [pipeline.clip_by_norm(ops, g, self.clipnorm, squared) for g, squared in zip(grads, squares)]\n"
         "        if self.clipvalue is not None:\n"
         "            grads = [pipeline.clip_by_value(ops, g, self.clipvalue) for g in grads]\n",
         "legacy SGD with clipvalue and clipnorm clips the norm first (OptimizerV2 clips values first)",
@@ -1085,5 +1089,54 @@ MUTANTS: list[Mutant] = [
         "",
         "all_reduce_mean returns the sum over the ranks: the update is world-size times too large",
         ("tests/test_scale_out_torch.py",),
+    ),
+    # --- DTensor / FSDP2 (distributed/dtensor.py and its call sites) -------------------------
+    Mutant(
+        "dtensor-norms-over-replicated-dims",
+        "src/inertia/distributed/dtensor.py",
+        "            for dim in partial:",
+        "            for dim in range(mesh.ndim):",
+        "under HSDP the squared norms are summed over the replicated mesh dimension too: clipping by a norm sqrt(replicas) too large",
+        ("tests/test_fsdp2.py",),
+    ),
+    Mutant(
+        "dtensor-no-batched-reducer",
+        "src/inertia/backend/torch.py",
+        "return None if dtensor is None else dtensor.squares_reducer(arrays)",
+        "return None",
+        "clipping DTensor gradients leaves the norms to DTensor: three all_reduces per parameter instead of one per step",
+        ("tests/test_fsdp2.py",),
+    ),
+    Mutant(
+        "dtensor-kernel-clips-by-local-norms",
+        "src/inertia/engine/host.py",
+        "        return DECLINED  # the kernel's norms would be this rank's shards' only",
+        "        pass",
+        "the kernel clips sharded gradients by the norms of each rank's shards: the ranks' weights diverge",
+        ("tests/test_fsdp2.py",),
+    ),
+    Mutant(
+        "dtensor-slots-plain-tensors",
+        "src/inertia/backend/torch.py",
+        "        if _placed_like(like, shape):\n            return torch.zeros_like",
+        "        if False:\n            return torch.zeros_like",
+        "the Keras face's slots of DTensor parameters are whole plain tensors: its first step raises 'mixed torch.Tensor and DTensor'",
+        ("tests/test_fsdp2.py",),
+    ),
+    Mutant(
+        "dtensor-shards-unchecked",
+        "src/inertia/distributed/dtensor.py",
+        "            if not isinstance(array, DTensor) or layout_of(array) != layout:",
+        "            if not isinstance(array, DTensor):",
+        "the kernel steps a weight's shard with a gradient's shard holding other elements (another mesh order)",
+        ("tests/test_fsdp2.py",),
+    ),
+    Mutant(
+        "dtensor-multi-tensor-ema-copy",
+        "src/inertia/multi_tensor.py",
+        "    if _sharded(averages):  # DTensor has no sharding rule for _foreach_copy_",
+        "    if False:",
+        "the multi-tensor path (CUDA) raises NotImplementedError in the EMA of DTensor parameters, after the weights were updated",
+        ("tests/test_fsdp2.py",),
     ),
 ]

@@ -190,7 +190,9 @@ class SGD(_KerasSGD):
         if self.clipvalue is not None:
             grads = [pipeline.clip_by_value(ops, g, self.clipvalue) for g in grads]
         if self.clipnorm is not None:
-            grads = [pipeline.clip_by_norm(ops, g, self.clipnorm) for g in grads]
+            # Sharded gradients (DTensor): their norms summed across the ranks in one collective.
+            squares = pipeline.squared_norms(ops, grads, None) if ops.squares_reducer(grads) is not None else [None] * len(grads)
+            grads = [pipeline.clip_by_norm(ops, g, self.clipnorm, squared) for g, squared in zip(grads, squares)]
         if self.global_clipnorm is not None:
             grads = pipeline.clip_by_global_norm(ops, grads, self.global_clipnorm, reciprocal_in_dtype=True)
         return grads

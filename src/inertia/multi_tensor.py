@@ -38,6 +38,7 @@ Example (on a CUDA machine; elsewhere the same call takes the CPU kernel):
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -95,6 +96,8 @@ def multi_tensor_apply(optimizer: Any, grads: list, trainable_variables: Optiona
     found = _eligible(optimizer, grads, list(targets))
     if found is None:
         return False
+    if (optimizer.clipnorm or optimizer.global_clipnorm) and _sharded(grads):
+        return False  # torch's norms would meet the ranks' once per tensor, the reference path's once per step
     torch, wrappers, indices = found
     if optimizer.momentums and any(optimizer.momentums[i] is None for i in indices):
         return False  # a slot not made yet (tf.keras legacy makes them as gradients first arrive)
@@ -274,7 +277,20 @@ def ema_lists(torch: Any, averages: list, params: list, ema_momentum: float) -> 
     m = torch.tensor(ema_momentum, dtype=averages[0].dtype)
     kept = torch._foreach_mul(averages, float(m))
     torch._foreach_add_(kept, torch._foreach_mul(params, float(1 - m)))
-    torch._foreach_copy_(averages, kept)
+    if _sharded(averages):  # DTensor has no sharding rule for _foreach_copy_
+        for average, value in zip(averages, kept):
+            average.copy_(value)
+    else:
+        torch._foreach_copy_(averages, kept)
+
+
+def _sharded(tensors: Sequence[Any]) -> bool:
+    """Whether any of ``tensors`` is a DTensor (FSDP2's parameters, gradients and state)."""
+    if "torch.distributed.tensor" not in sys.modules:  # no DTensor exists before it is imported
+        return False
+    from inertia.distributed.dtensor import is_dtensor
+
+    return any(map(is_dtensor, tensors))
 
 
 def _rounding(torch: Any, dtype: Any) -> Any:

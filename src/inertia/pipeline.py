@@ -14,7 +14,8 @@ from inertia.backend.base import ArrayBackend
 
 # Sums squared norms across the ranks that hold shards of the same gradients (ZeRO's
 # partitions, a DTensor's local shards): local squared sums in, global ones out, in one
-# collective for the whole list. None: the gradients are whole, nothing to reduce.
+# collective for the whole list. None: the backend's own for its arrays
+# (``ops.squares_reducer``: DTensor's shards), none for whole arrays.
 SquaresReducer = Callable[[list], list]
 
 __all__ = [
@@ -60,15 +61,24 @@ def clip_by_norm(ops: ArrayBackend, gradient: Any, clipnorm: float, squared: Any
     c = _scalar(ops, clipnorm, gradient)
     if squared is None:
         squared = ops.sum(ops.square(gradient), keepdims=True)
+        reduce_squares = ops.squares_reducer([gradient])
+        if reduce_squares is not None:
+            (squared,) = reduce_squares([squared])
     positive = squared > 0
     norm = ops.where(positive, ops.sqrt(ops.where(positive, squared, 1)), squared)
     return (gradient * c) / ops.maximum(norm, c)
 
 
 def squared_norms(ops: ArrayBackend, gradients: Sequence[Any], reduce_squares: Optional[SquaresReducer]) -> list:
-    """Each gradient's squared norm (a 0-d array), summed across shards by ``reduce_squares``."""
+    """Each gradient's squared norm (a 0-d array), summed across shards by ``reduce_squares``
+    (None: the backend's reducer for these arrays, if they are sharded)."""
     squares = [ops.sum(ops.square(g)) for g in gradients]
+    reduce_squares = _reducer(ops, gradients, reduce_squares)
     return squares if reduce_squares is None else list(reduce_squares(squares))
+
+
+def _reducer(ops: ArrayBackend, gradients: Sequence[Any], given: Optional[SquaresReducer]) -> Optional[SquaresReducer]:
+    return given if given is not None else ops.squares_reducer(gradients)
 
 
 def clip_by_global_norm(
@@ -89,6 +99,7 @@ def clip_by_global_norm(
     (one scalar per step).
     """
     squares = [ops.sum(ops.square(g)) for g in gradients]
+    reduce_squares = _reducer(ops, gradients, reduce_squares)
     dtype = _widest(ops, squares)
     total = ops.cast(squares[0], dtype)
     for value in squares[1:]:
@@ -122,8 +133,10 @@ def clip(
     """Keras' clipping: the first of clipnorm, global_clipnorm, clipvalue that is > 0.
 
     ``reduce_squares``: for sharded gradients, the norms are the whole tensors' (one
-    collective for the list, see :data:`SquaresReducer`)."""
+    collective for the list, see :data:`SquaresReducer`); None takes the backend's for
+    its sharded arrays (DTensor), none for whole ones."""
     if clipnorm and clipnorm > 0:
+        reduce_squares = _reducer(ops, gradients, reduce_squares)
         if reduce_squares is None:
             return [clip_by_norm(ops, g, clipnorm) for g in gradients]
         squares = squared_norms(ops, gradients, reduce_squares)

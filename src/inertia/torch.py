@@ -72,6 +72,11 @@ def _number(value: Any) -> float:
     return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
 
 
+def _clips_by_norm(clipnorm: Any) -> bool:
+    """Whether a group's clipnorm clips (as ``pipeline.clip`` reads it: set and > 0)."""
+    return bool(clipnorm) and clipnorm > 0
+
+
 def _check_number(name: str, value: Any, *, minimum: Optional[float] = 0.0, optional: bool = False) -> None:
     if value is None and optional:
         return
@@ -808,6 +813,9 @@ class SGD(torch.optim.Optimizer):
             g.device != device or g.dtype != dtype for _, _, g in work
         ):
             return False
+        clips_by_norm = self.global_clipnorm is not None or any(group["clipnorm"] is not None for group in groups)
+        if clips_by_norm and _get_backend("torch").squares_reducer([g for _, _, g in work]) is not None:
+            return False  # sharded (DTensor): torch's norms would meet the ranks' once per tensor, the reference path once
         by_group: dict[int, list] = {}
         for group, param, grad in work:
             by_group.setdefault(id(group), []).append((param, grad))
@@ -956,9 +964,19 @@ class SGD(torch.optim.Optimizer):
         if self.global_clipnorm is not None and work:
             clipped = pipeline.clip_by_global_norm(ops, [grad for _, _, grad in work], self.global_clipnorm)
             return [(group, param, grad) for (group, param, _), grad in zip(work, clipped)]
+        # Sharded gradients (DTensor): the norms of every clipnorm group summed across the
+        # ranks in one collective, not one per gradient.
+        by_norm = [k for k, (group, _, _) in enumerate(work) if _clips_by_norm(group["clipnorm"])]
+        reduce_squares = ops.squares_reducer([work[k][2] for k in by_norm]) if by_norm else None
+        squares = {}
+        if reduce_squares is not None:
+            squares = dict(zip(by_norm, pipeline.squared_norms(ops, [work[k][2] for k in by_norm], reduce_squares)))
         result = []
-        for group, param, grad in work:
-            grad = pipeline.clip(ops, [grad], group["clipnorm"], None, group["clipvalue"])[0]
+        for position, (group, param, grad) in enumerate(work):
+            if position in squares:
+                grad = pipeline.clip_by_norm(ops, grad, group["clipnorm"], squares[position])
+            else:
+                grad = pipeline.clip(ops, [grad], group["clipnorm"], None, group["clipvalue"])[0]
             result.append((group, param, grad))
         return result
 

@@ -8,7 +8,7 @@ Dtypes are passed around as canonical names (``"float32"``, ``"bfloat16"``, ...)
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 Array = Any
 
@@ -166,6 +166,19 @@ class ArrayBackend(ABC):
         checks itself (NumPy: data pointer, flags, dtype and shape are read in C), or the
         addresses of arrays checked here (type, host memory, dtype, shape, strides, sign
         bits, and writability when ``writable``); None if any does not fit."""
+        return None
+
+    def kernel_shards(self, lists: Sequence[Optional[Sequence[Any]]]) -> Optional[tuple[list, Any]]:
+        """The arrays the host kernel writes for a step's ``lists`` (weights first; None where
+        a list is absent) and their layout: the lists themselves and None for whole arrays;
+        each sharded array's local shard and the shards' layout for a backend whose arrays
+        may be distributed (torch's DTensor); None when the shards do not line up."""
+        return list(lists), None
+
+    def squares_reducer(self, arrays: Sequence[Array]) -> Optional[Callable[[list], list]]:
+        """How clipping sums the squared norms of ``arrays`` across the ranks holding their
+        other shards (an :data:`inertia.pipeline.SquaresReducer`, one collective for the
+        list); None for whole arrays."""
         return None
 
     def kernel_wrote(self, arrays: Sequence[Any]) -> None:

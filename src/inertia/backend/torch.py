@@ -8,8 +8,9 @@ as NumPy's does and nothing is captured as a Python constant.
 from __future__ import annotations
 
 import operator
+import sys
 from itertools import repeat
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +29,23 @@ def _torch_dtype(dtype: str) -> torch.dtype:
 
 def _device_of(like: Any) -> Any:
     return like.device if isinstance(like, torch.Tensor) else None
+
+
+def _dtensor_module() -> Any:
+    """``inertia.distributed.dtensor`` once torch's DTensor is in use, else None: no DTensor
+    exists before ``torch.distributed.tensor`` is imported, and importing it costs a second."""
+    if "torch.distributed.tensor" not in sys.modules:
+        return None
+    from inertia.distributed import dtensor
+
+    return dtensor
+
+
+def _placed_like(like: Any, shape: Sequence[int]) -> bool:
+    """Whether a new array of ``shape`` is a slot of ``like``, a DTensor (a sharded
+    parameter): it is then made a DTensor with the parameter's mesh and placements."""
+    dtensor = _dtensor_module()
+    return dtensor is not None and dtensor.is_dtensor(like) and tuple(shape) == tuple(like.shape)
 
 
 _DTYPE_OF = operator.attrgetter("dtype")
@@ -74,9 +92,13 @@ class TorchBackend(ArrayBackend):
         return value if value.dtype == target else value.to(target)
 
     def zeros(self, shape: Sequence[int], dtype: str, like: Array | None = None) -> Array:
+        if _placed_like(like, shape):
+            return torch.zeros_like(like, dtype=_torch_dtype(dtype), memory_format=torch.contiguous_format)
         return torch.zeros(tuple(shape), dtype=_torch_dtype(dtype), device=_device_of(like))
 
     def empty(self, shape: Sequence[int], dtype: str, like: Array | None = None) -> Array:
+        if _placed_like(like, shape):
+            return torch.empty_like(like, dtype=_torch_dtype(dtype), memory_format=torch.contiguous_format)
         return torch.empty(tuple(shape), dtype=_torch_dtype(dtype), device=_device_of(like))
 
     def scalar(self, value: Any, dtype: str, like: Array | None = None) -> Array:
@@ -157,6 +179,18 @@ class TorchBackend(ArrayBackend):
         ):
             return None
         return list(map(tensor.data_ptr, arrays))
+
+    def kernel_shards(self, lists: Sequence[Optional[Sequence[Any]]]) -> Optional[tuple[list, Any]]:
+        # DTensors (FSDP2) step on their local shards; anything else is checked as it is.
+        dtensor = _dtensor_module()
+        first = next((arrays[0] for arrays in lists if arrays), None)
+        if dtensor is None or not dtensor.is_dtensor(first):
+            return list(lists), None
+        return dtensor.local_shards(lists)
+
+    def squares_reducer(self, arrays: Sequence[Array]) -> Optional[Callable[[list], list]]:
+        dtensor = _dtensor_module()
+        return None if dtensor is None else dtensor.squares_reducer(arrays)
 
     def kernel_wrote(self, arrays: Sequence[Any]) -> None:
         torch._C._increment_version(list(arrays))

@@ -16,6 +16,13 @@ must be where the plan saw it (the plan checked that no two written arrays overl
 gradient may meet it. After a write, torch's autograd version counters are bumped as torch's
 own in-place operations bump them.
 
+Sharded arrays (torch's DTensor, as FSDP2 makes them) step on their local shards
+(``ops.kernel_shards``), where a weight, its gradient and its slots are laid out alike; the
+plan keeps their layout, and a step whose shards no longer line up declines. The kernel sums
+norms over the arrays it is given, a rank's shards only, so it declines norm clipping on
+them: the face clips first, with the norms summed across the ranks, or its reference path
+runs.
+
 Example:
     >>> import numpy as np
     >>> from inertia.engine import host
@@ -73,7 +80,8 @@ class MemoryPlan:
     """Where a step's written arrays live: their sizes and shapes, their addresses as the plan
     saw them, and the sorted byte intervals they cover (checked not to overlap)."""
 
-    __slots__ = ("ops", "dtype", "is_double", "sizes", "shapes", "offsets", "shape_tuples", "expected", "written", "count")
+    __slots__ = ("ops", "dtype", "is_double", "sizes", "shapes", "offsets", "shape_tuples", "expected", "written", "count",
+                 "layout")
 
 
 def plan_memory(ops: Any, dtype: str, lists: Sequence[Optional[Sequence[Any]]]) -> Optional[MemoryPlan]:
@@ -82,6 +90,10 @@ def plan_memory(ops: Any, dtype: str, lists: Sequence[Optional[Sequence[Any]]]) 
     aligned, writable host array of ``dtype``) or two written arrays overlap."""
     if dtype not in DTYPES or not lists or lists[0] is None:
         return None
+    shards = ops.kernel_shards(lists)
+    if shards is None:
+        return None
+    lists, layout = shards
     weights = lists[0]
     shapes = [tuple(ops.shape(w)) for w in weights]
     addresses: list[int] = []
@@ -99,6 +111,7 @@ def plan_memory(ops: Any, dtype: str, lists: Sequence[Optional[Sequence[Any]]]) 
     plan.ops, plan.dtype, plan.is_double = ops, dtype, DTYPES[dtype] == 1
     plan.count = len(weights)
     plan.shape_tuples = shapes
+    plan.layout = layout
     sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
     plan.sizes = np.array(sizes, dtype=np.int64)
     packed, offsets = [], []
@@ -138,6 +151,7 @@ def plan_shapes(ops: Any, dtype: str, shapes: Sequence[tuple]) -> Optional[Memor
     plan.shapes = np.array(packed or [0], dtype=np.int64)
     plan.offsets = np.array(offsets, dtype=np.int64)
     plan.expected = plan.written = None
+    plan.layout = None
     return plan
 
 
@@ -167,6 +181,15 @@ def run(
     if module is None or not enabled():
         return DECLINED
     ops, dtype, shapes = plan.ops, plan.dtype, plan.shape_tuples
+    given = (weights, grads, velocities, averages, accumulators, weights_out, velocities_out)
+    shards = ops.kernel_shards(given)
+    if shards is None:
+        return DECLINED
+    if shards[1] != plan.layout:
+        return MOVED  # sharded otherwise since the plan was made: plan again
+    if plan.layout is not None and (global_clipnorm is not None or any(group.clipnorm is not None for group in groups)):
+        return DECLINED  # the kernel's norms would be this rank's shards' only
+    weights, grads, velocities, averages, accumulators, weights_out, velocities_out = shards[0]
     operands = []
     for arrays, writable in ((weights, weights_out is None), (grads, False), (velocities, velocities_out is None),
                              (averages, True), (accumulators, True), (weights_out, True), (velocities_out, True)):
@@ -187,6 +210,8 @@ def run(
     )
     if done == DONE:
         written = (weights_out or weights, velocities_out or velocities, averages, accumulators)
+        if plan.layout is not None:  # the DTensors too: each has a version counter of its own
+            written += (given[5] or given[0], given[6] or given[2], given[3], given[4])
         ops.kernel_wrote(list(chain.from_iterable(arrays for arrays in written if arrays is not None)))
     return done
 
@@ -198,12 +223,18 @@ def accumulate(plan: MemoryPlan, accumulators: list, grads: list) -> int:
     if module is None or not enabled():
         return DECLINED
     ops, dtype, shapes = plan.ops, plan.dtype, plan.shape_tuples
-    written = ops.kernel_operands(accumulators, dtype, shapes, True)
-    read = ops.kernel_operands(grads, dtype, shapes, False)
+    shards = ops.kernel_shards([accumulators, grads])
+    if shards is None:
+        return DECLINED
+    if shards[1] != plan.layout:
+        return MOVED
+    (local_accumulators, local_grads), sharded = shards[0], shards[1] is not None
+    written = ops.kernel_operands(local_accumulators, dtype, shapes, True)
+    read = ops.kernel_operands(local_grads, dtype, shapes, False)
     if written is None or read is None:
         return DECLINED
     done = module.accumulate(written, read, plan.sizes, plan.shapes, plan.offsets, plan.expected, plan.written,
                              int(plan.is_double), kernels.thread_count())
     if done == DONE:
-        ops.kernel_wrote(accumulators)
+        ops.kernel_wrote(list(local_accumulators) + (list(accumulators) if sharded else []))
     return done
