@@ -321,7 +321,7 @@ def test_cli_rejects_each_unknown_name_with_its_own_error(capsys):
     assert cli.main(["bench", "--workloads", "W9,W1", "--configs", "fast", "--contenders", "optax,torch-slow"]) == 2
     assert capsys.readouterr().err.splitlines() == [
         "inertia bench: error: --workloads: unknown name 'W9' (choose from W1, W2, W3)",
-        "inertia bench: error: --configs: unknown name 'fast' (choose from plain, nesterov, everything)",
+        "inertia bench: error: --configs: unknown name 'fast' (choose from plain, nesterov, everything, distributed)",
         f"inertia bench: error: --contenders: unknown name 'torch-slow' (choose from {', '.join(bench.ALL_CONTENDERS)})",
     ]
     assert cli.main(["bench", "--scale", "2"]) == 2
@@ -506,3 +506,116 @@ def test_every_contender_takes_the_step_it_is_timed_for(name):
             _assert_same_displacement(name, config, contender.weights(), contender.steps)
         finally:
             contender.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# the distributed benchmark (inertia bench --configs distributed): 2 gloo ranks, DDP and FSDP2
+# ---------------------------------------------------------------------------------------------
+def _rank_rows(times_per_round, state_bytes, elements, dw=(0.0, 1.0), **extra):
+    return {"config": "plain", "parallelism": "ddp", "optimizer": "torch-default", "times": times_per_round,
+            "steps": sum(len(r) for r in times_per_round), "state_bytes": state_bytes, "elements": elements, "dw": list(dw),
+            **extra}
+
+
+def test_distributed_rows_take_the_slower_rank_per_step_then_the_median_of_rounds():
+    from inertia import bench_distributed
+
+    # (train_s, step_s) per step; round 1's slower rank per step: train 4, 6, 3 -> 4; step 2, 1, 1 -> 1
+    rank0 = _rank_rows([[(4.0, 2.0), (1.0, 1.0), (3.0, 1.0)], [(8.0, 4.0)] * 3, [(2.0, 1.0)] * 3], 40, 10, dw=(1e-7, 0.5))
+    rank1 = _rank_rows([[(1.0, 1.0), (6.0, 0.5), (2.0, 0.5)], [(8.0, 4.0)] * 3, [(2.0, 1.0)] * 3], 36, 9, dw=(2e-7, 0.25))
+    failed = {"config": "plain", "parallelism": "fsdp2", "optimizer": "torch-fused"}
+    other = [dict(failed, error="NotImplementedError: no sharding strategy"), dict(failed, error="failed on the other rank")]
+    (row, broken), = [bench_distributed._combine([{"rows": [rank0, other[0]]}, {"rows": [rank1, other[1]]}])]
+    assert broken == dict(failed, error="NotImplementedError: no sharding strategy")
+    # round figures: train 4, 8, 2 -> median 4, spread (8 - 2) / 4; step 1, 4, 1 -> 1, (4 - 1) / 1
+    assert row["train_ms"] == pytest.approx(4000) and row["train_spread"] == pytest.approx(1.5)
+    assert row["step_ms"] == pytest.approx(1000) and row["step_spread"] == pytest.approx(3.0)
+    assert row["train_best_ms"] == pytest.approx(2000) and row["step_best_ms"] == pytest.approx(1000)
+    assert row["state_bytes_per_rank"] == [40, 36] and row["elements_per_rank"] == [10, 9]
+    assert row["step_gbps_per_rank"] == pytest.approx(10 * 20 / 1.0 / 1e9)
+    assert row["dw"] == pytest.approx(2e-7 / 0.5)  # the largest difference over the largest move, over ranks
+    assert row["step_vs_reference"] == row["train_vs_reference"] == 1.0
+
+
+def test_distributed_benchmark_runs_ddp_and_fsdp2_beside_torch():
+    """A tiny run of the real thing (2 gloo ranks, a few steps): every row is there, with
+    positive figures or the reason it did not run; the optimizers that must work do, and
+    take torch.optim.SGD's steps."""
+    requires("torch.distributed")
+    from inertia import bench_distributed
+
+    configs = ["plain", "decay"]
+    report = bench_distributed.run(configs=configs, rounds=2, steps=2, warmup=1, scale=0.02, timeout_s=240)
+    assert "error" not in report, report.get("error")
+    parameters = bench_distributed.parameter_count(report["model"])
+    assert report["parameters"] == parameters and report["model"]["width"] == 20
+    assert len(report["load_average"]) == 2
+    rows = {(r["config"], r["parallelism"], r["optimizer"]): r for r in report["results"]}
+    assert list(rows) == [(c, p, o) for c in configs for p in bench_distributed.PARALLELISMS for o in bench_distributed.OPTIMIZERS]
+    must_run = {(c, p, o) for c in configs for p in bench_distributed.PARALLELISMS
+                for o in ("torch-default", "torch-foreach", "inertia-torch-face")} | {("plain", "ddp", "inertia-keras-face")}
+    for key, row in rows.items():
+        if "step_ms" not in row:
+            assert key not in must_run, (key, row)
+            assert row.get("error") or row.get("not_run"), key
+            continue
+        assert row["steps"] == 1 + 2 * 2, key  # warm-up, then rounds x steps: the same steps for every contender
+        assert 0 < row["step_ms"] < row["train_ms"], key
+        assert 0 < row["step_best_ms"] <= row["step_ms"] and 0 < row["train_best_ms"] <= row["train_ms"], key
+        assert row["step_spread"] >= 0 and row["train_spread"] >= 0 and row["step_gbps_per_rank"] > 0, key
+        assert row["step_vs_reference"] > 0 and row["train_vs_reference"] > 0, key
+        state, elements = row["state_bytes_per_rank"], row["elements_per_rank"]
+        assert len(state) == len(elements) == 2 and min(state) > 0, key
+        if key[1] == "ddp":  # every rank holds every parameter and its momentum (4 bytes each)
+            assert elements == [parameters] * 2 and min(state) >= 4 * parameters, key
+        else:  # FSDP2: each rank holds a shard of each parameter, and only its momentum
+            assert sum(elements) == parameters and max(elements) < parameters, key
+            if key[2] != "inertia-keras-face":
+                assert sum(state) == 4 * parameters, key
+        assert row["dw"] <= 1e-4, key  # the same steps as torch.optim.SGD, up to rounding
+    assert rows["decay", "ddp", "inertia-keras-face"]["not_run"] == bench_distributed.NOT_RUN["inertia-keras-face", "decay"]
+    text = bench_distributed.markdown(report)
+    for config in configs:
+        assert f"**distributed {config}**" in text
+    for (config, parallelism, optimizer), row in rows.items():
+        assert f"| {parallelism} {optimizer} | " in text
+    json.loads(json.dumps(report))  # JSON-ready
+
+
+def test_cli_runs_the_distributed_benchmark_alone_or_beside_the_others(monkeypatch, capsys):
+    from inertia import bench_distributed
+
+    distributed = {"world_size": 2, "backend": "gloo", "model": bench_distributed.model_shape(0.5), "parameters": 7,
+                   "settings": {"rounds": 3, "steps": 8, "warmup": 3, "scale": 0.5}, "results": []}
+    asked, single = {}, []
+    monkeypatch.setattr(bench_distributed, "run", lambda **options: asked.update(options) or distributed)
+    monkeypatch.setattr(bench, "_machine", lambda: MACHINE)
+    monkeypatch.setattr(bench, "run", lambda **options: single.append(options["configs"]) or
+                        {"machine": MACHINE, "bandwidth_gbps": {}, "results": [], "not_run": []})
+    assert cli.main(["bench", "--configs", "distributed", "--rounds", "3", "--scale", "0.5"]) == 0
+    assert single == [] and {k: v for k, v in asked.items() if k != "log"} == {"rounds": 3, "scale": 0.5}
+    out = capsys.readouterr().out
+    assert out.endswith(bench_distributed.markdown(distributed) + "\n") and out.startswith("Machine: Scripted CPU")
+    assert cli.main(["bench", "--configs", "plain,distributed"]) == 0 and single == [["plain"]]
+    capsys.readouterr()
+    assert cli.main(["bench", "--configs", "distributed", "--plot", "x.png"]) == 2
+    assert "--plot: draws the single-process configurations, and --configs names none" in capsys.readouterr().err
+
+
+def test_distributed_markdown_shows_each_failure_in_its_row():
+    from inertia import bench_distributed
+
+    report = {"world_size": 2, "backend": "gloo", "model": bench_distributed.model_shape(), "parameters": 4214800,
+              "settings": {"rounds": 7, "steps": 8, "warmup": 3, "scale": 1.0}, "results": [
+                  {"config": "plain", "parallelism": "fsdp2", "optimizer": "torch-fused", "error": "NotImplementedError: a | b"},
+                  {"config": "plain", "parallelism": "ddp", "optimizer": "inertia-torch-face", "train_ms": 80.0,
+                   "train_best_ms": 70.0, "train_spread": 0.1, "step_ms": 8.0, "step_best_ms": 7.0, "step_spread": 0.2, "step_gbps_per_rank": 10.5,
+                   "state_bytes_per_rank": [2**20, 2**20], "dw": 0.0, "step_vs_reference": 1.25, "train_vs_reference": 1.0},
+              ]}
+    text = bench_distributed.markdown(report)
+    assert "| fsdp2 torch-fused | error: NotImplementedError: a / b | | | | | | | | | | | |" in text
+    assert "| ddp inertia-torch-face | 8.00 | 7.00 | 20% | 80.00 | 70.00 | 10% | 10.5 | 1.25 | 1.00 | 1.00 / 1.00 | 0.0e+00 |" in text
+    assert "4,214,800 float32 parameters" in text and "load average" not in text
+    assert "load average was 1.5 then 3.0 (before, then at the end" in bench_distributed.markdown(dict(report, load_average=[1.5, 3.0]))
+    failed = bench_distributed.markdown(dict(report, error="a rank failed"))
+    assert failed.endswith("Distributed benchmark failed: a rank failed")

@@ -3,7 +3,8 @@
 Workloads (float32): W1 one tensor of 32M elements; W2 the 161 parameter tensors of
 ResNet-50 (25.6M); W3 2000 tensors of 4096. Configurations: ``plain`` (momentum 0.9),
 ``nesterov``, and ``everything`` (momentum + weight decay + clipnorm + EMA of the weights;
-peers use their closest idiom). Every contender of a workload is set up once, then timed in
+peers use their closest idiom); ``inertia bench --configs distributed`` runs
+:mod:`inertia.bench_distributed` instead (or beside these): 2 gloo ranks, DDP and FSDP2. Every contender of a workload is set up once, then timed in
 rounds; in each round the contenders run in a shuffled order, each for a few steps, and a
 streaming kernel with SGD's own access pattern (read w, g, v; write w, v: 20 bytes per
 element) measures what the memory can do right then. A round whose bandwidth probe strays
@@ -633,6 +634,9 @@ def describe_choices() -> str:
     lines += [f"  {name}: {counts[name]} tensor(s), {sizes[name] / 1e6:.1f}M parameters" for name in WORKLOADS]
     lines += ["configurations:", "  plain: momentum 0.9", "  nesterov: Nesterov momentum 0.9",
               "  everything: momentum, weight decay, clipnorm and an EMA of the weights"]
+    from inertia import bench_distributed
+
+    lines.append(bench_distributed.describe() + "; not in the default")
     lines.append("contenders:")
     for name in ALL_CONTENDERS:
         missing = _missing(name)
@@ -748,6 +752,10 @@ def markdown(report: dict) -> str:
     if first:
         lines.append(f"inertia's first fused step in a fresh process: {first['cold_cache_s']:.2f} s with an empty kernel cache, "
                      f"{first['warm_cache_s']:.3f} s with a warm one.")
+    if "distributed" in report:  # inertia bench --configs distributed
+        from inertia import bench_distributed
+
+        lines += ["", bench_distributed.markdown(report["distributed"])]
     return "\n".join(lines)
 
 

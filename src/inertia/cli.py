@@ -137,12 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
         "three workloads for plain momentum, Nesterov and everything on, interleaved in rounds "
         "beside a bandwidth probe. Prints Markdown; --json writes every figure. A default run "
         "takes about 10 minutes on 2 cores with every peer installed (torch-compile compiles for "
-        "about 25 s a configuration); --workloads W3 --configs plain --scale 0.1 takes seconds.",
+        "about 25 s a configuration); --workloads W3 --configs plain --scale 0.1 takes seconds. --configs distributed runs "
+        "inertia.torch.SGD, inertia.SGD and torch.optim.SGD under 2-rank DDP and FSDP2 (gloo on "
+        "127.0.0.1) instead, or beside the others when listed with them (about 4 minutes).",
         epilog=_bench_choices(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench.add_argument("--workloads", default="W1,W2,W3", help="comma-separated subset of W1,W2,W3")
-    bench.add_argument("--configs", default="plain,nesterov,everything", help="comma-separated configurations")
+    bench.add_argument("--configs", default="plain,nesterov,everything",
+                       help="comma-separated configurations; distributed: the 2-rank DDP and FSDP2 benchmark (not in the default)")
     bench.add_argument("--contenders", default=None, help="comma-separated contenders (default: all installed; torch-compile compiles for about 25 s a configuration)")
     bench.add_argument("--rounds", type=_positive_int, default=7, metavar="N", help="timing rounds (default: 7)")
     bench.add_argument("--scale", type=float, default=1.0, help="shrink every workload's first dimension (quick checks)")
@@ -183,27 +186,41 @@ def _bench(args: argparse.Namespace) -> int:
     errors = []
     for option, given, known in (
         ("--workloads", args.workloads, list(benchmark.WORKLOADS)),
-        ("--configs", args.configs, list(benchmark.CONFIGS)),
+        ("--configs", args.configs, list(benchmark.CONFIGS) + ["distributed"]),
         ("--contenders", args.contenders or "", list(benchmark.ALL_CONTENDERS)),
     ):
         errors += [f"{option}: unknown name {name!r} (choose from {', '.join(known)})"
                    for name in split(given) if name not in known]
     if not 0 < args.scale <= 1:
         errors.append(f"--scale: must be in (0, 1], got {args.scale}")
+    configs = split(args.configs)
+    distributed = "distributed" in configs
+    configs = [config for config in configs if config != "distributed"]
     if args.plot:
         try:
             plots.pyplot()
         except plots.MissingPlotLibraryError as error:
             errors.append(f"--plot: {error}")
+        if distributed and not configs:
+            errors.append("--plot: draws the single-process configurations, and --configs names none")
     if errors:
         for error in errors:
             print(f"inertia bench: error: {error}", file=sys.stderr)
         return 2
-    report = benchmark.run(
-        workloads=split(args.workloads), configs=split(args.configs),
-        contenders=split(args.contenders) if args.contenders else None, rounds=args.rounds, scale=args.scale,
-        log=lambda text: print(text, file=sys.stderr, flush=True),
-    )
+    log = lambda text: print(text, file=sys.stderr, flush=True)
+    if configs or not distributed:
+        report = benchmark.run(
+            workloads=split(args.workloads), configs=configs,
+            contenders=split(args.contenders) if args.contenders else None, rounds=args.rounds, scale=args.scale,
+            log=log,
+        )
+    else:  # --configs distributed alone: no single-process workload runs
+        report = {"machine": benchmark._machine(), "settings": {"rounds": args.rounds, "scale": args.scale},
+                  "bandwidth_gbps": {}, "results": [], "not_run": []}
+    if distributed:
+        from inertia import bench_distributed
+
+        report["distributed"] = bench_distributed.run(rounds=args.rounds, scale=args.scale, log=log)
     text = benchmark.markdown(report)
     print(text)
     if args.json:
