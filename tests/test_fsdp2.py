@@ -86,9 +86,11 @@ def test_elementwise_steps_equal_one_process_bit_for_bit(ranks, one_process, nam
         assert ranks[rank][name]["collectives"] == [0] * fsdp2_ranks.STEPS
 
 
-@pytest.mark.parametrize("name", ["torch_everything", "keras_everything"])
+@pytest.mark.parametrize("name", ["torch_everything", "keras_everything", "torch_clipnorm", "torch_clipnorm_accumulating",
+                                  "torch_global_clipnorm"])
 def test_the_host_kernel_steps_the_local_shards(ranks, name):
-    # One kernel call per step (micro-steps accumulate in it too), and it ran each.
+    # One kernel call per step (micro-steps accumulate in it too), and it ran each; on the
+    # torch face with norm clipping too (the norms meet across the mesh first, in one all_reduce).
     for rank in range(WORLD):
         assert ranks[rank][name]["kernel_answers"] == [[DONE]] * fsdp2_ranks.STEPS
 

@@ -15,6 +15,7 @@ a swap for evaluation), and gradient accumulation.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import numbers
 import operator
@@ -562,7 +563,7 @@ class SGD(torch.optim.Optimizer):
     def _run_step(self, loss: Any) -> Any:
         steps = self.gradient_accumulation_steps
         updating = not steps or (self._micro_steps + 1) % steps == 0
-        if updating and (self.aggregate is not None or self.clip_group is not None):
+        if updating and (self.aggregate is not None or self.clip_group is not None or self._clips_shards()):
             self._communicating_update()
             return loss
         if self._holds_no_parameters():
@@ -622,6 +623,8 @@ class SGD(torch.optim.Optimizer):
         if clipped:
             grads, ranks_with_gradients = self._clip_across_ranks([grad for _, _, grad in work])
             work = [(group, param, grad) for (group, param, _), grad in zip(work, grads)]
+        elif work and self._clips_shards():
+            work, clipped, ranks_with_gradients = self._clip(work), True, len(work)  # one collective: the mesh's
         elif not work:
             if self._holds_no_parameters():
                 self._count_empty_step(True)
@@ -636,6 +639,15 @@ class SGD(torch.optim.Optimizer):
                 if accumulator is not None:
                     accumulator.zero_()
         self._reference_update(work if clipped else self._clip(work))
+
+    def _clips_shards(self) -> bool:
+        """Whether this update clips by a norm and its gradients are shards (DTensor): the
+        norms then meet across the mesh in one collective, before the kernel runs on the
+        local shards (which could not sum them itself)."""
+        if self.global_clipnorm is None and not any(_clips_by_norm(group["clipnorm"]) for group in self.param_groups):
+            return False
+        first = next((p.grad for group in self.param_groups for p in group["params"] if p.grad is not None), None)
+        return first is not None and _get_backend("torch").squares_reducer([first]) is not None
 
     def _holds_no_parameters(self) -> bool:
         return not any(group["params"] for group in self.param_groups)
@@ -748,6 +760,8 @@ class SGD(torch.optim.Optimizer):
         if self.use_ema and missing:
             return False  # the EMA covers every parameter: the reference path
         settings = [self._group_settings(group) for group in groups]
+        if not clip:  # the gradients are clipped already
+            settings = [dataclasses.replace(group, clipnorm=None, clipvalue=None) for group in settings]
         with_momentum = {settings[i].mode != MODE_NONE for i in set(group_of)}
         if len(with_momentum) != 1:
             return False  # groups with and without momentum: the reference path
