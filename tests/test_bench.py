@@ -537,7 +537,7 @@ def test_distributed_rows_take_the_slower_rank_per_step_then_the_median_of_round
     assert row["step_vs_reference"] == row["train_vs_reference"] == 1.0
 
 
-def test_distributed_benchmark_runs_ddp_and_fsdp2_beside_torch():
+def test_distributed_benchmark_runs_ddp_zero_and_fsdp2_beside_torch():
     """A tiny run of the real thing (2 gloo ranks, a few steps): every row is there, with
     positive figures or the reason it did not run; the optimizers that must work do, and
     take torch.optim.SGD's steps."""
@@ -568,12 +568,13 @@ def test_distributed_benchmark_runs_ddp_and_fsdp2_beside_torch():
         assert len(state) == len(elements) == 2 and min(state) > 0, key
         if key[1] == "ddp":  # every rank holds every parameter and its momentum (4 bytes each)
             assert elements == [parameters] * 2 and min(state) >= 4 * parameters, key
-        else:  # FSDP2: each rank holds a shard of each parameter, and only its momentum
+        else:  # FSDP2 (a shard of each parameter) and ZeRO (a partition of them): each rank steps its part, and holds only its momentum
             assert sum(elements) == parameters and max(elements) < parameters, key
             if key[2] != "inertia-keras-face":
                 assert sum(state) == 4 * parameters, key
         assert row["dw"] <= 1e-4, key  # the same steps as torch.optim.SGD, up to rounding
     assert rows["decay", "ddp", "inertia-keras-face"]["not_run"] == bench_distributed.NOT_RUN["inertia-keras-face", "decay"]
+    assert rows["plain", "zero", "inertia-keras-face"]["not_run"] == bench_distributed.NOT_RUN_UNDER["zero", "inertia-keras-face"]
     text = bench_distributed.markdown(report)
     for config in configs:
         assert f"**distributed {config}**" in text

@@ -1,4 +1,4 @@
-"""``inertia bench --configs distributed``: inertia's SGD under 2-rank DDP and FSDP2, beside torch.optim.SGD.
+"""``inertia bench --configs distributed``: inertia's SGD under 2-rank DDP, ZeRO and FSDP2, beside torch.optim.SGD.
 
 Two gloo ranks on 127.0.0.1 (a free port; ``python -m inertia.bench_distributed`` launched once
 per rank, each with one thread: ``OMP_NUM_THREADS=1``, ``INERTIA_NUM_THREADS=1``) train the same
@@ -6,7 +6,11 @@ MLP (float32, 4 hidden layers of 1024: 4.2M parameters in 10 tensors; batch 32 p
 batch per rank) under
 
 * ``ddp``: ``torch.nn.parallel.DistributedDataParallel`` (every rank holds every parameter and
-  its optimizer state), and
+  its optimizer state),
+* ``zero``: the same, with ``torch.distributed.optim.ZeroRedundancyOptimizer`` (ZeRO-1) around
+  the optimizer class: each rank keeps the state of, and steps, its partition of the
+  parameters, then broadcasts them (the broadcast is part of its step time); not the Keras
+  face, which is no torch.optim.Optimizer class, and
 * ``fsdp2``: ``torch.distributed.fsdp.fully_shard`` on ``init_device_mesh("cpu", (2,))``, each
   Linear its own group, then the root (each rank holds half of each parameter as a DTensor's
   local shard, and steps only that),
@@ -68,17 +72,21 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-__all__ = ["PARALLELISMS", "OPTIMIZERS", "CONFIGS", "NOT_RUN", "MODEL", "run", "markdown", "describe"]
+__all__ = ["PARALLELISMS", "OPTIMIZERS", "CONFIGS", "NOT_RUN", "NOT_RUN_UNDER", "MODEL", "run", "markdown", "describe"]
 
 WORLD = 2
 LEARNING_RATE, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 1e-4
-PARALLELISMS = ("ddp", "fsdp2")
+PARALLELISMS = ("ddp", "zero", "fsdp2")  # zero: ZeroRedundancyOptimizer (ZeRO-1) over DDP
 OPTIMIZERS = ("torch-default", "torch-foreach", "torch-fused", "inertia-torch-face", "inertia-keras-face")
 CONFIGS = ("plain", "nesterov", "decay")
 REFERENCE = "torch-default"  # what the ratios and dw compare with, under the same parallelism
 # (optimizer, configuration): not run, and why (reported, never silently missing).
 NOT_RUN = {
     ("inertia-keras-face", "decay"): "inertia.SGD's weight_decay is Keras' decoupled decay, not torch's L2 decay",
+}
+# (parallelism, optimizer): not run, and why.
+NOT_RUN_UNDER = {
+    ("zero", "inertia-keras-face"): "ZeroRedundancyOptimizer wraps a torch.optim.Optimizer class",
 }
 # The model at scale 1: inputs -> depth x (Linear(width) + ReLU) -> classes.
 MODEL = {"inputs": 1024, "width": 1024, "depth": 4, "classes": 16, "batch": 32}
@@ -104,7 +112,7 @@ def parameter_count(shape: dict) -> int:
 def describe() -> str:
     """One line for ``inertia bench --help``."""
     shape = model_shape()
-    return (f"  distributed: needs torch; 2 gloo ranks, DDP and FSDP2, an MLP of {parameter_count(shape) / 1e6:.1f}M parameters "
+    return (f"  distributed: needs torch; 2 gloo ranks, DDP, ZeRO and FSDP2, an MLP of {parameter_count(shape) / 1e6:.1f}M parameters "
             f"({', '.join(OPTIMIZERS)}; {', '.join(CONFIGS)}); about 4 minutes")
 
 
@@ -150,7 +158,7 @@ class _Contender:
         self.parallelism, self.optimizer_name, self.config = parallelism, optimizer, config
         self.name = f"{parallelism} {optimizer}"
         model = _build_model(shape)
-        if parallelism == "ddp":
+        if parallelism in ("ddp", "zero"):
             from torch.nn.parallel import DistributedDataParallel
 
             self.module = DistributedDataParallel(model)
@@ -178,10 +186,16 @@ class _Contender:
             if optimizer.startswith("inertia-"):
                 import inertia.torch
 
-                self.optimizer = inertia.torch.SGD(self.params, **options)
+                optimizer_class, kind = inertia.torch.SGD, {}
             else:
+                optimizer_class = torch.optim.SGD
                 kind = {"torch-default": {}, "torch-foreach": {"foreach": True}, "torch-fused": {"fused": True}}[optimizer]
-                self.optimizer = torch.optim.SGD(self.params, **kind, **options)
+            if parallelism == "zero":
+                from torch.distributed.optim import ZeroRedundancyOptimizer
+
+                self.optimizer = ZeroRedundancyOptimizer(self.params, optimizer_class=optimizer_class, **kind, **options)
+            else:
+                self.optimizer = optimizer_class(self.params, **kind, **options)
             self.step_optimizer = self.optimizer.step
         self.times: list[list[tuple[float, float]]] = []  # per round: (train_s, step_s) per step
         self.steps = 0
@@ -202,12 +216,19 @@ class _Contender:
     def run(self, count: int) -> None:
         self.times.append([self.train_step() for _ in range(count)])
 
+    def _stepping(self) -> Any:
+        """The optimizer that keeps this rank's state (ZeRO's local one under ZeRO)."""
+        return getattr(self.optimizer, "optim", self.optimizer)
+
     def state_bytes(self) -> int:
         if self.optimizer is None:
             return _tensor_bytes(v.value for v in self.keras.variables)
-        return _tensor_bytes(value for state in self.optimizer.state.values() for value in state.values())
+        return _tensor_bytes(value for state in self._stepping().state.values() for value in state.values())
 
     def local_elements(self) -> int:
+        """The elements this rank steps: its shards (FSDP2), its partition (ZeRO), or all."""
+        if self.parallelism == "zero":
+            return sum(p.numel() for group in self._stepping().param_groups for p in group["params"])
         return sum(_local(p).numel() for p in self.params)
 
 
@@ -246,7 +267,7 @@ def _rank_main(rank: int, port: int, spec: dict, out: str) -> None:
             for optimizer in spec["optimizers"]:
                 row = {"config": config, "parallelism": parallelism, "optimizer": optimizer}
                 rows.append(row)
-                reason = NOT_RUN.get((optimizer, config))
+                reason = NOT_RUN.get((optimizer, config)) or NOT_RUN_UNDER.get((parallelism, optimizer))
                 if reason is not None:
                     row["not_run"] = reason
                     continue
