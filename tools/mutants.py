@@ -1139,4 +1139,23 @@ MUTANTS: list[Mutant] = [
         "the multi-tensor path (CUDA) raises NotImplementedError in the EMA of DTensor parameters, after the weights were updated",
         ("tests/test_fsdp2.py",),
     ),
+    # --- JAX sharding (engine/compiled.py) -----------------------------------------------
+    Mutant(
+        "jax-custom-call-across-devices",
+        "src/inertia/engine/compiled.py",
+        "            fused_allowed = not ops.spans_devices(placements)\n",
+        "            fused_allowed = True\n",
+        "an eager step on sharded JAX variables all-gathers every array into the CPU custom call and "
+        "returns weights and momentum replicated on every device",
+        ("tests/test_jax_sharding.py",),
+    ),
+    Mutant(
+        "jax-repeat-ignores-placements",
+        "src/inertia/engine/compiled.py",
+        "            or ops.placements(list(map(_value_of, last.own + last.trainables))) != last.placements\n",
+        "",
+        "a variable re-sharded between steps repeats the step compiled for the old layout (an error, "
+        "or a silent relayout of the state)",
+        ("tests/test_jax_sharding.py",),
+    ),
 ]
