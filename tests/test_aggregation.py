@@ -108,13 +108,13 @@ def test_an_assigned_aggregator_is_the_stage_and_skip_gradients_aggregation_skip
     opt.apply_gradients([(np.array([1.0, 1.0], np.float32), w)])
     plain.apply([np.array([2.0, 2.0], np.float32)], [twin])
     np.testing.assert_array_equal(w.numpy(), twin.numpy())
-    assert calls == [1]
+    assert calls == [2]  # the gradient, and the presence vector
     opt.apply_gradients([(np.array([1.0, 1.0], np.float32), w)], skip_gradients_aggregation=True)
     plain.apply([np.array([1.0, 1.0], np.float32)], [twin])
     np.testing.assert_array_equal(w.numpy(), twin.numpy())
-    assert calls == [1]
+    assert calls == [2]
     opt.minimize(lambda: (w * w).sum(), [w])  # minimize aggregates too
-    assert calls == [1, 1]
+    assert calls == [2, 2]
 
 
 def test_the_legacy_face_aggregates_unless_told_its_gradients_are_aggregated():
@@ -165,7 +165,7 @@ class Failing(inertia.SGD):
 
 @pytest.mark.parametrize("answer, error, message", [
     (ConnectionError("a rank went away"), ConnectionError, "a rank went away"),
-    (lambda pairs: pairs[:0], ValueError, r"must return 1 \(gradient, variable\) pairs.*Received: \[\]"),
+    (lambda pairs: pairs[:0], ValueError, r"must return 2 \(gradient, variable\) pairs.*Received: \[\]"),
     (lambda pairs: [(g[:1], v) for g, v in pairs], TypeError, r"returned for variable 'w' .*shape \(1,\).*expected a numpy array of shape \(3,\)"),
     (lambda pairs: [(g.astype("float64"), v) for g, v in pairs], TypeError, r"dtype float32"),
     (lambda pairs: [g for g, _ in pairs], TypeError, r"must return \(gradient, variable\) pairs"),
@@ -190,7 +190,7 @@ def test_the_torch_face_aggregates_the_accumulated_mean_on_updates_only(fast):
     seen = []
 
     def times_replicas(grads):
-        seen.append([g.clone() for g in grads])
+        seen.append([g.clone() for g in grads[:-1]])  # the last: the presence vector
         return [g * REPLICAS for g in grads]
 
     options = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01, global_clipnorm=1.5, use_ema=True,
@@ -217,8 +217,8 @@ def test_the_torch_face_aggregates_the_accumulated_mean_on_updates_only(fast):
 
 
 @pytest.mark.parametrize("answer, error, message", [
-    (lambda grads: grads[:0], ValueError, r"`aggregate` must return a list of 1 gradients"),
-    (lambda grads: [g[:1] for g in grads], TypeError, r"for gradient 0, a tensor of shape \(1,\).*expected a tensor of shape \(3,\)"),
+    (lambda grads: grads[:0], ValueError, r"`aggregate` must return a list of 2 tensors"),
+    (lambda grads: [g[:1] for g in grads], TypeError, r"for tensor 0, a tensor of shape \(1,\).*expected a tensor of shape \(3,\)"),
     (lambda grads: [g.double() for g in grads], TypeError, r"torch.float64"),
     (lambda grads: (_ for _ in ()).throw(ConnectionError("a rank went away")), ConnectionError, "a rank went away"),
 ], ids=["too few", "wrong shape", "wrong dtype", "raises"])
@@ -268,3 +268,63 @@ def test_a_gradient_aggregator_keeps_the_structure_it_is_given():
 
     with pytest.raises(ValueError, match=r"Losing.reduce returned 1 gradients for 2"):
         Losing()([a, b])
+
+
+def other_replica_stage(other: dict, other_present: list):
+    """A one-process stand-in for two replicas averaging: this replica's list (zeros where
+    it has no gradient, then its presence vector) averaged with another's, given here."""
+
+    def mean_with_other(arrays):
+        import numpy as np
+
+        *gradients, presence = arrays
+        ops = backends.of(presence)
+        others = [ops.asarray(np.asarray(other.get(k, np.zeros(ops.shape(g))), np.float32), like=g) for k, g in enumerate(gradients)]
+        other_presence = ops.asarray(np.asarray(other_present, np.float32), like=presence)
+        two = ops.scalar(2, "float32", like=presence)
+        return [(g + o) / two for g, o in zip(gradients, others)] + [(presence + other_presence) / two]
+
+    return mean_with_other
+
+
+def test_the_keras_stage_sees_every_variable_and_skips_those_no_replica_has_a_gradient_for():
+    a, b, c = (inertia.Variable(np.array([1.0, 1.0], np.float32), name=n) for n in "abc")
+    opt = inertia.SGD(learning_rate=0.5, momentum=0.9)
+    stage = other_replica_stage({1: [4.0, -4.0]}, [1.0, 1.0, 0.0])  # the other replica: gradients for a and b
+    opt.aggregate_gradients = lambda pairs: list(zip(stage([g for g, _ in pairs]), [v for _, v in pairs]))
+    with pytest.warns(UserWarning, match="Gradients do not exist"):
+        opt.apply([np.array([2.0, 2.0], np.float32), None, None], [a, b, c])  # this replica: a only
+    np.testing.assert_array_equal(a.numpy(), [1.0 - 0.5 * 1.0] * 2)  # (2 + 0) / 2
+    np.testing.assert_array_equal(b.numpy(), [1.0 - 0.5 * 2.0, 1.0 + 0.5 * 2.0])  # (0 + 4) / 2: the other replica's
+    np.testing.assert_array_equal(c.numpy(), [1.0, 1.0])  # no replica: skipped, no momentum either
+    np.testing.assert_array_equal(opt.momentums[2].numpy(), [0.0, 0.0])
+
+
+def test_the_torch_stage_sees_every_parameter_and_skips_those_no_rank_has_a_gradient_for():
+    torch = requires("torch")
+    import inertia.torch
+
+    a, b, c = (torch.nn.Parameter(torch.ones(2)) for _ in range(3))
+    opt = inertia.torch.SGD([a, b, c], lr=0.5, momentum=0.9, aggregate=other_replica_stage({1: [4.0, -4.0]}, [1.0, 1.0, 0.0]))
+    a.grad = torch.full((2,), 2.0)
+    opt.step()
+    assert torch.equal(a.detach(), torch.full((2,), 0.5)) and torch.equal(b.detach(), torch.tensor([0.0, 2.0]))  # (0 + 4) / 2: the other rank's
+    assert torch.equal(c.detach(), torch.ones(2)) and c not in opt.state or "momentum_buffer" not in opt.state[c]
+    assert torch.equal(opt.state[b]["momentum_buffer"], torch.tensor([2.0, -2.0]))
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "torch"])
+def test_an_identity_stage_changes_no_number_and_keeps_jit_compile_false_on_the_reference_path(backend_name):
+    load_backend(backend_name)
+    ops = backends.get(backend_name)
+    results = []
+    for stage in (None, lambda pairs: pairs):
+        variables = [inertia.Variable(ops.asarray(np.array(v, np.float32)), name=n) for n, v in (("a", [1.0, -2.0]), ("b", [0.5]))]
+        opt = inertia.SGD(learning_rate=0.1, momentum=0.9, global_clipnorm=0.3, loss_scale_factor=4.0, jit_compile=False)
+        if stage is not None:
+            opt.aggregate_gradients = stage
+        for step in range(3):
+            opt.apply([ops.asarray(np.array([0.7 + step, -1.3], np.float32)), ops.asarray(np.array([2.9], np.float32))], variables)
+        results.append([v.numpy().copy() for v in variables] + [m.numpy().copy() for m in opt.momentums])
+    for with_stage, without in zip(results[1], results[0]):
+        np.testing.assert_array_equal(with_stage, without)

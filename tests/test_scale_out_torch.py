@@ -136,12 +136,14 @@ def keras_face_one_process_averaging_ranks(ranks_data: list) -> dict:
             "momentums": [m.value.detach().clone() for m in optimizer.momentums]}
 
 
-def one_process(steps: int = torch_ranks.MICRO_STEPS, single: bool = False, clipnorm: float | None = 0.05) -> tuple:
-    model = torch_ranks.model_for(single=single)
+def one_process(steps: int = torch_ranks.MICRO_STEPS, single: bool = False, clipnorm: float | None = 0.05,
+                dtype: torch.dtype = torch.float32) -> tuple:
+    model = torch_ranks.model_for(single=single, dtype=dtype)
     optimizer = inertia.torch.SGD(model.parameters(), **torch_ranks.OPTIONS, global_clipnorm=clipnorm,
                                   gradient_accumulation_steps=torch_ranks.ACCUMULATION)
     for step in range(steps):
-        torch_ranks.loss_of(model, torch_ranks.batch(None, step)).backward()
+        inputs, targets = torch_ranks.batch(None, step)
+        torch_ranks.loss_of(model, (inputs.to(dtype), targets.to(dtype))).backward()
         optimizer.step()
         optimizer.zero_grad()
     return model, optimizer
@@ -179,6 +181,12 @@ def test_the_keras_face_under_ddp_no_sync_aggregates_once_per_update_and_equals_
     assert_bitwise(first["params"], expected["params"])
     for got, want in zip(first["momentums"], expected["momentums"]):
         assert torch.equal(got, want)
+
+
+def test_a_loss_scale_skips_a_step_on_every_rank_when_one_rank_overflows(ranks):
+    first, second = (r["loss_scaled_keras_face"] for r in ranks)
+    assert first["skipped"] == second["skipped"] == [False, True, False, False]
+    assert_bitwise(first["params"], second["params"])
 
 
 def test_the_accumulators_restart_after_each_update(ranks):
@@ -241,13 +249,14 @@ def test_zero_consolidated_state_carries_the_counters_and_resumes_bit_for_bit(ra
         assert rank["zero_resumed"]["counters"] == rank["zero"]["counters"]
 
 
-def test_a_rank_with_an_empty_zero_shard_joins_the_norm_and_counts_the_updates(ranks):
-    results = [r["zero_empty_shard"] for r in ranks]
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_rank_with_an_empty_zero_shard_joins_the_norm_and_counts_the_updates(ranks, dtype):
+    results = [r["zero_empty_shard" if dtype == "float32" else "zero_empty_shard_float64"] for r in ranks]
     assert sorted(r["local_params"] for r in results) == [0, 1]
     for result in results:
         assert result["counters"] == {"micro_steps": 6, "updates": 3}
         assert result["all_reduce_calls"] == [0, 1] * 3
-    model, optimizer = one_process(single=True)
+    model, optimizer = one_process(single=True, dtype=getattr(torch, dtype))
     expected = torch_ranks.snapshot(model, optimizer)
     for result in results:
         assert_close(result["params"], expected["params"], rtol=2e-6)

@@ -888,6 +888,16 @@ def test_an_optimizer_wide_option_in_a_group_with_another_value_is_refused(key):
     assert_bitwise_equal(list(ours.param_groups[0]["params"]), before) and ours.updates == 0
 
 
+def test_arguments_the_optimizer_normalises_are_accepted_as_given_in_groups():
+    # ZeroRedundancyOptimizer copies the constructor's arguments as given into each group
+    raw = dict(ema_overwrite_frequency=5, global_clipnorm=torch.tensor(1.0))  # no EMA: the frequency is dropped
+    params = parameters([[1.0, 2.0]])
+    ours = SGD([{"params": params, **raw}], lr=0.1, **raw)
+    set_grads(params, [[3.0, 4.0]])
+    ours.step()
+    assert ours.ema_overwrite_frequency is None and ours.updates == 1
+
+
 def test_optimizer_wide_options_repeated_in_groups_are_accepted_as_zero_redundancy_optimizer_copies_them():
     wide = dict(global_clipnorm=0.5, use_ema=True, ema_momentum=0.9, ema_overwrite_frequency=2, gradient_accumulation_steps=2)
     params, twin_params = parameters([[1.0, 2.0], [3.0]]), parameters([[1.0, 2.0], [3.0]])

@@ -32,10 +32,10 @@ KERAS_OPTIONS = dict(learning_rate=0.1, momentum=0.9, nesterov=True, weight_deca
                      ema_overwrite_frequency=2, global_clipnorm=0.05)
 
 
-def model_for(seed: int = 0, single: bool = False) -> torch.nn.Module:
+def model_for(seed: int = 0, single: bool = False, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     torch.manual_seed(seed)
     if single:  # one parameter tensor: on two ranks, one ZeRO shard is empty
-        return torch.nn.Sequential(torch.nn.Linear(6, 3, bias=False))
+        return torch.nn.Sequential(torch.nn.Linear(6, 3, bias=False)).to(dtype)
     return torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
 
 
@@ -118,11 +118,31 @@ def keras_face_ddp(rank: int) -> dict:
             "momentums": [m.value.detach().clone() for m in optimizer.momentums], "all_reduce_calls": calls}
 
 
-def zero_run(rank: int, clip_group, steps: int = MICRO_STEPS, single: bool = False, resume_from: str | None = None,
+def loss_scaled_keras_face(rank: int) -> dict:
+    """A LossScaleOptimizer whose inner optimizer aggregates with all_reduce_mean; rank 0's
+    gradients overflow at step 1, rank 1's do not: both ranks must skip that step."""
+    model = model_for()
+    params = list(model.parameters())
+    optimizer = inertia.LossScaleOptimizer(inertia.SGD(learning_rate=0.1, momentum=0.9))
+    optimizer.aggregate_gradients = inertia.torch.all_reduce_mean()
+    optimizer.build(params)
+    skipped = []
+    for step in range(4):
+        model.zero_grad()
+        loss_of(model, batch(rank, step)).backward()
+        if step == 1 and rank == 0:
+            params[0].grad[0, 0] = float("inf")
+        before = float(optimizer.dynamic_scale.numpy())
+        optimizer.apply([p.grad for p in params], params)
+        skipped.append(float(optimizer.dynamic_scale.numpy()) < before)
+    return {"params": {name: p.detach().clone() for name, p in model.named_parameters()}, "skipped": skipped}
+
+
+def zero_run(rank: int, clip_group, steps: int = MICRO_STEPS, single: bool = False, dtype: torch.dtype = torch.float32, resume_from: str | None = None,
              save_to: str | None = None) -> dict:
     """ZeRO-1 over DDP with every inertia option; identical data on every rank, so DDP's
     averaged gradients are the single process' exactly."""
-    model = model_for(single=single)
+    model = model_for(single=single, dtype=dtype)
     ddp = DistributedDataParallel(model)
     options = dict(**OPTIONS, global_clipnorm=0.05, gradient_accumulation_steps=ACCUMULATION)
     if clip_group is not None:
@@ -138,7 +158,8 @@ def zero_run(rank: int, clip_group, steps: int = MICRO_STEPS, single: bool = Fal
     counter = CountingAllReduce()
     calls = []
     for step in range(start, steps):
-        loss_of(ddp, batch(None, step)).backward()
+        inputs, targets = batch(None, step)
+        loss_of(ddp, (inputs.to(dtype), targets.to(dtype))).backward()
         dist.all_reduce = counter
         before = counter.calls
         try:
@@ -178,6 +199,7 @@ def main() -> None:
         "ddp_unaggregated": ddp_accumulating(rank, aggregate=False, same_data=False),
         "ddp_aggregated_same_data": ddp_accumulating(rank, aggregate=True, same_data=True),
         "keras_face_ddp": keras_face_ddp(rank),
+        "loss_scaled_keras_face": loss_scaled_keras_face(rank),
         "zero": zero_run(rank, "world"),
         "zero_without_clip_group": zero_run(rank, None),
         "zero_first_half": zero_run(rank, "world", steps=3, save_to=os.path.join(out, "zero.pt")),
@@ -185,6 +207,8 @@ def main() -> None:
     results["zero_resumed"] = zero_run(rank, "world", resume_from=os.path.join(out, "zero.pt"))
     # One parameter tensor for two ranks: one rank's shard is empty, and it still joins.
     results["zero_empty_shard"] = zero_run(rank, "world", single=True)
+    # float64: the rank with the empty shard has no dtype of its own, and must still match.
+    results["zero_empty_shard_float64"] = zero_run(rank, "world", single=True, dtype=torch.float64)
     torch.save(results, os.path.join(out, f"rank{rank}.pt"))
     dist.destroy_process_group()
 

@@ -1158,4 +1158,31 @@ MUTANTS: list[Mutant] = [
         "or a silent relayout of the state)",
         ("tests/test_jax_sharding.py",),
     ),
+    Mutant(
+        "loss-scale-skips-alone",
+        "src/inertia/loss_scale.py",
+        "        if aggregating:\n            finite = self._finite_on_every_replica(finite, variables[0])\n",
+        "",
+        "under a LossScaleOptimizer with an aggregation stage, a replica whose gradients overflow skips the step "
+        "alone: the others wait for it in the next collective (a hang or a crash)",
+        ("tests/test_scale_out_torch.py",),
+    ),
+    Mutant(
+        "keras-stage-kernel-despite-jit-compile-false",
+        "src/inertia/optimizer.py",
+        "            if final and self.jit_compile and optimizer_host.apply_final(",
+        "            if final and optimizer_host.apply_final(",
+        "with an aggregation stage, jit_compile=False still runs the kernel: the numbers move by an ulp from the "
+        "reference path the user asked for",
+        ("tests/test_aggregation.py",),
+    ),
+    Mutant(
+        "torch-stage-sees-present-gradients-only",
+        "src/inertia/torch.py",
+        "        arrays = every_gradient(ops, [given.get(id(param)) for _, param in every], [param.detach() for _, param in every])\n",
+        "        arrays = every_gradient(ops, [given[id(p)] for _, p, _ in work], [p.detach() for _, p, _ in work])\n        every = [(g, p) for g, p, _ in work]\n",
+        "the torch face's stage gets only the gradients this rank has: ranks whose batches reached other "
+        "parameters average one parameter's gradient into another's, silently",
+        ("tests/test_aggregation.py",),
+    ),
 ]

@@ -128,6 +128,11 @@ class LossScaleOptimizer(Optimizer):
         grads, variables = self._prepare(grads, trainable_variables)
         ops = self._backend
         present = [g for g in grads if g is not None]
+        inner = self.inner_optimizer
+        aggregating = not self._skip_aggregation and inner._aggregates()
+        finite = ops.finite_flag(present)
+        if aggregating:
+            finite = self._finite_on_every_replica(finite, variables[0])
 
         def finite_step() -> None:
             scale = self.dynamic_scale.value
@@ -135,7 +140,11 @@ class LossScaleOptimizer(Optimizer):
                 g if g is None or v.overwrite_with_gradient else g / ops.cast(scale, ops.dtype_name(g))
                 for g, v in zip(grads, variables)
             ]
-            self.inner_optimizer.apply(unscaled, variables)
+            previous, inner._skip_aggregation = inner._skip_aggregation, not aggregating
+            try:
+                inner.apply(unscaled, variables)
+            finally:
+                inner._skip_aggregation = previous
             self._branch(
                 self._flag(self.step_counter.value == self.dynamic_growth_steps - 1),
                 lambda: rescale(2.0),
@@ -149,7 +158,32 @@ class LossScaleOptimizer(Optimizer):
             self.dynamic_scale.assign(scale * ops.scalar(factor, "float32", like=scale))
 
         with ops.step_context():
-            self._branch(ops.finite_flag(present), finite_step, lambda: rescale(0.5))
+            self._branch(finite, finite_step, lambda: rescale(0.5))
+
+    def _finite_on_every_replica(self, finite: Any, like: Variable) -> Any:
+        """Whether every replica's gradients are finite: each replica's non-finite flag
+        through the aggregation stage (an average or a sum is 0 only when every flag is),
+        so that all skip a step together, or none does (a replica skipping alone would
+        leave the others waiting in the next collective)."""
+        ops = like.backend
+        zero, one = ops.scalar(0.0, like.dtype, like=like.value), ops.scalar(1.0, like.dtype, like=like.value)
+        flag = (zero if finite else one) if isinstance(finite, bool) else ops.where(finite, zero, one)
+        flag = ops.zeros((1,), like.dtype, like=like.value) + flag
+        ((aggregated, _),) = self.inner_optimizer.aggregate_gradients([(flag, None)])
+        if ops.is_traced(aggregated):
+            return ops.sum(aggregated) == 0
+        return bool(np.all(ops.to_numpy(aggregated) == 0))
+
+    @property
+    def aggregate_gradients(self) -> Any:
+        """The inner optimizer's aggregation stage (assigning one here gives it to the inner
+        optimizer, which runs it on its real updates); the loss scale's skip decision goes
+        through it too, so that every replica skips together."""
+        return self.inner_optimizer.aggregate_gradients
+
+    @aggregate_gradients.setter
+    def aggregate_gradients(self, stage: Any) -> None:
+        self.inner_optimizer.aggregate_gradients = stage
 
     @property
     def learning_rate(self) -> Any:

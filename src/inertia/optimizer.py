@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
 from inertia import backend as backends
 from inertia import pipeline
 from inertia.backend.base import ArrayBackend
+from inertia.distributed import every_gradient, present_after
 from inertia.engine import optimizer_host
 from inertia.engine.compiled import CompiledSteps, values_swapped
 from inertia.engine.step import StepDescription
@@ -686,10 +687,22 @@ class Optimizer:
             return False
         return "aggregate_gradients" in self.__dict__ or type(self).aggregate_gradients is not Optimizer.aggregate_gradients
 
-    def _aggregated(self, grads: list, variables: list) -> list:
+    def _aggregated(self, grads: list, variables: list, with_presence: bool = True) -> tuple[list, list]:
         """``grads`` through ``aggregate_gradients``, checked: one gradient per variable, in
-        order, each an array of the variable's backend, shape and dtype."""
-        pairs = [(g, v) for g, v in zip(grads, variables)]
+        order, each an array of the variable's backend, shape and dtype. Returns the
+        aggregated gradients and, per variable, whether some replica had a gradient for it.
+
+        ``with_presence``: ``grads`` may hold None (this replica has no gradient there); the
+        stage then gets zeros in their place and, last, a presence vector paired with None
+        (:func:`inertia.distributed.every_gradient`), so that every replica aggregates the
+        same layout. A traced step (one program on every device) passes its list as it is."""
+        ops = variables[0].backend
+        if with_presence:
+            arrays = every_gradient(ops, grads, [v.value for v in variables])
+            owners: list = list(variables) + [None]
+        else:
+            arrays, owners = list(grads), list(variables)
+        pairs = list(zip(arrays, owners))
         returned = self.aggregate_gradients(pairs)
         returned = list(returned) if isinstance(returned, (list, tuple)) else returned
         if not isinstance(returned, list) or len(returned) != len(pairs):
@@ -702,14 +715,16 @@ class Optimizer:
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
                 raise TypeError(f"`aggregate_gradients` must return (gradient, variable) pairs. Received: {pair!r:.200}")
             new = pair[0].value if isinstance(pair[0], Variable) else pair[0]
-            ops = variable.backend
             if backends.of(new) is not ops or ops.shape(new) != ops.shape(gradient) or ops.dtype_name(new) != ops.dtype_name(gradient):
+                what = _describe(variable) if variable is not None else "the presence vector"
                 raise TypeError(
-                    f"`aggregate_gradients` returned for {_describe(variable)} {_describe(new)}; expected a {ops.name} "
+                    f"`aggregate_gradients` returned for {what} {_describe(new)}; expected a {ops.name} "
                     f"array of shape {ops.shape(gradient)} and dtype {ops.dtype_name(gradient)}, as the gradient it aggregates."
                 )
             aggregated.append(new)
-        return aggregated
+        if with_presence:
+            return aggregated[:-1], present_after(ops, aggregated[-1])
+        return aggregated, [True] * len(aggregated)
 
     @locked
     def apply_gradients(
@@ -773,26 +788,29 @@ class Optimizer:
         accumulation mean, ``aggregate_gradients``, then the rest of the step (on the host
         kernel where it covers it). The stage and every check run before the first change,
         so a failing collective changes nothing."""
-        grads, variables = self._prepare(grads, trainable_variables)
-        grads, variables = self._filter_empty_gradients(grads, variables)
-        stage = [(g, v) for g, v in zip(grads, variables) if not v.overwrite_with_gradient]
-        final = [g for g, _ in stage]
-        kept = [v for _, v in stage]
-        if self.loss_scale_factor is not None:
-            final = [pipeline.unscale(v.backend, g, self.loss_scale_factor) for g, v in zip(final, kept)]
+        every_grad, every_variable = self._prepare(grads, trainable_variables)
+        grads, variables = self._filter_empty_gradients(every_grad, every_variable)
+        # The stage sees every variable given (zeros where this replica has no gradient), so
+        # that every replica aggregates the same layout; a variable no replica has a
+        # gradient for is skipped after it, as without a stage.
+        stage = [(g, v) for g, v in zip(every_grad, every_variable) if not v.overwrite_with_gradient]
         steps = self.gradient_accumulation_steps
-        if steps:
-            final = [
-                pipeline.accumulated_mean(v.backend, g, self._accumulated_gradients[self._get_variable_index(v)].value, steps)
-                for g, v in zip(final, kept)
-            ]
-        if final:
-            final = self._aggregated(final, kept)
+        final, kept = [], [v for _, v in stage]
+        for gradient, variable in stage:
+            if gradient is not None and self.loss_scale_factor is not None:
+                gradient = pipeline.unscale(variable.backend, gradient, self.loss_scale_factor)
+            if gradient is not None and steps:
+                accumulator = self._accumulated_gradients[self._get_variable_index(variable)].value
+                gradient = pipeline.accumulated_mean(variable.backend, gradient, accumulator, steps)
+            final.append(gradient)
+        if kept:
+            final, present = self._aggregated(final, kept)
+            final, kept = [g for g, p in zip(final, present) if p], [v for v, p in zip(kept, present) if p]
         with self._backend.step_context():
             self._overwrite_variables_directly_with_gradients(grads, variables)
             # The kernel's plan is kept by the targets as given: the step's own list when it is whole.
             given = self._trainable_variables if trainable_variables is None else list(trainable_variables)
-            if final and optimizer_host.apply_final(self, final, given if len(given) == len(kept) else kept):
+            if final and self.jit_compile and optimizer_host.apply_final(self, final, given if len(given) == len(kept) else kept):
                 return
             if final:
                 self._update(final, kept, aggregated=True)
@@ -979,7 +997,7 @@ class Optimizer:
         """A real update step: aggregate (unless ``aggregated`` already), clip, decay,
         update_step, then the EMA."""
         if not aggregated and self._aggregates():  # traced: the stage is part of the traced step
-            grads = self._aggregated(grads, variables)
+            grads, _ = self._aggregated(grads, variables, with_presence=False)
         learning_rate = self._learning_rate_array()
         if not self._fused_update(grads, variables, learning_rate):
             grads = self._clip_gradients(grads, variables)

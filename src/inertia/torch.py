@@ -41,6 +41,7 @@ from inertia.engine.step import MODE_NONE, GroupSettings
 from inertia.engine.step import TORCH as TORCH_STEP
 from inertia.optimizer import locked
 from inertia.rule import sgd_update
+from inertia.distributed import every_gradient, present_after
 from inertia.distributed.torch import all_reduce_mean
 from inertia.torch_flat import FlatParameters
 
@@ -120,14 +121,14 @@ def _check_group(group: dict, optimizer_wide: Optional[Mapping] = None) -> None:
             "Only one of `clipnorm` and `clipvalue` can be set for a param group. "
             f"Received: clipnorm={group['clipnorm']}, clipvalue={group['clipvalue']}"
         )
-    own = optimizer_wide or {}
-    wide = [key for key in _OPTIMIZER_WIDE if key in group and not (key in own and _same(group[key], own[key]))]
+    own = optimizer_wide or {}  # each key's accepted values: the optimizer's, and the argument as given
+    wide = [key for key in _OPTIMIZER_WIDE if key in group and not (key in own and any(_same(group[key], v) for v in own[key]))]
     if wide:
         key = wide[0]
         if key in own:
             raise ValueError(
                 f"A param group sets {key}={group[key]!r}, but {key} applies to the whole optimizer, whose value is "
-                f"{own[key]!r}: a group may only repeat it (as ZeroRedundancyOptimizer copies it into each group)."
+                f"{own[key][0]!r}: a group may only repeat it (as ZeroRedundancyOptimizer copies it into each group)."
             )
         raise ValueError(f"{wide} apply to the whole optimizer and cannot be set per param group.")
     for key in _COUNTER_KEYS:
@@ -214,11 +215,15 @@ class SGD(torch.optim.Optimizer):
             every N-th applies their mean (clipping and EMA act on real updates only). A
             micro-step without a gradient for a param counts as zero for it; a param with no
             gradient in the whole cycle is skipped.
-        aggregate: a callable on the list of this step's gradients returning their
-            aggregates (one per gradient, same shapes), run on real updates only, after
-            the accumulation mean and before clipping: with DDP's ``no_sync()`` on every
-            micro-step and ``aggregate=inertia.torch.all_reduce_mean()``, replicas
-            communicate once per update. Every rank must step together.
+        aggregate: a callable on a list of tensors returning their aggregates (one per
+            tensor, same shapes), run on real updates only, after the accumulation mean
+            and before clipping: with DDP's ``no_sync()`` on every micro-step and
+            ``aggregate=inertia.torch.all_reduce_mean()``, replicas communicate once per
+            update. It gets one gradient per parameter, in order (zeros where this rank
+            has none), then a presence vector, so that every rank aggregates the same
+            layout; a parameter no rank has a gradient for is skipped (an average or a
+            sum keeps that meaning). Every rank steps together, so every ``step()``
+            counts. For replicated parameters (DDP), not ZeRO's partitions.
         clip_group: a torch.distributed group (or ``"world"``) over whose ranks
             global_clipnorm's norm is summed, for state sharded by parameter
             (ZeroRedundancyOptimizer): one all_reduce of one scalar per update, which
@@ -294,6 +299,11 @@ class SGD(torch.optim.Optimizer):
         if aggregate is not None and not callable(aggregate):
             raise TypeError(f"Argument `aggregate` must be a callable on a list of gradients, or None. Received: aggregate={aggregate!r}")
         _check_clip_group(clip_group, global_clipnorm)
+        self._given_options = dict(
+            global_clipnorm=global_clipnorm, use_ema=use_ema, ema_momentum=ema_momentum,
+            ema_overwrite_frequency=ema_overwrite_frequency, gradient_accumulation_steps=gradient_accumulation_steps,
+            clip_group=clip_group, aggregate=aggregate,
+        )
         self.aggregate = aggregate
         self.clip_group = clip_group
         self.global_clipnorm = None if global_clipnorm is None else float(global_clipnorm)
@@ -327,8 +337,12 @@ class SGD(torch.optim.Optimizer):
         self.param_groups[-1].update(counters)  # a group's counters are the optimizer's
 
     def _optimizer_wide(self) -> dict:
-        """The optimizer-wide options, which a param group may only repeat."""
-        return {key: getattr(self, key, None) for key in _OPTIMIZER_WIDE}
+        """The optimizer-wide options, which a param group may only repeat: each as the
+        optimizer holds it, and as the constructor was given it (ZeroRedundancyOptimizer
+        copies the arguments themselves: ``ema_overwrite_frequency=5`` without EMA, a
+        tensor ``global_clipnorm``)."""
+        given = self.__dict__.get("_given_options", {})
+        return {key: (getattr(self, key, None), given.get(key, getattr(self, key, None))) for key in _OPTIMIZER_WIDE}
 
     def _counter(self, key: str) -> int:
         groups = self.__dict__.get("param_groups")
@@ -370,6 +384,7 @@ class SGD(torch.optim.Optimizer):
         older = {key: self.__dict__.pop(f"_{key}") for key in _COUNTER_KEYS if f"_{key}" in self.__dict__}
         self.__dict__.setdefault("_counters_without_groups", dict.fromkeys(_COUNTER_KEYS, 0))
         self.__dict__.setdefault("_ema_swapped", False)
+        self.__dict__.setdefault("_given_options", {})
         self.__dict__.setdefault("_flat", None)
         # Not replaced when load_state_dict sets the state (it holds this lock then); a copy
         # or an unpickled optimizer gets its own (the lock is not state).
@@ -384,7 +399,7 @@ class SGD(torch.optim.Optimizer):
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
-        for key in _OPTIMIZER_WIDE + ("_counters_without_groups", "_ema_swapped", "_flat"):
+        for key in _OPTIMIZER_WIDE + ("_counters_without_groups", "_ema_swapped", "_flat", "_given_options"):
             state[key] = getattr(self, key)
         return state
 
@@ -574,7 +589,10 @@ class SGD(torch.optim.Optimizer):
         work = self._collect(include_accumulated=bool(steps) and updating)
         if not any(param.grad is not None for _, param, _ in work):
             # No parameter has a gradient: nothing changes, counters and accumulation cycle
-            # included, as torch.optim.SGD does nothing then (the fast paths declined).
+            # included, as torch.optim.SGD does nothing then (the fast paths declined);
+            # ranks that aggregate step together, so their micro-steps count regardless.
+            if self.aggregate is not None and not updating:
+                self._micro_steps += 1
             return loss
         if not updating:
             for group, param, grad in work:
@@ -617,7 +635,7 @@ class SGD(torch.optim.Optimizer):
         if steps:
             work = [(group, param, pipeline.accumulated_mean(ops, grad, self._saved_accumulator(param, grad), steps))
                     for group, param, grad in work]
-        if self.aggregate is not None and work:
+        if self.aggregate is not None and not self._holds_no_parameters():
             work = self._aggregated(work)
         clipped = self.clip_group is not None
         if clipped:
@@ -667,24 +685,32 @@ class SGD(torch.optim.Optimizer):
         return accumulator if accumulator is not None else torch.zeros_like(grad)
 
     def _aggregated(self, work: list) -> list:
-        """``work`` with the gradients ``aggregate`` returns, checked: one tensor per gradient,
-        of its shape, dtype and device (a ValueError / TypeError before any change)."""
-        grads = [grad for _, _, grad in work]
-        returned = self.aggregate(list(grads))
+        """``work`` as ``aggregate`` returns it: the stage gets one gradient per parameter of
+        the optimizer, in order (zeros where this rank has none), then a presence vector
+        (:func:`inertia.distributed.every_gradient`), so that every rank aggregates the same
+        layout; a parameter no rank has a gradient for is skipped after it. Its answer is
+        checked (one tensor per tensor given, of its shape, dtype and device): a ValueError /
+        TypeError before any change."""
+        ops = _get_backend("torch")
+        every = [(group, param) for group in self.param_groups for param in group["params"]]
+        given = {id(param): grad for _, param, grad in work}
+        arrays = every_gradient(ops, [given.get(id(param)) for _, param in every], [param.detach() for _, param in every])
+        returned = self.aggregate(list(arrays))
         returned = list(returned) if isinstance(returned, (list, tuple)) else returned
-        if not isinstance(returned, list) or len(returned) != len(grads):
+        if not isinstance(returned, list) or len(returned) != len(arrays):
             raise ValueError(
-                f"`aggregate` must return a list of {len(grads)} gradients, one per gradient it was given. "
-                f"Received: {returned!r:.200}"
+                f"`aggregate` must return a list of {len(arrays)} tensors, one per tensor it was given (a gradient per "
+                f"parameter, then the presence vector). Received: {returned!r:.200}"
             )
-        for position, (grad, new) in enumerate(zip(grads, returned)):
+        for position, (grad, new) in enumerate(zip(arrays, returned)):
             if not isinstance(new, torch.Tensor) or new.shape != grad.shape or new.dtype != grad.dtype or new.device != grad.device:
                 got = f"a tensor of shape {tuple(new.shape)}, {new.dtype} on {new.device}" if isinstance(new, torch.Tensor) else repr(new)[:100]
                 raise TypeError(
-                    f"`aggregate` returned, for gradient {position}, {got}; expected a tensor of shape {tuple(grad.shape)}, "
-                    f"{grad.dtype} on {grad.device}, as the gradient it aggregates."
+                    f"`aggregate` returned, for tensor {position}, {got}; expected a tensor of shape {tuple(grad.shape)}, "
+                    f"{grad.dtype} on {grad.device}, as the one it aggregates."
                 )
-        return [(group, param, new) for (group, param, _), new in zip(work, returned)]
+        present = present_after(ops, returned[-1])
+        return [(group, param, new) for (group, param), new, kept in zip(every, returned[:-1], present) if kept]
 
     def _clip_across_ranks(self, grads: list) -> tuple[list, int]:
         """global_clipnorm over the shards of every rank in ``clip_group``: the squared norm

@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Sequence
 
-__all__ = ["GradientAggregator"]
+__all__ = ["GradientAggregator", "every_gradient", "present_after"]
 
 _BACKEND_MODULES = ("torch", "jax", "dtensor")
 
@@ -56,3 +56,26 @@ class GradientAggregator:
                 "an aggregator returns one gradient per gradient, in order."
             )
         return [(g, item[1]) for g, item in zip(reduced, items)] if pairs else reduced
+
+
+def every_gradient(ops: Any, gradients: Sequence[Any], likes: Sequence[Any]) -> list:
+    """What a face hands its aggregation stage: one gradient per variable, in the optimizer's
+    order (zeros where this rank has none), then a presence vector (1 where it has one).
+
+    Every rank thus aggregates lists of the same length and layout, whichever variables its
+    batch reached (as DDP fills unused parameters' gradients with zeros), and the aggregated
+    presence tells which variables some rank had a gradient for: the others are skipped, as
+    one process skips a variable without a gradient. A stage that averages or sums keeps
+    the presence's meaning.
+    """
+    import numpy as np
+
+    full = [g if g is not None else ops.zeros(ops.shape(like), ops.dtype_name(like), like=like)
+            for g, like in zip(gradients, likes)]
+    flags = np.array([g is not None for g in gradients], dtype=ops.dtype_name(likes[0]) if likes else "float32")
+    return full + [ops.asarray(flags, like=likes[0] if likes else None)]
+
+
+def present_after(ops: Any, presence: Any) -> list:
+    """Which variables some rank had a gradient for, from the aggregated presence vector."""
+    return [bool(flag > 0) for flag in ops.to_numpy(presence).reshape(-1)]

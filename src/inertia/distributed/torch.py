@@ -102,7 +102,9 @@ def squares_and_count_reducer(group: Any, count: int, device: torch.device) -> t
     total: dict = {}
 
     def reduce(squares: list) -> list:
-        dtype = squares[0].dtype if squares else torch.float32
+        # One dtype on every rank, whatever its shard holds (an empty shard has no dtype of
+        # its own): the collective's sizes must match.
+        dtype = torch.float64
         packed = torch.stack([s.to(device=device, dtype=dtype).reshape(()) for s in squares]
                              + [torch.tensor(float(count), dtype=dtype, device=device)])
         dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=resolved_group(group))
