@@ -420,7 +420,8 @@ class SGD(torch.optim.Optimizer):
         """Load a state dict of this class or of ``torch.optim.SGD`` (counters then restart
         at 0, and a missing EMA restarts from the weights at the next update). The counters
         come from the groups (a top-level ``"inertia"`` entry, as older versions saved
-        them, is read too).
+        them, is read too). torch.optim.SGD keeps group keys it does not know: a state dict
+        of inertia's that went through it comes back with the counters it had then.
 
         Checked whole before anything changes: the layout, each group's hyperparameters (as
         the constructor checks them), each state tensor (a floating tensor of its
