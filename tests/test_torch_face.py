@@ -1111,3 +1111,17 @@ def test_foreach_and_fused_are_accepted_and_give_torchs_numbers(flags, monkeypat
         assert torch.equal(p, q)
         assert torch.equal(optimizer.state[p]["momentum_buffer"], reference.state[q]["momentum_buffer"])
     assert ran == ([] if flags.get("foreach") is False else [host.DONE] * 3)
+
+
+def test_state_dict_hooks_see_the_counters():
+    # torch's state_dict post-hooks (and wrappers that rebuild state dicts from the groups,
+    # as ZeroRedundancyOptimizer does) see inertia's counters: they live in the groups.
+    params = parameters([[1.0, 2.0]])
+    ours = SGD(params, lr=0.1, momentum=0.9, gradient_accumulation_steps=2)
+    seen = []
+    ours.register_state_dict_post_hook(lambda optimizer, state_dict: seen.append(counters_of(state_dict)))
+    for _ in range(3):
+        set_grads(params, [[1.0, 1.0]])
+        ours.step()
+    ours.state_dict()
+    assert seen == [{"micro_steps": 3, "updates": 1}]
