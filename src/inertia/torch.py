@@ -42,7 +42,7 @@ from inertia.engine.step import TORCH as TORCH_STEP
 from inertia.optimizer import locked
 from inertia.rule import sgd_update
 from inertia.distributed import every_gradient, present_after
-from inertia.distributed.torch import all_reduce_mean
+from inertia.distributed.torch import all_reduce_mean, default_device, squares_and_count_reducer
 from inertia.torch_flat import FlatParameters
 
 __all__ = ["SGD", "FlatParameters", "all_reduce_mean"]
@@ -718,11 +718,10 @@ class SGD(torch.optim.Optimizer):
         of this rank's gradients and their count, summed in one all_reduce (which every
         rank joins, one without gradients too). Returns the clipped gradients and the
         number of gradients all ranks had."""
-        from inertia.distributed.torch import squares_and_count_reducer
-
-        reduce, counted = squares_and_count_reducer(self.clip_group, len(grads), self._reduction_device(grads))
+        device = self._reduction_device(grads)
+        reduce, counted = squares_and_count_reducer(self.clip_group, len(grads), device)
         if not grads:
-            reduce([torch.zeros((), dtype=torch.float32, device=self._reduction_device(grads))])
+            reduce([torch.zeros((), dtype=torch.float64, device=device)])
             return [], counted()
         clipped = pipeline.clip_by_global_norm(_get_backend("torch"), grads, self.global_clipnorm, reduce_squares=reduce)
         return clipped, counted()
@@ -731,11 +730,7 @@ class SGD(torch.optim.Optimizer):
         if grads:
             return grads[0].device
         first = next(iter(self._parameters()), None)
-        if first is not None:
-            return first.device
-        from inertia.distributed.torch import default_device
-
-        return default_device(self.clip_group)
+        return first.device if first is not None else default_device(self.clip_group)
 
     def _fast_step(self, updating: bool, final: Optional[list] = None, clip: bool = True) -> bool:
         """The whole step (an update, or an accumulation micro-step) in one call of inertia's
