@@ -29,6 +29,7 @@ import inertia.legacy  # noqa: E402
 import inertia.torch  # noqa: E402
 from inertia import multi_tensor  # noqa: E402
 from inertia.engine import host  # noqa: E402
+from gloo_ranks import CountingAllReduce  # noqa: E402  (this folder is sys.path[0] when run)
 
 STEPS = 4
 EVERYTHING = dict(momentum=0.9, nesterov=True, use_ema=True, ema_momentum=0.5, ema_overwrite_frequency=3,
@@ -74,18 +75,6 @@ def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The data of one step, the same on every rank."""
     generator = torch.Generator().manual_seed(1000 + step)
     return torch.randn(4, 6, generator=generator), torch.randn(4, 3, generator=generator)
-
-
-class CountingAllReduce:
-    """Counts torch.distributed.all_reduce calls (inertia's reducer looks it up on the module)."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.original = dist.all_reduce
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        return self.original(*args, **kwargs)
 
 
 class KernelAnswers:

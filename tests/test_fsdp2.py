@@ -18,9 +18,6 @@ multi-tensor path); each result is compared here with the same training in this 
   bytes only (about half), and two identical runs give identical bits.
 """
 
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -33,31 +30,17 @@ requires("torch.distributed")
 
 sys.path.insert(0, str(Path(__file__).parent))
 import fsdp2_ranks  # noqa: E402
+import gloo_ranks  # noqa: E402
 
 WORLD = 2
 DONE, DECLINED = 0, 1
 NORM_CLIPPING = [name for name in fsdp2_ranks.SCENARIOS if name not in fsdp2_ranks.ELEMENTWISE]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     """Every scenario's results, per rank (one launch of two processes)."""
-    out = tmp_path_factory.mktemp("fsdp2")
-    port = str(free_port())
-    script = Path(__file__).parent / "fsdp2_ranks.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    processes = [subprocess.Popen([sys.executable, str(script), str(rank), str(WORLD), port, str(out)], env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in range(WORLD)]
-    outputs = [process.communicate(timeout=300)[0] for process in processes]
-    for process, output in zip(processes, outputs):
-        assert process.returncode == 0, output[-4000:]
-    return [torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in range(WORLD)]
+    return gloo_ranks.launch(Path(__file__).parent / "fsdp2_ranks.py", tmp_path_factory.mktemp("fsdp2"), WORLD)
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,6 @@ compared here with the same training in this process:
   resumed run equals the uninterrupted one bit for bit, and about half the state per rank.
 """
 
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,35 +26,16 @@ requires("torch.distributed")
 import inertia.torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
+import gloo_ranks  # noqa: E402
 import torch_ranks  # noqa: E402
 
 WORLD = 2
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     """Every scenario's results, per rank (one launch of two processes)."""
-    out = tmp_path_factory.mktemp("ranks")
-    port = str(free_port())
-    script = Path(__file__).parent / "torch_ranks.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    processes = [subprocess.Popen([sys.executable, str(script), str(rank), str(WORLD), port, str(out)], env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in range(WORLD)]
-    try:
-        outputs = [process.communicate(timeout=180)[0] for process in processes]
-    except subprocess.TimeoutExpired:  # a rank waiting in a collective the other never joins
-        for process in processes:
-            process.kill()
-        pytest.fail("the ranks did not finish within 180 s: " + " | ".join(p.communicate()[0][-2000:] for p in processes))
-    for process, output in zip(processes, outputs):
-        assert process.returncode == 0, output[-4000:]
-    return [torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in range(WORLD)]
+    return gloo_ranks.launch(Path(__file__).parent / "torch_ranks.py", tmp_path_factory.mktemp("ranks"), WORLD)
 
 
 def assert_bitwise(left: dict, right: dict) -> None:
@@ -78,13 +56,17 @@ def assert_close(left: dict, right: dict, rtol: float) -> None:
             torch.testing.assert_close(left[key], right[key], rtol=rtol, atol=1e-7)
 
 
-def one_process_averaging_ranks(ranks_data: list) -> dict:
+def one_process_averaging_ranks(ranks_data: list, face: str = "torch") -> dict:
     """One process doing what the aggregation stage does: each rank's accumulation mean
-    ``(g_last + sum of earlier)/N``, then their mean ``(m_0 + m_1)/2`` as all_reduce_mean
-    forms it; a single optimizer applies it once per update."""
+    ``(g_last + (g_first + 0))/N`` (both faces form it so), then their mean
+    ``(m_0 + m_1)/2`` as all_reduce_mean forms it; one optimizer without accumulation
+    (``face``: the torch face or the Keras face) applies it once per update."""
     model = torch_ranks.model_for()
-    optimizer = inertia.torch.SGD(model.parameters(), **torch_ranks.OPTIONS)
     params = list(model.parameters())
+    if face == "torch":
+        optimizer = inertia.torch.SGD(params, **torch_ranks.OPTIONS)
+    else:
+        optimizer = inertia.SGD(**torch_ranks.KERAS_OPTIONS)
     accumulated = [[torch.zeros_like(p) for p in params] for _ in ranks_data]
     steps = torch_ranks.ACCUMULATION
     for step in range(torch_ranks.MICRO_STEPS):
@@ -99,39 +81,18 @@ def one_process_averaging_ranks(ranks_data: list) -> dict:
                     total.copy_(grad + total)
             continue
         means = [[(grad + total) / steps for grad, total in zip(rank_grads, sums)] for rank_grads, sums in zip(grads, accumulated)]
-        for p, m0, m1 in zip(params, *means):
-            p.grad = (m0 + m1) / WORLD
-        optimizer.step()
+        averaged = [(m0 + m1) / WORLD for m0, m1 in zip(*means)]
+        if face == "torch":
+            for p, grad in zip(params, averaged):
+                p.grad = grad
+            optimizer.step()
+        else:
+            optimizer.apply(averaged, params)
         for sums in accumulated:
             for total in sums:
                 total.zero_()
-    return torch_ranks.snapshot(model, optimizer)
-
-
-def keras_face_one_process_averaging_ranks(ranks_data: list) -> dict:
-    """As ``one_process_averaging_ranks``, for the Keras face (its accumulation mean is
-    ``(g_last + (g_first + 0))/N`` too)."""
-    model = torch_ranks.model_for()
-    params = list(model.parameters())
-    optimizer = inertia.SGD(**torch_ranks.KERAS_OPTIONS)
-    steps = torch_ranks.ACCUMULATION
-    accumulated = [[torch.zeros_like(p) for p in params] for _ in ranks_data]
-    for step in range(torch_ranks.MICRO_STEPS):
-        grads = []
-        for rank in ranks_data:
-            model.zero_grad()
-            torch_ranks.loss_of(model, torch_ranks.batch(rank, step)).backward()
-            grads.append([p.grad.detach().clone() for p in params])
-        if (step + 1) % steps:
-            for sums, rank_grads in zip(accumulated, grads):
-                for total, grad in zip(sums, rank_grads):
-                    total.copy_(grad + total)
-            continue
-        means = [[(grad + total) / steps for grad, total in zip(rank_grads, sums)] for rank_grads, sums in zip(grads, accumulated)]
-        optimizer.apply([(m0 + m1) / WORLD for m0, m1 in zip(*means)], params)
-        for sums in accumulated:
-            for total in sums:
-                total.zero_()
+    if face == "torch":
+        return torch_ranks.snapshot(model, optimizer)
     return {"params": {name: p.detach().clone() for name, p in model.named_parameters()},
             "momentums": [m.value.detach().clone() for m in optimizer.momentums]}
 
@@ -177,7 +138,7 @@ def test_the_keras_face_under_ddp_no_sync_aggregates_once_per_update_and_equals_
     first, second = (r["keras_face_ddp"] for r in ranks)
     assert_bitwise(first["params"], second["params"])
     assert first["all_reduce_calls"] == [0, 1] * (torch_ranks.MICRO_STEPS // 2)
-    expected = keras_face_one_process_averaging_ranks([0, 1])
+    expected = one_process_averaging_ranks([0, 1], face="keras")
     assert_bitwise(first["params"], expected["params"])
     for got, want in zip(first["momentums"], expected["momentums"]):
         assert torch.equal(got, want)

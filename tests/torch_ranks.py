@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import inertia  # noqa: E402
 import inertia.torch  # noqa: E402
+from gloo_ranks import CountingAllReduce  # noqa: E402  (this folder is sys.path[0] when run)
 
 MICRO_STEPS = 6
 ACCUMULATION = 2
@@ -50,18 +51,6 @@ def loss_of(model: torch.nn.Module, data: tuple) -> torch.Tensor:
     return ((model(inputs) - targets) ** 2).mean()
 
 
-class CountingAllReduce:
-    """Counts torch.distributed.all_reduce calls (inertia's collectives look it up on the module)."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.original = dist.all_reduce
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        return self.original(*args, **kwargs)
-
-
 def snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     state = {name: {key: value.detach().clone() for key, value in optimizer.state[p].items() if isinstance(value, torch.Tensor)}
              for name, p in model.named_parameters() if p in optimizer.state}
@@ -77,20 +66,30 @@ def ddp_accumulating(rank: int, aggregate: bool, same_data: bool) -> dict:
     optimizer = inertia.torch.SGD(ddp.parameters(), **OPTIONS,
                                   gradient_accumulation_steps=ACCUMULATION,
                                   aggregate=inertia.torch.all_reduce_mean() if aggregate else None)
+
+    def step(index: int) -> None:
+        with ddp.no_sync():
+            loss_of(ddp, batch(None if same_data else rank, index)).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    calls = all_reduce_calls_per_step(step)
+    return {**snapshot(model, optimizer), "all_reduce_calls": calls, "updates": optimizer.updates}
+
+
+def all_reduce_calls_per_step(step) -> list:
+    """Run ``step(index)`` for every micro-step, counting each one's all_reduce calls."""
     counter = CountingAllReduce()
     dist.all_reduce = counter
     calls = []
     try:
-        for step in range(MICRO_STEPS):
+        for index in range(MICRO_STEPS):
             before = counter.calls
-            with ddp.no_sync():
-                loss_of(ddp, batch(None if same_data else rank, step)).backward()
-            optimizer.step()
-            optimizer.zero_grad()
+            step(index)
             calls.append(counter.calls - before)
     finally:
         dist.all_reduce = counter.original
-    return {**snapshot(model, optimizer), "all_reduce_calls": calls, "updates": optimizer.updates}
+    return calls
 
 
 def keras_face_ddp(rank: int) -> dict:
@@ -101,19 +100,14 @@ def keras_face_ddp(rank: int) -> dict:
     params = list(model.parameters())
     optimizer = inertia.SGD(**KERAS_OPTIONS, gradient_accumulation_steps=ACCUMULATION)
     optimizer.aggregate_gradients = inertia.torch.all_reduce_mean()
-    counter = CountingAllReduce()
-    dist.all_reduce = counter
-    calls = []
-    try:
-        for step in range(MICRO_STEPS):
-            before = counter.calls
-            with ddp.no_sync():
-                loss_of(ddp, batch(rank, step)).backward()
-            optimizer.apply([p.grad for p in params], params)
-            ddp.zero_grad()
-            calls.append(counter.calls - before)
-    finally:
-        dist.all_reduce = counter.original
+
+    def step(index: int) -> None:
+        with ddp.no_sync():
+            loss_of(ddp, batch(rank, index)).backward()
+        optimizer.apply([p.grad for p in params], params)
+        ddp.zero_grad()
+
+    calls = all_reduce_calls_per_step(step)
     return {"params": {name: p.detach().clone() for name, p in model.named_parameters()},
             "momentums": [m.value.detach().clone() for m in optimizer.momentums], "all_reduce_calls": calls}
 

@@ -753,10 +753,11 @@ class SGD(torch.optim.Optimizer):
         grads: list = []
         group_of: list = []
         missing = False
+        optimizer_wide = self._optimizer_wide()
         for index, group in enumerate(groups):
             if group["foreach"] is False or group["differentiable"]:
                 return False
-            _check_group({k: v for k, v in group.items() if k != "params"}, self._optimizer_wide())
+            _check_group({k: v for k, v in group.items() if k != "params"}, optimizer_wide)
             members = group["params"]
             found = list(map(gradient_of, members))
             if any(map(operator.is_, found, repeat(None))):
@@ -965,8 +966,9 @@ class SGD(torch.optim.Optimizer):
         earlier micro-steps, takes part with a zero gradient (so their mean is applied).
         """
         work = []
+        optimizer_wide = self._optimizer_wide()
         for group in self.param_groups:
-            _check_group({k: v for k, v in group.items() if k != "params"}, self._optimizer_wide())
+            _check_group({k: v for k, v in group.items() if k != "params"}, optimizer_wide)
             for param in group["params"]:
                 grad = param.grad
                 if grad is None:
