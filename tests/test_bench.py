@@ -340,6 +340,7 @@ def test_cli_help_lists_workloads_configurations_and_contenders(monkeypatch, cap
     assert "  mlx: needs mlx, not installed (pip install mlx)" in text
     assert "  torch-fused: needs torch, installed" in text and "  inertia-numpy: installed" in text
     assert "  keras-jax: needs keras and jax, installed" in text
+    assert "  tf-keras-legacy: needs tf-keras and tensorflow, installed" in text
 
 
 # Every contender does the work it is timed for: after the same steps, its weights match
@@ -472,7 +473,7 @@ def _available_or_skip(name: str) -> None:
     pytest.skip(f"{name}: its library is not installed")
 
 
-@pytest.mark.parametrize("name", bench.ALL_CONTENDERS)
+@pytest.mark.parametrize("name", [n for n in bench.ALL_CONTENDERS if n not in bench.TENSORFLOW_CONTENDERS])
 def test_every_contender_takes_the_step_it_is_timed_for(name):
     """Same rule, same numbers: the peers' forms of momentum and Nesterov are the Keras
     rule's, up to rounding, under a constant learning rate (torch's foreach Nesterov aside,
@@ -506,6 +507,33 @@ def test_every_contender_takes_the_step_it_is_timed_for(name):
             _assert_same_displacement(name, config, contender.weights(), contender.steps)
         finally:
             contender.close()
+
+
+def test_tensorflow_contenders_take_the_steps_they_are_timed_for():
+    """As above, for the contenders on tf.Variables (tf_keras' SGD, jitted or not, and its
+    legacy SGD): all in one worker process, which imports TensorFlow once; a configuration
+    their API lacks refuses to set up, before TensorFlow is imported."""
+    requires("tf_keras")
+    names = list(bench.TENSORFLOW_CONTENDERS)
+    assert set(names) <= set(bench._WORKER_CONTENDERS)
+    worker = None
+    try:
+        for name in names:
+            configs = ["plain", "nesterov"] + (["everything"] if name.startswith("inertia-") else [])
+            for config in [c for c in configs if (name, c) in bench.NOT_RUN_CONFIGS]:
+                configs.remove(config)
+                with pytest.raises(ValueError, match=bench.NOT_RUN_CONFIGS[name, config]):
+                    bench._Local(name, AGREEMENT_SHAPES, config)
+            for config in configs:
+                if worker is None:
+                    worker = bench._Worker(name, AGREEMENT_SHAPES, config)
+                else:
+                    worker.reconfigure(config, name)
+                worker.run(2)
+                _assert_same_displacement(name, config, worker.weights(), worker.steps)
+    finally:
+        if worker is not None:
+            worker.close()
 
 
 # ---------------------------------------------------------------------------------------------

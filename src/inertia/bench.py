@@ -9,7 +9,9 @@ rounds; in each round the contenders run in a shuffled order, each for a few ste
 streaming kernel with SGD's own access pattern (read w, g, v; write w, v: 20 bytes per
 element) measures what the memory can do right then. A round whose bandwidth probe strays
 more than 10% from the run's median is noisy and dropped for every contender, not averaged
-in. Keras runs in worker processes (one per Keras backend), driven round by round.
+in. Keras runs in worker processes (one per Keras backend), and so does TensorFlow (its import
+and thread pools stay out of the process that times the others; its intra-op pool takes the
+kernel's thread count), driven round by round.
 
 Contenders: inertia's Keras face (``inertia.SGD``'s ``apply``) on each backend
 (``inertia-numpy``, ``inertia-torch``, ``inertia-jax``); its other faces, each beside its
@@ -22,7 +24,9 @@ on, its clipnorm is the buffer's, so it takes ``global_clipnorm`` as the torch p
 ``clip_grad_norm_``) and ``inertia-mlx-face`` (``inertia.mlx.SGD``'s
 ``apply_gradients`` on a dict of NumPy arrays, the returned tree kept for the next step); and
 the peers: torch.optim.SGD (``torch-foreach``, ``torch-fused``, ``torch-compile``), optax.sgd,
-Keras 3 SGD (``keras-torch``, ``keras-jax``) and mlx.optimizers.SGD (``mlx``). A contender
+Keras 3 SGD (``keras-torch``, ``keras-jax``), mlx.optimizers.SGD (``mlx``) and tf_keras' SGD on
+CPU tf.Variables, eager ``apply_gradients`` (``tf-keras``: tf.keras 2.11+'s optimizer with its
+default ``jit_compile=True``; ``tf-keras-nojit``; ``tf-keras-legacy``: OptimizerV2). A contender
 that cannot run a workload (``NOT_RUN``) or a configuration (``NOT_RUN_CONFIGS``: an API
 without the options), whose library is not installed, or that fails to set up, is reported as
 not run with the reason (``inertia bench --help`` lists them all, installed or not).
@@ -66,6 +70,7 @@ ALL_CONTENDERS = (
     "inertia-numpy", "inertia-torch", "inertia-jax", "inertia-torch-face", "inertia-torch-flat", "inertia-legacy",
     "inertia-mlx-face",
     "torch-foreach", "torch-fused", "torch-compile", "optax", "keras-torch", "keras-jax", "mlx",
+    "tf-keras", "tf-keras-nojit", "tf-keras-legacy",
 )
 DEFAULT_CONTENDERS = ALL_CONTENDERS
 # Pairs that are not run, and why: reported in the results, never silently missing.
@@ -77,6 +82,7 @@ NOT_RUN = {
 NOT_RUN_CONFIGS = {
     ("inertia-legacy", "everything"): "tf.keras legacy SGD has no weight decay or EMA",
     ("inertia-mlx-face", "everything"): "MLX SGD has no clipnorm or EMA",
+    ("tf-keras-legacy", "everything"): "tf.keras legacy SGD has no weight decay or EMA",
 }
 
 
@@ -339,6 +345,43 @@ def _make_keras(backend: str, shapes: list, config: str) -> tuple:
     return step, sync, lambda: [np.array(v) for v in box[1]]
 
 
+def _import_tensorflow() -> Any:
+    """TensorFlow, in a worker process only (its import and thread pools never reach the
+    other contenders), its intra-op pool sized as inertia's kernel and the probe are
+    (``INERTIA_NUM_THREADS``, else the CPUs this process may use)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    from inertia import kernels
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(kernels.thread_count())
+    except RuntimeError:  # already set: a later configuration in the same worker
+        pass
+    return tf
+
+
+def _make_tf_keras(kind: str, shapes: list, config: str) -> tuple:
+    """tf_keras' SGD (tf.keras 2.11+; ``kind`` "legacy": OptimizerV2) on CPU tf.Variables, eager
+    ``apply_gradients`` as a custom training loop calls it: ``jit`` compiles each variable's
+    update with XLA (tf_keras' default), ``nojit`` runs TF's ops one by one; the legacy
+    optimizer runs TF's fused ``ResourceApplyKerasMomentum`` per variable. With everything on
+    (not legacy): its weight decay, clipnorm and EMA."""
+    _check_supported({"jit": "tf-keras", "nojit": "tf-keras-nojit", "legacy": "tf-keras-legacy"}[kind], config)
+    tf = _import_tensorflow()
+    import tf_keras
+
+    weights, grads = _data(shapes)
+    variables = [tf.Variable(w, name=f"w{i}") for i, w in enumerate(weights)]
+    grads_t = [tf.constant(g) for g in grads]
+    if kind == "legacy":
+        optimizer = tf_keras.optimizers.legacy.SGD(LEARNING_RATE, momentum=MOMENTUM, nesterov=config == "nesterov")
+    else:
+        optimizer = tf_keras.optimizers.SGD(**_inertia_options(config), jit_compile=kind == "jit")
+    step = lambda: optimizer.apply_gradients(zip(grads_t, variables))
+    return step, lambda: None, lambda: [v.numpy() for v in variables]
+
+
 FACTORIES: dict[str, Callable[[list, str], tuple]] = {
     "inertia-numpy": lambda s, c: _make_inertia("numpy", s, c),
     "inertia-torch": lambda s, c: _make_inertia("torch", s, c),
@@ -354,8 +397,14 @@ FACTORIES: dict[str, Callable[[list, str], tuple]] = {
     "mlx": _make_mlx,
     "keras-torch": lambda s, c: _make_keras("torch", s, c),
     "keras-jax": lambda s, c: _make_keras("jax", s, c),
+    "tf-keras": lambda s, c: _make_tf_keras("jit", s, c),
+    "tf-keras-nojit": lambda s, c: _make_tf_keras("nojit", s, c),
+    "tf-keras-legacy": lambda s, c: _make_tf_keras("legacy", s, c),
 }
-_WORKER_CONTENDERS = ("keras-torch", "keras-jax")  # Keras picks one backend per process
+# Keras picks one backend per process; TensorFlow's import and thread pools stay out of the
+# process that times the others.
+TENSORFLOW_CONTENDERS = ("tf-keras", "tf-keras-nojit", "tf-keras-legacy")  # they can share one worker process
+_WORKER_CONTENDERS = ("keras-torch", "keras-jax") + TENSORFLOW_CONTENDERS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,11 +484,13 @@ class _Worker:
     def _set_up(self, reply: dict) -> None:
         self.first, self.peak, self.steps = reply["first"], reply["peak"], reply["steps"]
 
-    def reconfigure(self, config: str) -> None:
-        """Set the contender up afresh for ``config`` in the same process. The benchmark starts
-        a process per configuration; the tests reuse one, as each start-up imports Keras and its
-        backend (seconds)."""
-        self._set_up(self._ask(f"config {config}"))
+    def reconfigure(self, config: str, name: Optional[str] = None) -> None:
+        """Set the contender (or ``name``, another contender that can share the process: the
+        TensorFlow ones) up afresh for ``config`` in the same process. The benchmark starts a
+        process per configuration; the tests reuse one, as each start-up imports Keras and its
+        backend, or TensorFlow (seconds)."""
+        self.name = name or self.name
+        self._set_up(self._ask(f"config {config} {self.name}"))
 
     def _read(self) -> str:
         line = self.process.stdout.readline() if self.process.stdout else ""
@@ -482,6 +533,7 @@ def _worker_main(name: str, config: str, shapes_json: str) -> None:
             print(json.dumps([w.astype(np.float64).tolist() for w in local.weights()]), flush=True)
         elif command[0] == "config":
             local.close()
+            name = command[2] if len(command) > 2 else name
             local = _Local(name, shapes, command[1])
             reply_set_up(local)
         else:
@@ -618,10 +670,12 @@ def run(
 
 # The libraries each peer needs: (module to find, pip distribution that provides it).
 _TORCH, _JAX, _KERAS = ("torch", "torch"), ("jax", "jax"), ("keras", "keras")
+_TF_KERAS = (("tf_keras", "tf-keras"), ("tensorflow", "tensorflow"))
 _LIBRARIES: dict[str, tuple[tuple[str, str], ...]] = {
     "inertia-torch": (_TORCH,), "inertia-jax": (_JAX,), "inertia-torch-face": (_TORCH,), "inertia-torch-flat": (_TORCH,),
     "torch-foreach": (_TORCH,), "torch-fused": (_TORCH,), "torch-compile": (_TORCH,), "optax": (("optax", "optax"), _JAX),
     "keras-torch": (_KERAS, _TORCH), "keras-jax": (_KERAS, _JAX), "mlx": (("mlx.optimizers", "mlx"),),
+    "tf-keras": _TF_KERAS, "tf-keras-nojit": _TF_KERAS, "tf-keras-legacy": _TF_KERAS,
 }
 
 
@@ -697,6 +751,13 @@ def _machine() -> dict:
         versions["mlx"] = mlx.core.__version__
     except Exception:
         pass
+    import importlib.metadata
+
+    for distribution in ("tensorflow", "tf-keras"):  # read, not imported: TensorFlow stays in the workers
+        try:
+            versions[distribution] = importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            pass
     import inertia
 
     cpu = platform.processor()
