@@ -227,8 +227,10 @@ class SGD(_KerasSGD):
 
     def _new_slot(self, reference: Variable, slot_name: str, initializer: Any, shape: Optional[Sequence[int]]) -> Variable:
         shape = reference.shape if shape is None else tuple(int(s) for s in shape)
-        value = self._initial_value(initializer, shape, reference.dtype, reference.value)
-        slot = Variable._alias(value, reference.backend, self._new_variable_name(f"{reference.name}/{slot_name}"))
+        ops = reference.backend
+        with ops.outside_trace():
+            value = ops.holder(self._initial_value(initializer, shape, reference.dtype, reference.value))
+        slot = Variable._alias(value, ops, self._new_variable_name(f"{reference.name}/{slot_name}"))
         slot.trainable = False
         self._slots.setdefault(id(reference), {})[slot_name] = slot
         if slot_name not in self._slot_names:

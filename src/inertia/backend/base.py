@@ -17,6 +17,9 @@ class ArrayBackend(ABC):
     name: str
     #: Whether ``compile`` really compiles (the optimizer then runs eager steps compiled).
     compiles: bool = False
+    #: Whether state is written in place even while a step is traced (TensorFlow's
+    #: variables inside ``tf.function``): a traced branch then runs through ``branch``.
+    holds_state_in_place: bool = False
 
     def __reduce__(self) -> tuple:
         # One instance per library: code compares backends with `is`, so a copy or an
@@ -75,6 +78,24 @@ class ArrayBackend(ABC):
     @abstractmethod
     def to_numpy(self, value: Array) -> Any:
         """A NumPy array holding a copy of the values."""
+
+    def holder(self, value: Array, trainable: bool = False) -> Array:
+        """Where a new piece of state (an optimizer slot or counter, an ``inertia.Variable``'s
+        value) lives: ``value`` itself, or a mutable container of it (TensorFlow: a
+        ``tf.Variable``, which a traced step assigns in place)."""
+        return value
+
+    def outside_trace(self) -> Any:
+        """The context in which new state is made while a step is being traced (TensorFlow:
+        the eager context around a ``tf.function``); a no-op elsewhere."""
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def branch(self, flag: Any, if_true: Callable[[], None], if_false: Optional[Callable[[], None]]) -> None:
+        """Run ``if_true`` or ``if_false`` on a traced ``flag``, for a backend whose state is
+        written in place while traced (``holds_state_in_place``)."""
+        raise NotImplementedError(f"The {self.name} backend selects traced branches by value.")
 
     # --- mutation ----------------------------------------------------------------------------
     @abstractmethod
