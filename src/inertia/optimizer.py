@@ -910,6 +910,8 @@ class Optimizer:
         value = target.value if isinstance(target, Variable) else target
         name = _describe(target)
         grad_ops = backends.of(gradient)
+        if grad_ops is ops and ops.is_sparse(gradient):
+            return self._checked_sparse_gradient(ops, gradient, value, name)
         if grad_ops is None:
             try:
                 gradient = ops.asarray(gradient, like=value)
@@ -932,6 +934,25 @@ class Optimizer:
                 f"{ops.shape(value)}."
             )
         return ops.cast(gradient, ops.dtype_name(value))
+
+    #: Whether the face steps sparse gradients (TF's IndexedSlices) row by row, as tf.keras'
+    #: optimizers do; the others take the dense gradient a sparse one stands for.
+    _takes_sparse_gradients = False
+
+    def _checked_sparse_gradient(self, ops: ArrayBackend, gradient: Any, value: Any, name: str) -> Any:
+        """A sparse gradient checked like a dense one: floating, of the variable's shape; cast
+        to its dtype, and densified unless the face steps rows."""
+        dtype = ops.dtype_name(gradient)
+        if not ops.is_floating(dtype):
+            raise TypeError(
+                f"Gradients must be floating-point arrays; the sparse gradient for {name} has dtype {dtype}. "
+                f"Received: gradient={gradient!r:.200}"
+            )
+        shape, expected = ops.shape(gradient), ops.shape(value)
+        if shape != expected and not (shape[:1] == (None,) and shape[1:] == expected[1:]):
+            raise ValueError(f"The gradient for {name} has shape {shape} but the variable has shape {expected}.")
+        gradient = ops.sparse_map(gradient, lambda rows: ops.cast(rows, ops.dtype_name(value)))
+        return gradient if self._takes_sparse_gradients else ops.densify(gradient)
 
     def _apply_prepared(self, grads: list, variables: list[Variable]) -> None:
         grads, variables = self._filter_empty_gradients(grads, variables)

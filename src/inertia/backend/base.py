@@ -97,6 +97,41 @@ class ArrayBackend(ABC):
         written in place while traced (``holds_state_in_place``)."""
         raise NotImplementedError(f"The {self.name} backend selects traced branches by value.")
 
+    # --- sparse gradients (TensorFlow's IndexedSlices) -------------------------------------------
+    def is_sparse(self, value: Any) -> bool:
+        """Whether ``value`` is a sparse gradient: some rows of a tensor, the rest zero."""
+        return False
+
+    def densify(self, value: Any) -> Array:
+        """A sparse gradient as the dense array it stands for (rows named twice summed)."""
+        return value
+
+    def sparse_map(self, value: Any, function: Callable[[Array], Array]) -> Any:
+        """A sparse gradient with ``function`` applied to its rows' values (same rows)."""
+        raise NotImplementedError(f"The {self.name} backend has no sparse gradients.")
+
+    def sparse_values(self, value: Any) -> Array:
+        """A sparse gradient's rows' values, as given (duplicates not summed)."""
+        raise NotImplementedError(f"The {self.name} backend has no sparse gradients.")
+
+    def unique_rows(self, value: Any) -> tuple[Array, Array]:
+        """``(values, indices)`` of a sparse gradient, each row named once (duplicates summed)."""
+        raise NotImplementedError(f"The {self.name} backend has no sparse gradients.")
+
+    def gather_rows(self, x: Array, indices: Array) -> Array:
+        """Rows ``indices`` of ``x``."""
+        raise NotImplementedError(f"The {self.name} backend has no sparse gradients.")
+
+    def add_rows(self, target: Array, sparse: Any) -> Array:
+        """``target`` plus a sparse array, each of its rows added in turn (a row named twice is
+        added twice); returns the array that now holds it, as ``assign`` does."""
+        raise NotImplementedError(f"The {self.name} backend has no sparse gradients.")
+
+    def assign_rows(self, target: Array, indices: Array, rows: Array) -> Array:
+        """``target`` with rows ``indices`` set to ``rows`` (in place where the backend writes
+        in place); returns the array that now holds it, as ``assign`` does."""
+        raise NotImplementedError(f"The {self.name} backend has no sparse gradients.")
+
     # --- mutation ----------------------------------------------------------------------------
     @abstractmethod
     def assign(self, target: Array, value: Array) -> Array:

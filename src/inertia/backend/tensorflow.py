@@ -61,7 +61,18 @@ def _from_host(value: Any, dtype: str | None) -> tf.Tensor:
         array = array.astype(np.int32)
     if array.dtype.kind in "OSUV" and array.dtype.name != "bfloat16":
         raise TypeError(f"Cannot make a TensorFlow tensor of value={value!r} (dtype {array.dtype})")
-    return tf.constant(array)
+    return _opaque_to_grappler(tf.constant(array))
+
+
+def _opaque_to_grappler(tensor: tf.Tensor) -> tf.Tensor:
+    """``tensor``; in a graph, as an input that could be fed (``PlaceholderWithDefault``), so
+    that Grappler's rewrites, which round differently from the eager step, cannot see
+    through it: constant folding turns ``x / c`` into ``x * (1/c)`` and regroups
+    ``c1 * (c2 * x)``, and the arithmetic optimizer turns ``1 / sqrt(x)`` into ``rsqrt(x)``.
+    XLA compiles it as the identity."""
+    if tf.executing_eagerly():
+        return tensor
+    return tf.raw_ops.PlaceholderWithDefault(input=tensor, shape=tensor.shape)
 
 
 def is_sparse(value: Any) -> bool:
@@ -96,12 +107,16 @@ class TensorflowBackend(ArrayBackend):
         return dtype in _FLOATING
 
     def shape(self, value: Array) -> tuple[int, ...]:
-        shape = value.dense_shape if is_sparse(value) else value.shape
-        if isinstance(shape, tf.TensorShape):
-            if not shape.is_fully_defined():
-                raise ValueError(f"inertia needs arrays of known shape; received a tensor of shape {shape}.")
-            return tuple(int(d) for d in shape)
-        return tuple(int(d) for d in tf.get_static_value(shape))
+        if is_sparse(value):
+            # A traced gradient's dense shape may be known only when run: its row count is then None.
+            dense = tf.get_static_value(value.dense_shape)
+            if dense is None:
+                return (None,) + self.shape(value.values)[1:]
+            return tuple(int(d) for d in dense)
+        shape = value.shape
+        if not shape.is_fully_defined():
+            raise ValueError(f"inertia needs arrays of known shape; received a tensor of shape {shape}.")
+        return tuple(int(d) for d in shape)
 
     # --- creation and conversion -----------------------------------------------------------
     def asarray(self, value: Any, dtype: str | None = None, like: Array | None = None) -> Array:
@@ -153,6 +168,42 @@ class TensorflowBackend(ArrayBackend):
         context around it (``tf.init_scope``), as tf.keras builds its optimizers."""
         return tf.init_scope()
 
+    # --- sparse gradients ----------------------------------------------------------------------
+    def is_sparse(self, value: Any) -> bool:
+        return is_sparse(value)
+
+    def densify(self, value: Any) -> Array:
+        return tf.convert_to_tensor(value) if is_sparse(value) else value
+
+    def sparse_map(self, value: Any, function: Callable[[Array], Array]) -> Any:
+        return tf.IndexedSlices(function(value.values), value.indices, value.dense_shape)
+
+    def sparse_values(self, value: Any) -> Array:
+        return value.values
+
+    def unique_rows(self, value: Any) -> tuple[Array, Array]:
+        """Rows named more than once summed, as tf.keras does (``tf.unique`` then
+        ``unsorted_segment_sum``, in order of first appearance)."""
+        indices, positions = tf.unique(value.indices)
+        return tf.math.unsorted_segment_sum(value.values, positions, tf.shape(indices)[0]), indices
+
+    def gather_rows(self, x: Array, indices: Array) -> Array:
+        return tf.gather(x, indices)
+
+    def add_rows(self, target: Array, sparse: Any) -> Array:
+        values = self.cast(sparse.values, target.dtype.name)
+        if isinstance(target, tf.Variable):
+            target.scatter_add(tf.IndexedSlices(values, sparse.indices))
+            return target
+        return tf.tensor_scatter_nd_add(target, tf.expand_dims(sparse.indices, -1), values)
+
+    def assign_rows(self, target: Array, indices: Array, rows: Array) -> Array:
+        rows = self.cast(rows, target.dtype.name)
+        if isinstance(target, tf.Variable):
+            target.scatter_update(tf.IndexedSlices(rows, indices))
+            return target
+        return tf.tensor_scatter_nd_update(target, tf.expand_dims(indices, -1), rows)
+
     # --- mutation ----------------------------------------------------------------------------
     def assign(self, target: Array, value: Array) -> Array:
         if isinstance(target, tf.Variable):
@@ -174,13 +225,17 @@ class TensorflowBackend(ArrayBackend):
 
     # --- math used by the gradient pipeline -----------------------------------------------
     @staticmethod
+    def _dense_part(value: Any) -> Array:
+        return value.values if is_sparse(value) else value
+
+    @staticmethod
     def _like(value: Any, x: Array) -> Array:
         if isinstance(value, (tf.Tensor, tf.Variable)):
             return value
         return _from_host(value, x.dtype.name)
 
     def sqrt(self, x: Array) -> Array:
-        return tf.sqrt(x)
+        return _opaque_to_grappler(tf.sqrt(x))
 
     def square(self, x: Array) -> Array:
         return tf.square(x)
@@ -204,10 +259,10 @@ class TensorflowBackend(ArrayBackend):
         return tf.where(condition, self._like(x, like), self._like(y, like))
 
     def all_finite(self, arrays: Sequence[Array]) -> bool:
-        return all(bool(tf.reduce_all(tf.math.is_finite(a))) for a in arrays)
+        return all(bool(tf.reduce_all(tf.math.is_finite(self._dense_part(a)))) for a in arrays)
 
     def finite_flag(self, arrays: Sequence[Array]) -> Any:
-        flags = [tf.reduce_all(tf.math.is_finite(a)) for a in arrays]
+        flags = [tf.reduce_all(tf.math.is_finite(self._dense_part(a))) for a in arrays]
         flag = tf.reduce_all(tf.stack(flags)) if flags else tf.constant(True)
         return flag if self.is_traced(flag) else bool(flag)
 
@@ -245,6 +300,21 @@ class TensorflowBackend(ArrayBackend):
 
 
 BACKEND = TensorflowBackend()
+
+
+def _variable_as_tensor(variable: Any, dtype: Any = None, name: Any = None, as_ref: bool = False) -> tf.Tensor:
+    """An ``inertia.Variable`` in a TensorFlow operation (``tf.reduce_sum(w)``, the step
+    counter a ``tf.function`` returns from ``apply_gradients``) reads its value."""
+    return tf.convert_to_tensor(variable.value, dtype=dtype, name=name)
+
+
+def _register_conversion() -> None:
+    from inertia.variable import Variable
+
+    tf.register_tensor_conversion_function(Variable, _variable_as_tensor)
+
+
+_register_conversion()
 
 
 class _NumpyLike:
