@@ -110,8 +110,15 @@ class SGD(Optimizer):
         lr = ops.cast(learning_rate, dtype)
         slot = self.momentums[self._get_variable_index(variable)] if self.momentums else None
         momentum = self._momentum_scalar(variable) if slot is not None else None
+        gradient = ops.cast(gradient, dtype)
+        if self.jit_compile and ops.name == "tensorflow":
+            # TensorFlow's fused kernel of this very rule: in place, one pass, the same bits.
+            from inertia.engine.tf_training_ops import keras_momentum_step
+
+            if keras_momentum_step(variable.value, None if slot is None else slot.value, gradient, lr, momentum, self.nesterov):
+                return
         weight, velocity = sgd_update(
-            self._rule, variable.value, ops.cast(gradient, dtype), slot.value if slot is not None else None, lr, momentum,
+            self._rule, variable.value, gradient, slot.value if slot is not None else None, lr, momentum,
             add=ops.add,
         )
         if slot is not None:
