@@ -181,13 +181,19 @@ class SGD(_KerasSGD):
 
     def _backend_update_step(self, grads: list, variables: list[Variable], learning_rate: Any) -> None:
         rates: dict[str, Any] = {}
-        for gradient, variable in zip(grads, variables):
+        for variable in variables:
             if variable.dtype not in rates:
                 rates[variable.dtype] = self._decayed_lr(variable)
-            if variable.backend.is_sparse(gradient):
+        ops = variables[0].backend if variables else None
+        sparse = [ops.is_sparse(g) for g in grads]
+        dense = [(g, v) for g, v, s in zip(grads, variables, sparse) if not s]
+        if dense and self._tensorflow_kernels_step(*map(list, zip(*dense)), lambda v: rates[v.dtype]):
+            dense = []
+        for gradient, variable in dense:
+            self.update_step(gradient, variable, rates[variable.dtype])
+        for gradient, variable, is_sparse in zip(grads, variables, sparse):
+            if is_sparse:
                 self._update_rows(gradient, variable, rates[variable.dtype])
-            else:
-                self.update_step(gradient, variable, rates[variable.dtype])
 
     def _update_rows(self, gradient: Any, variable: Variable, learning_rate: Any) -> None:
         """A sparse gradient's step, "lazy" as OptimizerV2's sparse kernels: rows named twice

@@ -98,10 +98,10 @@ class TensorflowBackend(ArrayBackend):
         return not tf.executing_eagerly()
 
     def dtype_name(self, value: Array) -> str:
-        dtype = getattr(value, "dtype", None)
-        if isinstance(dtype, tf.DType):
-            return dtype.name
-        return np.asarray(value).dtype.name
+        try:
+            return value.dtype.name  # TF's DType and NumPy's dtype both name themselves
+        except AttributeError:
+            return np.asarray(value).dtype.name
 
     def is_floating(self, dtype: str) -> bool:
         return dtype in _FLOATING
@@ -113,10 +113,10 @@ class TensorflowBackend(ArrayBackend):
             if dense is None:
                 return (None,) + self.shape(value.values)[1:]
             return tuple(int(d) for d in dense)
-        shape = value.shape
-        if not shape.is_fully_defined():
-            raise ValueError(f"inertia needs arrays of known shape; received a tensor of shape {shape}.")
-        return tuple(int(d) for d in shape)
+        shape = tuple(value.shape.as_list())
+        if None in shape:
+            raise ValueError(f"inertia needs arrays of known shape; received a tensor of shape {value.shape}.")
+        return shape
 
     # --- creation and conversion -----------------------------------------------------------
     def asarray(self, value: Any, dtype: str | None = None, like: Array | None = None) -> Array:

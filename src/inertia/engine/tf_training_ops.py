@@ -29,11 +29,11 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import tensorflow as tf
 
-__all__ = ["keras_momentum_step"]
+__all__ = ["keras_momentum_step", "keras_momentum_steps"]
 
 
 def keras_momentum_step(
@@ -57,4 +57,37 @@ def keras_momentum_step(
         var=weight.handle, accum=velocity.handle, lr=learning_rate, grad=gradient, momentum=momentum,
         use_locking=False, use_nesterov=bool(nesterov),
     )
+    return True
+
+
+def _fits(weight: Any, velocity: Optional[Any], gradient: Any) -> bool:
+    if not isinstance(weight, tf.Variable) or not isinstance(gradient, (tf.Tensor, tf.Variable)):
+        return False  # a sparse gradient, or values that are not variables (stateless_apply)
+    if gradient.dtype != weight.dtype or gradient.shape != weight.shape:
+        return False
+    return velocity is None or (isinstance(velocity, tf.Variable) and velocity.dtype == weight.dtype)
+
+
+def keras_momentum_steps(
+    weights: Sequence[Any], velocities: Optional[Sequence[Any]], gradients: Sequence[Any],
+    rates: Sequence[Any], momenta: Optional[Sequence[Any]], nesterov: bool,
+) -> bool:
+    """:func:`keras_momentum_step` for every weight, or for none (False, nothing changed):
+    each one is checked before the first kernel runs. ``rates`` and ``momenta`` hold each
+    weight's hyperparameters as scalars of its dtype. One kernel call per weight, eagerly: a
+    ``tf.function`` around the loop would cost more to call, with thousands of arguments,
+    than the calls it saves."""
+    slots = velocities if velocities is not None else [None] * len(weights)
+    if not all(map(_fits, weights, slots, gradients)):
+        return False
+    apply = tf.raw_ops.ResourceApplyKerasMomentum
+    if velocities is None:
+        descend = tf.raw_ops.ResourceApplyGradientDescent
+        for weight, gradient, rate in zip(weights, gradients, rates):
+            descend(var=weight.handle, alpha=rate, delta=gradient)
+        return True
+    nesterov = bool(nesterov)
+    for weight, velocity, gradient, rate, momentum in zip(weights, velocities, gradients, rates, momenta):
+        apply(var=weight.handle, accum=velocity.handle, lr=rate, grad=gradient, momentum=momentum,
+              use_locking=False, use_nesterov=nesterov)
     return True
