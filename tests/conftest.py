@@ -13,6 +13,7 @@ import importlib
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "numpy")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter
 
 import pytest  # noqa: E402
 
@@ -80,12 +81,12 @@ def pytest_make_collect_report(collector):
     _fail_skips_where_everything_is_required(outcome.get_result())
 
 
-BACKENDS = ("numpy", "torch", "jax")
+BACKENDS = ("numpy", "torch", "jax", "tensorflow")
 
 
 def load_backend(name: str) -> None:
     """Import a backend's library (skip, or fail in CI); JAX runs with float64 enabled."""
-    requires({"numpy": "numpy", "torch": "torch", "jax": "jax"}[name])
+    requires({"numpy": "numpy", "torch": "torch", "jax": "jax", "tensorflow": "tensorflow"}[name])
     if name == "jax":
         import jax
 
@@ -98,6 +99,20 @@ def backend(request, monkeypatch):
     load_backend(request.param)
     monkeypatch.setenv("INERTIA_BACKEND", request.param)
     return backends.get(request.param)
+
+
+def total(value):
+    """The sum of an array's elements, on its own backend (a loss for ``minimize``): TF
+    tensors have no ``.sum()``."""
+    if isinstance(value, inertia_variable_type()):
+        value = value.value
+    return backends.of(value).sum(value)
+
+
+def inertia_variable_type():
+    from inertia.variable import Variable
+
+    return Variable
 
 
 def tensor(value, dtype="float32", backend_name=None):

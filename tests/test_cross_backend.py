@@ -32,8 +32,10 @@ from inertia import schedules
 SEEDS = range(40)
 DTYPES = ("float64", "float32")
 TOLERANCES = {"float64": {"rtol": 1e-12, "atol": 1e-12}, "float32": {"rtol": 1e-6, "atol": 1e-7}}
-# (backend, jit_compile); the first is the reference.
-RUNS = (("numpy", True), ("torch", True), ("jax", True), ("jax", False))
+# (backend, jit_compile); the first is the reference. TensorFlow also runs every step inside
+# a tf.function (FUNCTION), traced once per call pattern.
+FUNCTION = "tf.function"
+RUNS = (("numpy", True), ("torch", True), ("jax", True), ("jax", False), ("tensorflow", True), ("tensorflow", FUNCTION))
 
 SHAPES = ((), (3,), (2, 3), (), (2, 1, 2))  # few distinct shapes: fewer JAX compilations
 KINDS = ("kernel", "bias", "gamma")
@@ -290,23 +292,45 @@ def run(scenario: Scenario, backend_name: str, jit_compile: bool) -> list:
     if scenario.prebuild:
         optimizer.build(variables)
 
+    def apply(api: str, grads: list, targets: list) -> None:
+        if api == "apply_all":
+            optimizer.apply(grads)
+        elif api == "apply":
+            optimizer.apply(grads, targets)
+        else:
+            optimizer.apply_gradients(zip(grads, targets))
+
+    if jit_compile == FUNCTION:
+        import tensorflow as tf
+
+        # The callable learning rate reads a variable: a Python value would be read once, when traced.
+        holder["rate"] = tf.Variable(0.0, dtype=scenario.dtype)
+        functions: dict = {}
+
+        def apply(api: str, grads: list, targets: list, eager: Any = apply) -> None:  # noqa: F811
+            key = (api, tuple(g is None for g in grads), tuple(id(t) for t in targets))
+            if key not in functions:
+                functions[key] = tf.function(lambda given: eager(api, _with_nones(given, grads), targets))
+            functions[key]([g for g in grads if g is not None])
+
     history = []
     for number, step in enumerate(scenario.steps):
-        holder["rate"] = scenario.lr_args["lr0"] * (1 + 0.5 * np.sin(number))
+        rate = scenario.lr_args["lr0"] * (1 + 0.5 * np.sin(number))
+        if isinstance(holder.get("rate"), (int, float, type(None))):
+            holder["rate"] = rate
+        else:
+            holder["rate"].assign(rate)
         grads = [None if g is None else array(g) for g in step.grads]
         targets = [variables[i] for i in step.indices]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            if step.api == "apply_all":
-                optimizer.apply(grads)
-            elif step.api == "apply":
-                optimizer.apply(grads, targets)
-            else:
-                optimizer.apply_gradients(zip(grads, targets))
+            apply(step.api, grads, targets)
         where = f"{backend_name} (jit_compile={jit_compile}), step {number}"
         missing = [w for w in caught if MISSING_GRADIENTS in str(w.message)]
-        # A skipped step (inf gradient under dynamic loss scaling) never reaches the filter.
-        assert bool(missing) == (any(g is None for g in step.grads) and step.finite), where
+        # A skipped step (inf gradient under dynamic loss scaling) never reaches the filter;
+        # inside a tf.function the warning comes once, when the step is traced.
+        if jit_compile != FUNCTION:
+            assert bool(missing) == (any(g is None for g in step.grads) and step.finite), where
         assert all(issubclass(w.category, UserWarning) for w in missing), where
         assert not [w for w in caught if issubclass(w.category, RuntimeWarning)], where
         history.append(snapshot(variables, optimizer))
@@ -323,6 +347,12 @@ def run(scenario: Scenario, backend_name: str, jit_compile: bool) -> list:
     for variable in variables:
         assert variable.dtype == scenario.dtype and variable.backend.name == backend_name
     return history
+
+
+def _with_nones(given: list, pattern: list) -> list:
+    """``given`` (the gradients that are not None) put back in ``pattern``'s places."""
+    values = iter(given)
+    return [None if g is None else next(values) for g in pattern]
 
 
 def assert_histories_match(reference: list, other: list, scenario: Scenario, label: str) -> None:

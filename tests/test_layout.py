@@ -14,7 +14,9 @@ FRAMEWORKS = {"torch", "jax", "jaxlib", "tensorflow", "mlx", "keras", "tf_keras"
 # Modules allowed to import a framework at module level: its backend, and the torch face and
 # its flat buffers (both imported only by users of torch).
 FRAMEWORK_MODULES = {
-    "inertia.backend.torch", "inertia.backend.jax", "inertia.backend.mlx", "inertia.torch", "inertia.torch_flat",
+    "inertia.backend.torch", "inertia.backend.jax", "inertia.backend.tensorflow", "inertia.backend.mlx", "inertia.torch",
+    "inertia.torch_flat",
+    "inertia.engine.tf_training_ops",  # TensorFlow's fused kernels, imported by a step on tf.Variables
     "inertia.distributed.torch",  # imported by the torch face, and by users of torch.distributed
     "inertia.distributed.jax",  # a backend module of inertia.distributed, imported on first use
     "inertia.distributed.dtensor",  # imported by the torch backend only once torch.distributed.tensor is in use

@@ -440,6 +440,20 @@ def test_random_scenario_on_every_backend(tf, backend, seed):
     )
 
 
+# On TensorFlow every scenario runs, norm clipping included: inertia steps tf.Variables with
+# TensorFlow's own kernels, as tf_keras does.
+TENSORFLOW_SEEDS = range(3000, 3024)
+
+
+@pytest.mark.parametrize("seed", TENSORFLOW_SEEDS)
+def test_random_scenario_on_tensorflow_variables(tf, seed):
+    run_scenario(tf, draw_scenario(seed), make_array=lambda array: tensor(array, str(array.dtype), "tensorflow"))
+
+
+def test_tensorflow_seeds_clip_by_norm():
+    assert sum(_clips_by_norm(draw_scenario(seed)) for seed in TENSORFLOW_SEEDS) >= 6
+
+
 def test_scenarios_cover_every_feature(tf):
     """The seeds above really exercise every feature (guards against a drifting generator)."""
     seen: set = set()

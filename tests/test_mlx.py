@@ -38,7 +38,7 @@ from inertia.schedules import ExponentialDecay
 
 SEEDS = range(30)
 RATE_KINDS = ("constant", "cosine", "exponential", "step", "warmup_cosine")
-STEP_DTYPES = {"numpy": "uint64", "mlx": "uint64", "torch": "int64", "jax": "uint64"}
+STEP_DTYPES = {"numpy": "uint64", "mlx": "uint64", "torch": "int64", "jax": "uint64", "tensorflow": "uint64"}
 
 
 # --- trees ---------------------------------------------------------------------------------
@@ -68,6 +68,7 @@ def on_library(tree, library):
         "mlx": lambda a: requires("mlx.core").array(a),
         "torch": lambda a: requires("torch").tensor(a),
         "jax": lambda a: requires("jax.numpy").asarray(a),
+        "tensorflow": lambda a: requires("tensorflow").constant(a),
     }[library]
     return map_tree(lambda a: convert(np.array(a)), tree)
 
@@ -311,7 +312,9 @@ def test_the_random_scenarios_cover_every_feature():
 # --- 2. torch and JAX equal NumPy -------------------------------------------------------------
 # Eager JAX compiles every operation anew for each shape (~0.3 s a scenario): every fourth
 # seed, which still draws every kind of learning rate.
-TORCH_AND_JAX_RUNS = [(seed, "torch") for seed in SEEDS] + [(seed, "jax") for seed in SEEDS[::4]]
+TORCH_AND_JAX_RUNS = (
+    [(seed, "torch") for seed in SEEDS] + [(seed, "jax") for seed in SEEDS[::4]] + [(seed, "tensorflow") for seed in SEEDS[::4]]
+)
 
 
 @pytest.mark.parametrize("seed, library", TORCH_AND_JAX_RUNS)

@@ -13,7 +13,7 @@ behaviour are listed as **equivalent** with the reason, and not run.
     python tools/mutation_check.py --list           # the table, nothing run
     python tools/mutation_check.py --json out.json  # also write the results as JSON
 
-The tests run as in CI, with ``INERTIA_REQUIRE_BACKENDS=numpy,torch,jax`` unless the
+The tests run as in CI, with ``INERTIA_REQUIRE_BACKENDS=numpy,torch,jax,tensorflow`` unless the
 environment sets it: a backend that is missing fails the baseline instead of letting
 mutants survive behind skips.
 
@@ -83,7 +83,7 @@ def _run_pytest(copy: pathlib.Path, cache: pathlib.Path, tests: list[str], timeo
     environment = dict(os.environ)
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(copy / "src"), environment.get("PYTHONPATH")]))
     environment["INERTIA_CACHE_DIR"] = str(cache)
-    environment.setdefault("INERTIA_REQUIRE_BACKENDS", "numpy,torch,jax")
+    environment.setdefault("INERTIA_REQUIRE_BACKENDS", "numpy,torch,jax,tensorflow")
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
     start = time.perf_counter()
     # A session of its own, so that a time-out also ends what pytest started (benchmark workers).

@@ -20,6 +20,7 @@ from inertia.engine.step import TF_KERAS_LEGACY, GroupSettings
 from inertia.optimizer import (
     _config_dict, _describe, _is_real_number, _positional_arity, _weights_list, check_finite_number, checked_pairs, locked,
 )
+from inertia.rule import sgd_update
 from inertia.schedules import LearningRateSchedule
 from inertia.sgd import SGD as _KerasSGD
 from inertia.variable import Variable
@@ -63,6 +64,8 @@ class SGD(_KerasSGD):
 
     _iterations_name = "iter"
     _iterations_dtype = "int64"
+    # IndexedSlices step only the rows they name ("lazy" momentum, as OptimizerV2's sparse kernels).
+    _takes_sparse_gradients = True
 
     def __init__(
         self,
@@ -178,23 +181,64 @@ class SGD(_KerasSGD):
 
     def _backend_update_step(self, grads: list, variables: list[Variable], learning_rate: Any) -> None:
         rates: dict[str, Any] = {}
-        for gradient, variable in zip(grads, variables):
+        for variable in variables:
             if variable.dtype not in rates:
                 rates[variable.dtype] = self._decayed_lr(variable)
+        ops = variables[0].backend if variables else None
+        sparse = [ops.is_sparse(g) for g in grads]
+        dense = [(g, v) for g, v, s in zip(grads, variables, sparse) if not s]
+        if dense and self._tensorflow_kernels_step(*map(list, zip(*dense)), lambda v: rates[v.dtype]):
+            dense = []
+        for gradient, variable in dense:
             self.update_step(gradient, variable, rates[variable.dtype])
+        for gradient, variable, is_sparse in zip(grads, variables, sparse):
+            if is_sparse:
+                self._update_rows(gradient, variable, rates[variable.dtype])
+
+    def _update_rows(self, gradient: Any, variable: Variable, learning_rate: Any) -> None:
+        """A sparse gradient's step, "lazy" as OptimizerV2's sparse kernels: rows named twice
+        are summed, then only the named rows of the weights and of their momentum move, by
+        the same rule as a dense step; the other rows' momentum neither decays nor acts."""
+        ops = variable.backend
+        slot = self.momentums[self._get_variable_index(variable)] if self.momentums else None
+        if slot is None:
+            # Without momentum OptimizerV2 adds each named row's -lr*g as it comes, a row
+            # named twice twice (a scatter-add), rather than summing the duplicates first.
+            steps = ops.sparse_map(gradient, lambda rows: -(rows * learning_rate))
+            variable._value = ops.add_rows(variable.value, steps)
+            return
+        values, indices = ops.unique_rows(gradient)
+        weight, velocity = sgd_update(
+            self._rule, ops.gather_rows(variable.value, indices), values, ops.gather_rows(slot.value, indices),
+            learning_rate, self._momentum_scalar(variable), add=ops.add,
+        )
+        slot._value = ops.assign_rows(slot.value, indices, velocity)
+        variable._value = ops.assign_rows(variable.value, indices, weight)
 
     def _clip_gradients(self, grads: list, variables: Sequence[Variable]) -> list:
+        """clipvalue, then clipnorm, then global_clipnorm; a sparse gradient's rows are
+        clipped as given (a norm over its values, rows named twice counted twice, as
+        ``tf.clip_by_norm`` on IndexedSlices)."""
         if not grads:
             return grads
         ops = variables[0].backend
+
+        def each(gradient: Any, clip: Any) -> Any:
+            return ops.sparse_map(gradient, clip) if ops.is_sparse(gradient) else clip(gradient)
+
         if self.clipvalue is not None:
-            grads = [pipeline.clip_by_value(ops, g, self.clipvalue) for g in grads]
+            grads = [each(g, lambda x: pipeline.clip_by_value(ops, x, self.clipvalue)) for g in grads]
         if self.clipnorm is not None:
             # Sharded gradients (DTensor): their norms summed across the ranks in one collective.
             squares = pipeline.squared_norms(ops, grads, None) if ops.squares_reducer(grads) is not None else [None] * len(grads)
-            grads = [pipeline.clip_by_norm(ops, g, self.clipnorm, squared) for g, squared in zip(grads, squares)]
+            grads = [
+                each(g, lambda x, squared=squared: pipeline.clip_by_norm(ops, x, self.clipnorm, squared))
+                for g, squared in zip(grads, squares)
+            ]
         if self.global_clipnorm is not None:
-            grads = pipeline.clip_by_global_norm(ops, grads, self.global_clipnorm, reciprocal_in_dtype=True)
+            dense = [ops.sparse_values(g) if ops.is_sparse(g) else g for g in grads]
+            clipped = iter(pipeline.clip_by_global_norm(ops, dense, self.global_clipnorm, reciprocal_in_dtype=True))
+            grads = [each(g, lambda _: next(clipped)) for g in grads]
         return grads
 
     # --- the step as data, for the engine's fast paths ----------------------------------------
@@ -227,8 +271,10 @@ class SGD(_KerasSGD):
 
     def _new_slot(self, reference: Variable, slot_name: str, initializer: Any, shape: Optional[Sequence[int]]) -> Variable:
         shape = reference.shape if shape is None else tuple(int(s) for s in shape)
-        value = self._initial_value(initializer, shape, reference.dtype, reference.value)
-        slot = Variable._alias(value, reference.backend, self._new_variable_name(f"{reference.name}/{slot_name}"))
+        ops = reference.backend
+        with ops.outside_trace():
+            value = ops.holder(self._initial_value(initializer, shape, reference.dtype, reference.value))
+        slot = Variable._alias(value, ops, self._new_variable_name(f"{reference.name}/{slot_name}"))
         slot.trainable = False
         self._slots.setdefault(id(reference), {})[slot_name] = slot
         if slot_name not in self._slot_names:

@@ -145,6 +145,7 @@ def _weights_list(weights: Any) -> list:
     return list(weights)
 
 
+@backends.opaque_to_autograph
 class Optimizer:
     """Abstract optimizer base class with the whole Keras 3 feature set.
 
@@ -195,6 +196,11 @@ class Optimizer:
         "weight_decay", "clipnorm", "clipvalue", "global_clipnorm", "use_ema", "ema_momentum",
         "ema_overwrite_frequency", "loss_scale_factor", "gradient_accumulation_steps",
     )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__module__.split(".")[0] == "inertia":  # a user's own subclass is AutoGraph's to convert
+            backends.opaque_to_autograph(cls)
 
     def __init__(
         self,
@@ -415,6 +421,10 @@ class Optimizer:
                 if_false()
             return
         variables = self._all_variables() + list(self._trainable_variables)
+        ops = self._backend
+        if ops.holds_state_in_place and all(ops.is_mutable_native(v._value) for v in variables):
+            ops.branch(flag, if_true, if_false)  # tf.cond: each branch assigns the variables it changes
+            return
         before = [v._value for v in variables]
         if_true()
         taken = [v._value for v in variables]
@@ -455,7 +465,8 @@ class Optimizer:
         dtype = dtype or "float32"
         shape = tuple(int(s) for s in shape)
         like = self._trainable_variables[0].value if self._trainable_variables else None
-        value = self._initial_value(initializer, shape, dtype, like)
+        with self._backend.outside_trace():
+            value = self._backend.holder(self._initial_value(initializer, shape, dtype, like))
         variable = Variable._alias(value, self._backend, self._new_variable_name(name or "variable"))
         variable.trainable = False
         return self._track(variable)
@@ -485,7 +496,8 @@ class Optimizer:
         reference = self._reference_of(reference_variable)
         prefix = reference.path.replace("/", "_").replace(":", "_")
         ops = reference.backend
-        value = self._initial_value(initializer, reference.shape, reference.dtype, reference.value)
+        with ops.outside_trace():
+            value = ops.holder(self._initial_value(initializer, reference.shape, reference.dtype, reference.value))
         variable = Variable._alias(value, ops, self._new_variable_name(f"{prefix}_{name or 'var'}"))
         variable.trainable = False
         return self._track(variable)
@@ -603,9 +615,10 @@ class Optimizer:
     def _move_own_variables(self, ops: ArrayBackend, like: Any) -> None:
         """Re-home the counters created at construction onto the variables' backend/device."""
         like_value = like.value if isinstance(like, Variable) else like
-        for variable in self._variables:
-            variable._value = ops.asarray(variable.numpy(), dtype=variable.dtype, like=like_value)
-            variable._backend = ops
+        with ops.outside_trace():
+            for variable in self._variables:
+                variable._value = ops.holder(ops.asarray(variable.numpy(), dtype=variable.dtype, like=like_value))
+                variable._backend = ops
         self._backend = ops
 
     def build(self, var_list: Sequence[Any]) -> None:
@@ -879,7 +892,10 @@ class Optimizer:
         if all(g is None for g in checked):
             raise ValueError("No gradients provided for any variable.")
         if not self.built:
-            self.build(targets)
+            first = targets[0]
+            # Inside a tf.function being traced, the state is made outside the graph.
+            with (first.backend if isinstance(first, Variable) else backends.of(first)).outside_trace():
+                self.build(targets)
             self.built = True
             targets = [self._wrapper_of(t) for t in targets]
         return checked, targets
@@ -894,6 +910,8 @@ class Optimizer:
         value = target.value if isinstance(target, Variable) else target
         name = _describe(target)
         grad_ops = backends.of(gradient)
+        if grad_ops is ops and ops.is_sparse(gradient):
+            return self._checked_sparse_gradient(ops, gradient, value, name)
         if grad_ops is None:
             try:
                 gradient = ops.asarray(gradient, like=value)
@@ -916,6 +934,25 @@ class Optimizer:
                 f"{ops.shape(value)}."
             )
         return ops.cast(gradient, ops.dtype_name(value))
+
+    #: Whether the face steps sparse gradients (TF's IndexedSlices) row by row, as tf.keras'
+    #: optimizers do; the others take the dense gradient a sparse one stands for.
+    _takes_sparse_gradients = False
+
+    def _checked_sparse_gradient(self, ops: ArrayBackend, gradient: Any, value: Any, name: str) -> Any:
+        """A sparse gradient checked like a dense one: floating, of the variable's shape; cast
+        to its dtype, and densified unless the face steps rows."""
+        dtype = ops.dtype_name(gradient)
+        if not ops.is_floating(dtype):
+            raise TypeError(
+                f"Gradients must be floating-point arrays; the sparse gradient for {name} has dtype {dtype}. "
+                f"Received: gradient={gradient!r:.200}"
+            )
+        shape, expected = ops.shape(gradient), ops.shape(value)
+        if shape != expected and not (shape[:1] == (None,) and shape[1:] == expected[1:]):
+            raise ValueError(f"The gradient for {name} has shape {shape} but the variable has shape {expected}.")
+        gradient = ops.sparse_map(gradient, lambda rows: ops.cast(rows, ops.dtype_name(value)))
+        return gradient if self._takes_sparse_gradients else ops.densify(gradient)
 
     def _apply_prepared(self, grads: list, variables: list[Variable]) -> None:
         grads, variables = self._filter_empty_gradients(grads, variables)
@@ -1081,14 +1118,21 @@ class Optimizer:
         ``loss`` is a zero-argument callable reading the ``inertia.Variable`` objects of
         ``var_list`` (operators and ``.value`` are traced), or a callable taking one array
         per variable (needed for native arrays). ``var_list`` may itself be a callable.
+        On TensorFlow, ``loss`` may also be a tensor computed under ``tape`` (a
+        ``tf.GradientTape``), and a zero-argument callable differentiates ``tf.Variable``s.
         """
-        if tape is not None:
-            raise ValueError(f"Argument `tape` is only meaningful for TensorFlow; inertia differentiates `loss` itself. Received: tape={tape!r}")
         variables = list(var_list() if callable(var_list) else var_list)
         if not variables:
             raise ValueError(f"Argument `var_list` must not be empty. Received: var_list={var_list!r}")
         ops = self._check_targets(variables, "var_list")
         values = [v.value if isinstance(v, Variable) else v for v in variables]
+        if tape is not None:
+            if ops.name != "tensorflow":
+                raise ValueError(
+                    "Argument `tape` (a tf.GradientTape) is only meaningful for TensorFlow variables; on the "
+                    f"{ops.name} backend inertia differentiates `loss` itself. Received: tape={tape!r}"
+                )
+            return list(zip(ops.grad_of_natives(loss, values, tape=tape), variables))
         natives = not any(isinstance(v, Variable) for v in variables)
         differentiates_natives = natives and hasattr(ops, "grad_of_natives")
         if not callable(loss):

@@ -112,7 +112,8 @@ def clip_by_global_norm(
         inverse_c = ops.scalar(1.0, dtype, like=norm) / c
     else:
         inverse_c = ops.scalar(1.0 / clipnorm, dtype, like=norm)  # rounded once, as in Keras
-    scale = c * ops.minimum(1 / norm, inverse_c) + (norm - norm)
+    one = ops.scalar(1.0, dtype, like=norm)  # an array, not a literal a graph optimizer could rewrite `1 / x` with
+    scale = c * ops.minimum(one / norm, inverse_c) + (norm - norm)
     return [g * ops.cast(scale, ops.dtype_name(g)) for g in gradients]
 
 

@@ -77,6 +77,7 @@ def _numpy_dtype(value: Any) -> np.dtype | None:
     dtype = getattr(value, "dtype", None)
     if dtype is None:
         return None
+    dtype = getattr(dtype, "as_numpy_dtype", dtype)  # a TensorFlow DType
     try:
         return np.dtype(dtype)
     except TypeError:  # e.g. a torch dtype
@@ -189,7 +190,7 @@ def _namespace(step: Any) -> tuple[Any, Any]:
 
 
 def _canonical(dtype: np.dtype, xp: Any) -> np.dtype:
-    if xp is np:
+    if xp is np or getattr(xp, "has_every_dtype", False):
         return np.dtype(dtype)
     # Without ``jax_enable_x64`` JAX has no float64 (or int64): use what it would give.
     import jax
@@ -226,7 +227,7 @@ def _cast(value: Any, dtype: np.dtype, xp: Any) -> Any:
 
 def _cast_via_own_dtype(value: Any, dtype: np.dtype, xp: Any) -> Any:
     """Convert ``value`` to its own (Keras) dtype first, then cast: float -> int truncates."""
-    return xp.asarray(value, dtype=_keras_dtype(value, xp)).astype(dtype)
+    return xp.asarray(xp.asarray(value, dtype=_keras_dtype(value, xp)), dtype=dtype)
 
 
 def _result(value: Any, dtype: np.dtype, xp: Any) -> Any:

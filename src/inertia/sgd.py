@@ -118,6 +118,35 @@ class SGD(Optimizer):
             slot.assign(velocity)
         variable.assign(weight)
 
+    def _backend_update_step(self, grads: list, variables: list[Variable], learning_rate: Any) -> None:
+        if not self._tensorflow_kernels_step(grads, variables, lambda variable: learning_rate):
+            super()._backend_update_step(grads, variables, learning_rate)
+
+    def _tensorflow_kernels_step(self, grads: list, variables: list[Variable], rate_of: Any) -> bool:
+        """The update of every variable by TensorFlow's fused kernels of this rule
+        (:mod:`inertia.engine.tf_training_ops`: in place, one pass, the reference path's
+        bits), or False (nothing changed) where they do not run it: not TensorFlow, the
+        reference path asked for (``jit_compile=False``), a custom ``update_step``, values
+        that are not ``tf.Variable``s, sparse gradients. ``rate_of(variable)``: the
+        learning rate for its dtype, before the cast."""
+        ops = variables[0].backend if variables else None
+        if ops is None or ops.name != "tensorflow" or not self.jit_compile or self.describe_step() is None:
+            return False
+        from inertia.engine.tf_training_ops import keras_momentum_steps
+
+        rates: dict[str, Any] = {}
+        momenta: dict[str, Any] = {}
+        for variable in variables:
+            if variable.dtype not in rates:
+                rates[variable.dtype] = ops.cast(rate_of(variable), variable.dtype)
+                momenta[variable.dtype] = self._momentum_scalar(variable)
+        slots = [self.momentums[self._get_variable_index(v)].value for v in variables] if self.momentums else None
+        return keras_momentum_steps(
+            [v.value for v in variables], slots, [ops.cast(g, v.dtype) for g, v in zip(grads, variables)],
+            [rates[v.dtype] for v in variables], None if slots is None else [momenta[v.dtype] for v in variables],
+            self.nesterov,
+        )
+
     #: The step this face runs, as data (the engine's fast paths read it).
     step_description: StepDescription = KERAS_STEP
 

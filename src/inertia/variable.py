@@ -38,13 +38,15 @@ def _default_dtype(value: Any) -> str | None:
     return None
 
 
+@backends.opaque_to_autograph
 class Variable:
-    """A named, mutable array on one backend (NumPy, PyTorch or JAX).
+    """A named, mutable array on one backend (NumPy, PyTorch, JAX or TensorFlow).
 
     ``Variable(1.0)`` holds a float32 scalar on the default backend (``$INERTIA_BACKEND``,
     NumPy unless set); an array initial value keeps its own library, device and dtype.
     On NumPy and PyTorch the storage is updated in place, so ``.value`` is a live view of
-    the variable; ``.numpy()`` returns a copy.
+    the variable; on TensorFlow the value lives in a ``tf.Variable`` (``.value``), assigned
+    in place, inside ``tf.function`` too; ``.numpy()`` returns a copy.
 
     Example:
         >>> import inertia
@@ -82,6 +84,7 @@ class Variable:
                 f"Argument `initial_value` cannot be made into an array: "
                 f"initial_value={initial_value!r} ({error})"
             ) from None
+        value = backend.holder(value, trainable=bool(trainable))
         self._init(backend, value, name or _unique_name("variable"), trainable)
         self.constraint = constraint
         self.overwrite_with_gradient = bool(overwrite_with_gradient)

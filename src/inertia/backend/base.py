@@ -17,6 +17,9 @@ class ArrayBackend(ABC):
     name: str
     #: Whether ``compile`` really compiles (the optimizer then runs eager steps compiled).
     compiles: bool = False
+    #: Whether state is written in place even while a step is traced (TensorFlow's
+    #: variables inside ``tf.function``): a traced branch then runs through ``branch``.
+    holds_state_in_place: bool = False
 
     def __reduce__(self) -> tuple:
         # One instance per library: code compares backends with `is`, so a copy or an
@@ -75,6 +78,59 @@ class ArrayBackend(ABC):
     @abstractmethod
     def to_numpy(self, value: Array) -> Any:
         """A NumPy array holding a copy of the values."""
+
+    def holder(self, value: Array, trainable: bool = False) -> Array:
+        """Where a new piece of state (an optimizer slot or counter, an ``inertia.Variable``'s
+        value) lives: ``value`` itself, or a mutable container of it (TensorFlow: a
+        ``tf.Variable``, which a traced step assigns in place)."""
+        return value
+
+    def outside_trace(self) -> Any:
+        """The context in which new state is made while a step is being traced (TensorFlow:
+        the eager context around a ``tf.function``); a no-op elsewhere."""
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def branch(self, flag: Any, if_true: Callable[[], None], if_false: Optional[Callable[[], None]]) -> None:
+        """Run ``if_true`` or ``if_false`` on a traced ``flag``, for a backend whose state is
+        written in place while traced (``holds_state_in_place``)."""
+        raise NotImplementedError(f"The {self.name} backend selects traced branches by value.")
+
+    # --- sparse gradients (TensorFlow's IndexedSlices) -------------------------------------------
+    def is_sparse(self, value: Any) -> bool:
+        """Whether ``value`` is a sparse gradient: some rows of a tensor, the rest zero."""
+        return False
+
+    def densify(self, value: Any) -> Array:
+        """A sparse gradient as the dense array it stands for (rows named twice summed)."""
+        return value
+
+    def sparse_map(self, value: Any, function: Callable[[Array], Array]) -> Any:
+        """A sparse gradient with ``function`` applied to its rows' values (same rows)."""
+        raise NotImplementedError(f"The {self.name} backend has no sparse gradients.")
+
+    def sparse_values(self, value: Any) -> Array:
+        """A sparse gradient's rows' values, as given (duplicates not summed)."""
+        raise NotImplementedError(f"The {self.name} backend has no sparse gradients.")
+
+    def unique_rows(self, value: Any) -> tuple[Array, Array]:
+        """``(values, indices)`` of a sparse gradient, each row named once (duplicates summed)."""
+        raise NotImplementedError(f"The {self.name} backend has no sparse gradients.")
+
+    def gather_rows(self, x: Array, indices: Array) -> Array:
+        """Rows ``indices`` of ``x``."""
+        raise NotImplementedError(f"The {self.name} backend has no sparse gradients.")
+
+    def add_rows(self, target: Array, sparse: Any) -> Array:
+        """``target`` plus a sparse array, each of its rows added in turn (a row named twice is
+        added twice); returns the array that now holds it, as ``assign`` does."""
+        raise NotImplementedError(f"The {self.name} backend has no sparse gradients.")
+
+    def assign_rows(self, target: Array, indices: Array, rows: Array) -> Array:
+        """``target`` with rows ``indices`` set to ``rows`` (in place where the backend writes
+        in place); returns the array that now holds it, as ``assign`` does."""
+        raise NotImplementedError(f"The {self.name} backend has no sparse gradients.")
 
     # --- mutation ----------------------------------------------------------------------------
     @abstractmethod
