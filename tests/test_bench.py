@@ -442,6 +442,8 @@ FACE_REFERENCES = {
     "inertia-torch-face": _torch_optim_sgd,
     "inertia-torch-flat": lambda config, steps: _torch_optim_sgd(config, steps, joint_clip=True),
     "inertia-legacy": _keras_form,
+    "inertia-legacy-tensorflow": _keras_form,
+    "tf-keras-legacy": _keras_form,
     "inertia-mlx-face": _mlx_heavy_ball,
 }
 
@@ -510,7 +512,8 @@ def test_every_contender_takes_the_step_it_is_timed_for(name):
 
 
 def test_tensorflow_contenders_take_the_steps_they_are_timed_for():
-    """As above, for the contenders on tf.Variables (tf_keras' SGD, jitted or not, and its
+    """As above, for the contenders on tf.Variables (inertia's Keras face eagerly and inside a
+    tf.function, its legacy face; tf_keras' SGD jitted or not, inside a tf.function, and its
     legacy SGD): all in one worker process, which imports TensorFlow once; a configuration
     their API lacks refuses to set up, before TensorFlow is imported."""
     requires("tf_keras")

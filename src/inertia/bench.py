@@ -70,7 +70,8 @@ ALL_CONTENDERS = (
     "inertia-numpy", "inertia-torch", "inertia-jax", "inertia-torch-face", "inertia-torch-flat", "inertia-legacy",
     "inertia-mlx-face",
     "torch-foreach", "torch-fused", "torch-compile", "optax", "keras-torch", "keras-jax", "mlx",
-    "tf-keras", "tf-keras-nojit", "tf-keras-legacy",
+    "inertia-tensorflow", "inertia-tensorflow-function", "inertia-legacy-tensorflow",
+    "tf-keras", "tf-keras-nojit", "tf-keras-function", "tf-keras-legacy",
 )
 DEFAULT_CONTENDERS = ALL_CONTENDERS
 # Pairs that are not run, and why: reported in the results, never silently missing.
@@ -82,7 +83,13 @@ NOT_RUN = {
 NOT_RUN_CONFIGS = {
     ("inertia-legacy", "everything"): "tf.keras legacy SGD has no weight decay or EMA",
     ("inertia-mlx-face", "everything"): "MLX SGD has no clipnorm or EMA",
+    ("inertia-legacy-tensorflow", "everything"): "tf.keras legacy SGD has no weight decay or EMA",
     ("tf-keras-legacy", "everything"): "tf.keras legacy SGD has no weight decay or EMA",
+}
+# The peer each face of inertia replaces, where both run in a report: ``markdown`` shows the ratio.
+REPLACES = {
+    "inertia-tensorflow": "tf-keras", "inertia-tensorflow-function": "tf-keras-function",
+    "inertia-legacy-tensorflow": "tf-keras-legacy",
 }
 
 
@@ -362,12 +369,14 @@ def _import_tensorflow() -> Any:
 
 
 def _make_tf_keras(kind: str, shapes: list, config: str) -> tuple:
-    """tf_keras' SGD (tf.keras 2.11+; ``kind`` "legacy": OptimizerV2) on CPU tf.Variables, eager
-    ``apply_gradients`` as a custom training loop calls it: ``jit`` compiles each variable's
-    update with XLA (tf_keras' default), ``nojit`` runs TF's ops one by one; the legacy
-    optimizer runs TF's fused ``ResourceApplyKerasMomentum`` per variable. With everything on
-    (not legacy): its weight decay, clipnorm and EMA."""
-    _check_supported({"jit": "tf-keras", "nojit": "tf-keras-nojit", "legacy": "tf-keras-legacy"}[kind], config)
+    """tf_keras' SGD (tf.keras 2.11+; ``kind`` "legacy": OptimizerV2) on CPU tf.Variables,
+    ``apply_gradients`` as a custom training loop calls it, eagerly: ``jit`` compiles each
+    variable's update with XLA (tf_keras' default), ``nojit`` runs TF's ops one by one, the
+    legacy optimizer runs TF's fused ``ResourceApplyKerasMomentum`` per variable; or
+    (``function``) with jit on, inside the user's ``tf.function`` (traced once, on the first
+    step). With everything on (not legacy): its weight decay, clipnorm and EMA."""
+    _check_supported({"jit": "tf-keras", "nojit": "tf-keras-nojit", "function": "tf-keras-function",
+                      "legacy": "tf-keras-legacy"}[kind], config)
     tf = _import_tensorflow()
     import tf_keras
 
@@ -377,9 +386,44 @@ def _make_tf_keras(kind: str, shapes: list, config: str) -> tuple:
     if kind == "legacy":
         optimizer = tf_keras.optimizers.legacy.SGD(LEARNING_RATE, momentum=MOMENTUM, nesterov=config == "nesterov")
     else:
-        optimizer = tf_keras.optimizers.SGD(**_inertia_options(config), jit_compile=kind == "jit")
-    step = lambda: optimizer.apply_gradients(zip(grads_t, variables))
-    return step, lambda: None, lambda: [v.numpy() for v in variables]
+        optimizer = tf_keras.optimizers.SGD(**_inertia_options(config), jit_compile=kind != "nojit")
+    return _tf_step(tf, lambda grads: optimizer.apply_gradients(zip(grads, variables)), grads_t, kind == "function"), \
+        lambda: None, lambda: [v.numpy() for v in variables]
+
+
+def _tf_step(tf: Any, apply: Callable[[list], Any], grads: list, traced: bool) -> Callable[[], None]:
+    """A step that applies ``grads``: eagerly, or inside a ``tf.function`` taking the gradients
+    as its argument, as a user's training step does."""
+    if not traced:
+        return lambda: apply(grads)
+
+    @tf.function
+    def train_step(grads: list) -> None:
+        apply(grads)
+
+    return lambda: train_step(grads)
+
+
+def _make_inertia_tensorflow(kind: str, shapes: list, config: str) -> tuple:
+    """inertia on CPU tf.Variables (its TensorFlow backend): ``inertia.SGD``'s ``apply``, eager
+    (``eager``) or inside the user's ``tf.function`` (``function``), or ``inertia.legacy.SGD``'s
+    ``apply_gradients`` (``legacy``), each beside the tf_keras optimizer it replaces."""
+    _check_supported({"eager": "inertia-tensorflow", "function": "inertia-tensorflow-function",
+                      "legacy": "inertia-legacy-tensorflow"}[kind], config)
+    tf = _import_tensorflow()
+    import inertia
+    import inertia.legacy
+
+    weights, grads = _data(shapes)
+    variables = [tf.Variable(w, name=f"w{i}") for i, w in enumerate(weights)]
+    grads_t = [tf.constant(g) for g in grads]
+    if kind == "legacy":
+        legacy = inertia.legacy.SGD(learning_rate=LEARNING_RATE, momentum=MOMENTUM, nesterov=config == "nesterov")
+        apply = lambda grads: legacy.apply_gradients(zip(grads, variables))
+    else:
+        optimizer = inertia.SGD(**_inertia_options(config))
+        apply = lambda grads: optimizer.apply(grads, variables)
+    return _tf_step(tf, apply, grads_t, kind == "function"), lambda: None, lambda: [v.numpy() for v in variables]
 
 
 FACTORIES: dict[str, Callable[[list, str], tuple]] = {
@@ -397,13 +441,20 @@ FACTORIES: dict[str, Callable[[list, str], tuple]] = {
     "mlx": _make_mlx,
     "keras-torch": lambda s, c: _make_keras("torch", s, c),
     "keras-jax": lambda s, c: _make_keras("jax", s, c),
+    "inertia-tensorflow": lambda s, c: _make_inertia_tensorflow("eager", s, c),
+    "inertia-tensorflow-function": lambda s, c: _make_inertia_tensorflow("function", s, c),
+    "inertia-legacy-tensorflow": lambda s, c: _make_inertia_tensorflow("legacy", s, c),
     "tf-keras": lambda s, c: _make_tf_keras("jit", s, c),
     "tf-keras-nojit": lambda s, c: _make_tf_keras("nojit", s, c),
+    "tf-keras-function": lambda s, c: _make_tf_keras("function", s, c),
     "tf-keras-legacy": lambda s, c: _make_tf_keras("legacy", s, c),
 }
 # Keras picks one backend per process; TensorFlow's import and thread pools stay out of the
 # process that times the others.
-TENSORFLOW_CONTENDERS = ("tf-keras", "tf-keras-nojit", "tf-keras-legacy")  # they can share one worker process
+TENSORFLOW_CONTENDERS = (  # they can share one worker process
+    "inertia-tensorflow", "inertia-tensorflow-function", "inertia-legacy-tensorflow",
+    "tf-keras", "tf-keras-nojit", "tf-keras-function", "tf-keras-legacy",
+)
 _WORKER_CONTENDERS = ("keras-torch", "keras-jax") + TENSORFLOW_CONTENDERS
 
 
@@ -675,7 +726,7 @@ _LIBRARIES: dict[str, tuple[tuple[str, str], ...]] = {
     "inertia-torch": (_TORCH,), "inertia-jax": (_JAX,), "inertia-torch-face": (_TORCH,), "inertia-torch-flat": (_TORCH,),
     "torch-foreach": (_TORCH,), "torch-fused": (_TORCH,), "torch-compile": (_TORCH,), "optax": (("optax", "optax"), _JAX),
     "keras-torch": (_KERAS, _TORCH), "keras-jax": (_KERAS, _JAX), "mlx": (("mlx.optimizers", "mlx"),),
-    "tf-keras": _TF_KERAS, "tf-keras-nojit": _TF_KERAS, "tf-keras-legacy": _TF_KERAS,
+    **{name: _TF_KERAS if name.startswith("tf-keras") else (("tensorflow", "tensorflow"),) for name in TENSORFLOW_CONTENDERS},
 }
 
 
@@ -740,10 +791,18 @@ def _cold_start(log: Callable[[str], None]) -> dict:
 
 def _machine() -> dict:
     versions = {}
-    for module in ("numpy", "torch", "jax", "optax", "keras"):
+    for module in ("numpy", "torch", "jax", "optax"):
         try:
             versions[module] = __import__(module).__version__
         except Exception:
+            pass
+    import importlib.metadata
+
+    # Read, not imported: Keras (its default backend) and TensorFlow stay in the workers.
+    for distribution in ("keras", "tensorflow", "tf-keras"):
+        try:
+            versions[distribution] = importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
             pass
     try:
         import mlx.core
@@ -751,13 +810,6 @@ def _machine() -> dict:
         versions["mlx"] = mlx.core.__version__
     except Exception:
         pass
-    import importlib.metadata
-
-    for distribution in ("tensorflow", "tf-keras"):  # read, not imported: TensorFlow stays in the workers
-        try:
-            versions[distribution] = importlib.metadata.version(distribution)
-        except importlib.metadata.PackageNotFoundError:
-            pass
     import inertia
 
     cpu = platform.processor()
@@ -805,6 +857,11 @@ def markdown(report: dict) -> str:
                     f"| {r['contender']} | {r['median_ms']:.2f} | {100 * r['spread']:.0f}% | {r['gbps']:.1f} | "
                     f"{r['of_bandwidth']:.2f} | {ratio('inertia-numpy')} | {ratio('inertia-torch')} | {r['first_step_s']:.2f} | {peak} |"
                 )
+            times = {r["contender"]: r["median_ms"] for r in rows}
+            replaced = [f"{face} {times[face] / times[peer]:.2f}x {peer}" for face, peer in REPLACES.items()
+                        if face in times and peer in times]
+            if replaced:
+                lines.append(f"Time against the peer each replaces: {'; '.join(replaced)}.")
             for skipped in report.get("not_run", []):
                 if skipped["workload"] == workload and skipped["config"] == config:
                     lines.append(f"Not run: {skipped['contender']} ({skipped['reason']}).")

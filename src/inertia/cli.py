@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "bench",
-        help="time inertia's SGD step beside torch.optim, optax, Keras and MLX",
+        help="time inertia's SGD step beside torch.optim, optax, Keras, tf_keras and MLX",
         description="Time one SGD step of every face of inertia and of the installed peers on "
         "three workloads for plain momentum, Nesterov and everything on, interleaved in rounds "
         "beside a bandwidth probe. Prints Markdown; --json writes every figure. A default run "
