@@ -167,8 +167,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "pipeline-global-scale-without-nan-term",
         "src/inertia/pipeline.py",
-        "scale = c * ops.minimum(1 / norm, inverse_c) + (norm - norm)",
-        "scale = c * ops.minimum(1 / norm, inverse_c)",
+        "scale = c * ops.minimum(one / norm, inverse_c) + (norm - norm)",
+        "scale = c * ops.minimum(one / norm, inverse_c)",
         "global_clipnorm with an infinite gradient gives 0 for the finite elements instead of "
         "Keras' NaN everywhere (the non-finite step no longer shows)",
         ("tests/test_pipeline.py", "tests/test_keras_cases.py", "tests/test_keras_parity.py"),
@@ -526,17 +526,23 @@ MUTANTS: list[Mutant] = [
         "legacy-clipnorm-before-clipvalue",
         "src/inertia/legacy.py",
         "        if self.clipvalue is not None:\n"
-        "            grads = [pipeline.clip_by_value(ops, g, self.clipvalue) for g in grads]\n"
+        "            grads = [each(g, lambda x: pipeline.clip_by_value(ops, x, self.clipvalue)) for g in grads]\n"
         "        if self.clipnorm is not None:\n"
         "            # Sharded gradients (DTensor): their norms summed across the ranks in one collective.\n"
         "            squares = pipeline.squared_norms(ops, grads, None) if ops.squares_reducer(grads) is not None else [None] * len(grads)\n"
-        "            grads = [pipeline.clip_by_norm(ops, g, self.clipnorm, squared) for g, squared in zip(grads, squares)]\n",
+        "            grads = [\n"
+        "                each(g, lambda x, squared=squared: pipeline.clip_by_norm(ops, x, self.clipnorm, squared))\n"
+        "                for g, squared in zip(grads, squares)\n"
+        "            ]\n",
         "        if self.clipnorm is not None:\n"
         "            # Sharded gradients (DTensor): their norms summed across the ranks in one collective.\n"
         "            squares = pipeline.squared_norms(ops, grads, None) if ops.squares_reducer(grads) is not None else [None] * len(grads)\n"
-        "            grads = [pipeline.clip_by_norm(ops, g, self.clipnorm, squared) for g, squared in zip(grads, squares)]\n"
+        "            grads = [\n"
+        "                each(g, lambda x, squared=squared: pipeline.clip_by_norm(ops, x, self.clipnorm, squared))\n"
+        "                for g, squared in zip(grads, squares)\n"
+        "            ]\n"
         "        if self.clipvalue is not None:\n"
-        "            grads = [pipeline.clip_by_value(ops, g, self.clipvalue) for g in grads]\n",
+        "            grads = [each(g, lambda x: pipeline.clip_by_value(ops, x, self.clipvalue)) for g in grads]\n",
         "legacy SGD with clipvalue and clipnorm clips the norm first (OptimizerV2 clips values first)",
         ("tests/test_legacy.py",),
     ),
