@@ -1191,4 +1191,39 @@ MUTANTS: list[Mutant] = [
         "parameters average one parameter's gradient into another's, silently",
         ("tests/test_aggregation.py",),
     ),
+    # --- the TensorFlow backend (issue 17) -----------------------------------------------------
+    Mutant(
+        "tf-fused-kernel-ignores-nesterov",
+        "src/inertia/engine/tf_training_ops.py",
+        "              use_locking=False, use_nesterov=nesterov)",
+        "              use_locking=False, use_nesterov=False)",
+        "inertia.SGD(nesterov=True) on tf.Variables steps plain momentum on the fast path",
+        ("tests/backend/test_tensorflow.py",),
+    ),
+    Mutant(
+        "tf-traced-branch-by-value",
+        "src/inertia/optimizer.py",
+        "        if ops.holds_state_in_place and all(ops.is_mutable_native(v._value) for v in variables):",
+        "        if False:",
+        "inside a tf.function both branches of a step assign the variables (an accumulation micro-step also "
+        "updates the weights, an EMA overwrite happens every step)",
+        ("tests/backend/test_tensorflow.py", "tests/test_cross_backend.py"),
+    ),
+    Mutant(
+        "tf-sparse-rows-not-summed",
+        "src/inertia/backend/tensorflow.py",
+        "        return tf.math.unsorted_segment_sum(value.values, positions, tf.shape(indices)[0]), indices",
+        "        return value.values, value.indices",
+        "an embedding row looked up twice in a batch gets one of its two gradients, not their sum (legacy face)",
+        ("tests/backend/test_tensorflow.py",),
+    ),
+    Mutant(
+        "tf-constants-left-to-grappler",
+        "src/inertia/backend/tensorflow.py",
+        "    if tf.executing_eagerly():\n        return tensor\n",
+        "    if True:\n        return tensor\n",
+        "inside a tf.function Grappler folds constants (x/3 as x*(1/3)): schedules and steps no longer give the "
+        "eager numbers",
+        ("tests/backend/test_tensorflow.py",),
+    ),
 ]
