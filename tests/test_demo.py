@@ -338,6 +338,29 @@ def test_compare_with_tf_keras_legacy_is_bit_identical_given_the_same_rates(monk
     assert comparison["bit_identical"], comparison["verdict"]
 
 
+def test_on_tensorflow_tf_keras_steps_the_demos_own_variables() -> None:
+    """No NumPy copies between the model and tf_keras on TensorFlow: the model reads the very
+    tf.Variables tf_keras steps, and tf_keras gets the model's gradients as they are."""
+    import numpy as np
+
+    tf = requires("tensorflow")
+    requires("tf_keras")
+    from inertia.demo_faces import Recipe
+    from inertia.demo_model import Model
+
+    model = Model("tensorflow", np.ones((4, 64), np.float32), np.arange(4), 10)
+    recipe = Recipe(learning_rate=0.05, alpha=0.01, total_steps=10, momentum=0.9, weight_decay=1e-3, ema_momentum=None)
+    rng = np.random.default_rng(0)
+    initial = [rng.uniform(-0.5, 0.5, shape).astype(np.float32) for shape in ((64, 64), (64,), (64, 10), (10,))]
+    side = demo.FACES["legacy"].reference_trajectory(recipe, model, initial)
+    weights = side.weights()
+    assert all(isinstance(w, tf.Variable) for w in weights)
+    _, grads, _ = model.loss_and_grads(weights, np.arange(4))
+    side.apply(grads)
+    assert [id(w) for w in side.weights()] == [id(w) for w in weights]  # the same variables, stepped in place
+    assert not any(np.array_equal(w.numpy(), start) for w, start in zip(weights, initial))
+
+
 @needs_sklearn
 def test_compare_on_tensorflow_with_keras_on_numpy_differs_by_the_schedules_cos_alone(monkeypatch) -> None:
     """inertia on tf.Variables computes CosineDecay with TensorFlow's cos (as Keras 3 on
@@ -354,6 +377,7 @@ def test_compare_on_tensorflow_with_keras_on_numpy_differs_by_the_schedules_cos_
 
     result = demo.run(epochs=1, seed=0, quiet=True, backend="tensorflow", face="keras", compare=True)
     comparison = result["comparison"]
+    assert "(Keras " in comparison["description"] and "on its numpy backend: from KERAS_BACKEND)" in comparison["description"]
     assert comparison["description"].endswith(
         "; it runs on numpy, not tensorflow: weights and gradients cross as NumPy copies, which are exact")
     assert 0 < comparison["learning_rates"] <= 1e-8, comparison["verdict"]
