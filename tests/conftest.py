@@ -106,7 +106,8 @@ def total(value):
     tensors have no ``.sum()``."""
     if isinstance(value, inertia_variable_type()):
         value = value.value
-    return backends.of(value).sum(value)
+    owner = backends.of(value)
+    return value.sum() if owner is None else owner.sum(value)  # None: autograd's traced NumPy box
 
 
 def inertia_variable_type():

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import requires
+from conftest import load_backend, requires
 
 import inertia
 from inertia import cli
@@ -40,7 +40,7 @@ def test_demo_help() -> None:
     done = _inertia("demo", "--help")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: inertia demo ")
-    for option in ("--backend {numpy,torch,jax}", "--face {keras,torch,legacy,mlx}", "--compare", "--epochs", "--seed",
+    for option in ("--backend {numpy,torch,jax,tensorflow}", "--face {keras,torch,legacy,mlx}", "--compare", "--epochs", "--seed",
                    "--ema-momentum", "--quiet", "inertia[demo]"):
         assert option in done.stdout
 
@@ -132,7 +132,10 @@ def test_console_script_is_declared() -> None:
     (["--face", "legacy", "--ema-momentum", "0.5"],
      "--ema-momentum 0.5: the legacy face keeps no moving average of the weights (tf_keras.optimizers.legacy.SGD has "
      "none); only the keras and torch faces do"),
-    (["--backend", "tensorflow"], "argument --backend: invalid choice: 'tensorflow'"),
+    (["--backend", "tensorflow", "--face", "torch"],
+     "inertia demo: error: --face torch: inertia.torch.SGD steps torch tensors only, so it needs the torch backend "
+     "(--backend torch), not tensorflow"),
+    (["--backend", "mlx"], "argument --backend: invalid choice: 'mlx'"),
     (["--face", "optax"], "argument --face: invalid choice: 'optax'"),
 ])
 def test_demo_combinations_that_cannot_run_are_usage_errors(args: list[str], message: str, capsys) -> None:
@@ -176,6 +179,45 @@ def test_demo_compare_prints_the_agreement_and_plots_both_systems(tmp_path) -> N
     assert lines[-1] == "wrote demo.png"
     png = (tmp_path / "demo.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+
+@needs_sklearn
+def test_demo_on_tensorflow_compares_with_tf_keras_bit_for_bit_and_keeps_stderr_clean() -> None:
+    """TensorFlow's start-up notices (oneDNN, CUDA probing) are written by its C++ logging
+    whatever TF_CPP_MIN_LOG_LEVEL says; the demo keeps them off stderr."""
+    load_backend("tensorflow")
+    requires("tf_keras")
+    done = _inertia("demo", "--backend", "tensorflow", "--face", "legacy", "--compare", "--epochs", "1")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    lines = done.stdout.splitlines()
+    assert lines[1] == ("backend tensorflow (tf.Variable weights (tf.Tensor trees for the mlx face), gradients from "
+                        "tf.GradientTape under tf.function), face legacy (inertia.legacy.SGD)")
+    assert lines[6].endswith("on tf.Variables: the demo's own arrays, nothing crosses")
+    assert lines[8] == "  vs tf_keras.optimizers.legacy.SGD: max abs difference of the weights 0, of the step losses 0"
+    assert lines[-1] == ("verdict: bit-identical: inertia.legacy.SGD and tf_keras.optimizers.legacy.SGD gave the same "
+                         "weights after each of the 43 steps, the same loss at each")
+
+
+@needs_sklearn
+def test_demo_on_tensorflow_compares_with_keras_on_tensorflow_where_keras_backend_is_unset() -> None:
+    """Importing TensorFlow imports Keras, on its default backend, TensorFlow: the demo's."""
+    load_backend("tensorflow")
+    requires("keras")
+    env = {key: value for key, value in os.environ.items() if key != "KERAS_BACKEND"}
+    env["PYTHONPATH"] = _SRC
+    done = subprocess.run(
+        [sys.executable, "-m", "inertia", "demo", "--backend", "tensorflow", "--face", "keras", "--compare", "--epochs", "1"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    compare = next(line for line in lines if line.startswith("compare: "))
+    assert compare.startswith("compare: keras.optimizers.SGD (Keras ")
+    assert compare.endswith(", on its tensorflow backend: KERAS_BACKEND is unset: Keras' default, which is --backend's) "
+                            "with the same options and keras.optimizers.schedules.CosineDecay")
+    assert lines[-1] == ("verdict: bit-identical: inertia.SGD and keras.optimizers.SGD gave the same weights after each "
+                         "of the 43 steps, the same loss at each and their moving averages at the end")
 
 
 def test_demo_rejects_an_ema_momentum_outside_its_range() -> None:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import requires
+from conftest import load_backend, requires
 
 from inertia import demo
 from inertia.progress import FitProgress, format_metrics
@@ -114,7 +114,10 @@ def test_rejects_bad_arguments(kwargs: dict) -> None:
      "`ema_momentum`=0.5: the legacy face keeps no moving average of the weights "
      "(tf_keras.optimizers.legacy.SGD has none); only the keras and torch faces do"),
     ({"face": "mlx", "ema_momentum": 0.5}, "`ema_momentum`=0.5: the mlx face keeps no moving average"),
-    ({"backend": "tensorflow"}, "`backend`='tensorflow': not a backend of the demo (choose from numpy, torch, jax)"),
+    ({"backend": "tensorflow", "face": "torch"},
+     "`face`='torch': inertia.torch.SGD steps torch tensors only, so it needs the torch backend (--backend torch), "
+     "not tensorflow"),
+    ({"backend": "mlx"}, "`backend`='mlx': not a backend of the demo (choose from numpy, torch, jax, tensorflow)"),
     ({"face": "optax"}, "`face`='optax': not a face of inertia (choose from keras, torch, legacy, mlx)"),
 ])
 def test_rejects_combinations_that_cannot_run(kwargs: dict, message: str) -> None:
@@ -138,6 +141,8 @@ def test_missing_scikit_learn_is_explained(monkeypatch: pytest.MonkeyPatch) -> N
     ("keras", {"face": "keras", "compare": True}, "needs keras (Keras 3): pip install keras"),
     ("torch", {"backend": "torch", "face": "torch"}, "the torch backend needs PyTorch, which is not installed: pip install 'inertia[torch]'"),
     ("jax", {"backend": "jax"}, "the jax backend needs JAX, which is not installed: pip install 'inertia[jax]'"),
+    ("tensorflow", {"backend": "tensorflow"},
+     "the tensorflow backend needs TensorFlow, which is not installed: pip install 'inertia[tensorflow]'"),
 ])
 def test_a_missing_library_is_named_with_what_to_install(monkeypatch, hidden: str, kwargs: dict, message: str) -> None:
     monkeypatch.setitem(sys.modules, hidden, None)  # None in sys.modules: not importable, not found
@@ -162,9 +167,9 @@ _HEADER_NOTES = {
 }
 
 
-def test_the_valid_combinations_are_the_ten_expected() -> None:
-    assert sorted(_VALID) == sorted([(b, f) for b in ("numpy", "torch", "jax") for f in ("keras", "legacy", "mlx")]
-                                    + [("torch", "torch")])
+def test_the_valid_combinations_are_the_thirteen_expected() -> None:
+    assert sorted(_VALID) == sorted([(b, f) for b in ("numpy", "torch", "jax", "tensorflow")
+                                     for f in ("keras", "legacy", "mlx")] + [("torch", "torch")])
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +182,7 @@ def numpy_losses() -> dict:
 @pytest.mark.parametrize("backend, face", _VALID)
 def test_every_backend_and_face_trains(backend: str, face: str, numpy_losses: dict) -> None:
     if backend != "numpy":
-        requires(backend)
+        requires(backend)  # (not load_backend: JAX stays without x64, as the demo runs it)
     out = io.StringIO()
     result = demo.run(epochs=1, seed=0, stream=out, backend=backend, face=face)
     optimizer = demo.FACES[face].optimizer
@@ -208,10 +213,15 @@ _CROSSING = {
     ("torch", "torch", "torch.optim.SGD", False, None),  # bit for bit: tests/test_torch_face.py
     ("numpy", "mlx", "mlx.optimizers.SGD", False, _CROSSING["mlx"]),  # bit for bit: tests/test_mlx.py
     ("torch", "keras", "keras.optimizers.SGD", True, _CROSSING["keras"]),  # Keras on NumPy (conftest), torch tensors here
+    # tf_keras steps the demo's own tf.Variables with TensorFlow's cos in its schedule, as inertia on TF does
+    ("tensorflow", "legacy", "tf_keras.optimizers.legacy.SGD", False, None),
+    ("tensorflow", "mlx", "mlx.optimizers.SGD", False, _CROSSING["mlx"]),
 ])
 def test_compare_is_bit_identical_where_the_face_claims_it(backend: str, face: str, reference: str, averaged: bool,
                                                            crossing: str | None) -> None:
-    requires({"keras": "keras", "torch": "torch", "mlx": "mlx.optimizers"}[face])
+    requires({"keras": "keras", "torch": "torch", "mlx": "mlx.optimizers", "legacy": "tf_keras"}[face])
+    if backend != "numpy":
+        load_backend(backend)
     out = io.StringIO()
     result = demo.run(epochs=1, seed=0, stream=out, backend=backend, face=face, compare=True)
     comparison = result["comparison"]
@@ -325,6 +335,64 @@ def test_compare_with_tf_keras_legacy_is_bit_identical_given_the_same_rates(monk
 
     monkeypatch.setattr(tf_keras.optimizers.schedules, "CosineDecay", InertiasCosineDecay)
     comparison = demo.run(epochs=1, seed=0, quiet=True, face="legacy", compare=True)["comparison"]
+    assert comparison["bit_identical"], comparison["verdict"]
+
+
+def test_on_tensorflow_tf_keras_steps_the_demos_own_variables() -> None:
+    """No NumPy copies between the model and tf_keras on TensorFlow: the model reads the very
+    tf.Variables tf_keras steps, and tf_keras gets the model's gradients as they are."""
+    import numpy as np
+
+    tf = requires("tensorflow")
+    requires("tf_keras")
+    from inertia.demo_faces import Recipe
+    from inertia.demo_model import Model
+
+    model = Model("tensorflow", np.ones((4, 64), np.float32), np.arange(4), 10)
+    recipe = Recipe(learning_rate=0.05, alpha=0.01, total_steps=10, momentum=0.9, weight_decay=1e-3, ema_momentum=None)
+    rng = np.random.default_rng(0)
+    initial = [rng.uniform(-0.5, 0.5, shape).astype(np.float32) for shape in ((64, 64), (64,), (64, 10), (10,))]
+    side = demo.FACES["legacy"].reference_trajectory(recipe, model, initial)
+    weights = side.weights()
+    assert all(isinstance(w, tf.Variable) for w in weights)
+    _, grads, _ = model.loss_and_grads(weights, np.arange(4))
+    side.apply(grads)
+    assert [id(w) for w in side.weights()] == [id(w) for w in weights]  # the same variables, stepped in place
+    assert not any(np.array_equal(w.numpy(), start) for w, start in zip(weights, initial))
+
+
+@needs_sklearn
+def test_compare_on_tensorflow_with_keras_on_numpy_differs_by_the_schedules_cos_alone(monkeypatch) -> None:
+    """inertia on tf.Variables computes CosineDecay with TensorFlow's cos (as Keras 3 on
+    TensorFlow does: bit-identical, README), Keras on NumPy (the tests' Keras) with NumPy's;
+    the rates differ in their last bits now and then. Given inertia's rates, Keras' steps are
+    inertia's bit for bit."""
+    import numpy as np
+
+    load_backend("tensorflow")
+    keras = requires("keras")
+    import tensorflow as tf
+
+    from inertia import schedules
+
+    result = demo.run(epochs=1, seed=0, quiet=True, backend="tensorflow", face="keras", compare=True)
+    comparison = result["comparison"]
+    assert "(Keras " in comparison["description"] and "on its numpy backend: from KERAS_BACKEND)" in comparison["description"]
+    assert comparison["description"].endswith(
+        "; it runs on numpy, not tensorflow: weights and gradients cross as NumPy copies, which are exact")
+    assert 0 < comparison["learning_rates"] <= 1e-8, comparison["verdict"]
+    assert comparison["weights"] <= 1e-6 and comparison["loss"] <= 1e-6 and comparison["final_weights"] <= 1e-6
+
+    class InertiasCosineDecayOnTensorflow(keras.optimizers.schedules.LearningRateSchedule):
+        def __init__(self, initial_learning_rate: float, decay_steps: int, alpha: float) -> None:
+            self.rates = schedules.CosineDecay(initial_learning_rate, decay_steps=decay_steps, alpha=alpha)
+
+        def __call__(self, step):
+            step = tf.constant(np.float32(keras.ops.cast(step, "float32")))
+            return keras.ops.convert_to_tensor(np.float32(self.rates(step).numpy()))
+
+    monkeypatch.setattr(keras.optimizers.schedules, "CosineDecay", InertiasCosineDecayOnTensorflow)
+    comparison = demo.run(epochs=1, seed=0, quiet=True, backend="tensorflow", face="keras", compare=True)["comparison"]
     assert comparison["bit_identical"], comparison["verdict"]
 
 

@@ -167,8 +167,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "pipeline-global-scale-without-nan-term",
         "src/inertia/pipeline.py",
-        "scale = c * ops.minimum(1 / norm, inverse_c) + (norm - norm)",
-        "scale = c * ops.minimum(1 / norm, inverse_c)",
+        "scale = c * ops.minimum(one / norm, inverse_c) + (norm - norm)",
+        "scale = c * ops.minimum(one / norm, inverse_c)",
         "global_clipnorm with an infinite gradient gives 0 for the finite elements instead of "
         "Keras' NaN everywhere (the non-finite step no longer shows)",
         ("tests/test_pipeline.py", "tests/test_keras_cases.py", "tests/test_keras_parity.py"),
@@ -526,17 +526,23 @@ MUTANTS: list[Mutant] = [
         "legacy-clipnorm-before-clipvalue",
         "src/inertia/legacy.py",
         "        if self.clipvalue is not None:\n"
-        "            grads = [pipeline.clip_by_value(ops, g, self.clipvalue) for g in grads]\n"
+        "            grads = [each(g, lambda x: pipeline.clip_by_value(ops, x, self.clipvalue)) for g in grads]\n"
         "        if self.clipnorm is not None:\n"
         "            # Sharded gradients (DTensor): their norms summed across the ranks in one collective.\n"
         "            squares = pipeline.squared_norms(ops, grads, None) if ops.squares_reducer(grads) is not None else [None] * len(grads)\n"
-        "            grads = [pipeline.clip_by_norm(ops, g, self.clipnorm, squared) for g, squared in zip(grads, squares)]\n",
+        "            grads = [\n"
+        "                each(g, lambda x, squared=squared: pipeline.clip_by_norm(ops, x, self.clipnorm, squared))\n"
+        "                for g, squared in zip(grads, squares)\n"
+        "            ]\n",
         "        if self.clipnorm is not None:\n"
         "            # Sharded gradients (DTensor): their norms summed across the ranks in one collective.\n"
         "            squares = pipeline.squared_norms(ops, grads, None) if ops.squares_reducer(grads) is not None else [None] * len(grads)\n"
-        "            grads = [pipeline.clip_by_norm(ops, g, self.clipnorm, squared) for g, squared in zip(grads, squares)]\n"
+        "            grads = [\n"
+        "                each(g, lambda x, squared=squared: pipeline.clip_by_norm(ops, x, self.clipnorm, squared))\n"
+        "                for g, squared in zip(grads, squares)\n"
+        "            ]\n"
         "        if self.clipvalue is not None:\n"
-        "            grads = [pipeline.clip_by_value(ops, g, self.clipvalue) for g in grads]\n",
+        "            grads = [each(g, lambda x: pipeline.clip_by_value(ops, x, self.clipvalue)) for g in grads]\n",
         "legacy SGD with clipvalue and clipnorm clips the norm first (OptimizerV2 clips values first)",
         ("tests/test_legacy.py",),
     ),
@@ -1184,5 +1190,40 @@ MUTANTS: list[Mutant] = [
         "the torch face's stage gets only the gradients this rank has: ranks whose batches reached other "
         "parameters average one parameter's gradient into another's, silently",
         ("tests/test_aggregation.py",),
+    ),
+    # --- the TensorFlow backend (issue 17) -----------------------------------------------------
+    Mutant(
+        "tf-fused-kernel-ignores-nesterov",
+        "src/inertia/engine/tf_training_ops.py",
+        "              use_locking=False, use_nesterov=nesterov)",
+        "              use_locking=False, use_nesterov=False)",
+        "inertia.SGD(nesterov=True) on tf.Variables steps plain momentum on the fast path",
+        ("tests/backend/test_tensorflow.py",),
+    ),
+    Mutant(
+        "tf-traced-branch-by-value",
+        "src/inertia/optimizer.py",
+        "        if ops.holds_state_in_place and all(ops.is_mutable_native(v._value) for v in variables):",
+        "        if False:",
+        "inside a tf.function both branches of a step assign the variables (an accumulation micro-step also "
+        "updates the weights, an EMA overwrite happens every step)",
+        ("tests/backend/test_tensorflow.py", "tests/test_cross_backend.py"),
+    ),
+    Mutant(
+        "tf-sparse-rows-not-summed",
+        "src/inertia/backend/tensorflow.py",
+        "        return tf.math.unsorted_segment_sum(value.values, positions, tf.shape(indices)[0]), indices",
+        "        return value.values, value.indices",
+        "an embedding row looked up twice in a batch gets one of its two gradients, not their sum (legacy face)",
+        ("tests/backend/test_tensorflow.py",),
+    ),
+    Mutant(
+        "tf-constants-left-to-grappler",
+        "src/inertia/backend/tensorflow.py",
+        "    if tf.executing_eagerly():\n        return tensor\n",
+        "    if True:\n        return tensor\n",
+        "inside a tf.function Grappler folds constants (x/3 as x*(1/3)): schedules and steps no longer give the "
+        "eager numbers",
+        ("tests/backend/test_tensorflow.py",),
     ),
 ]

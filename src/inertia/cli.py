@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inertia",
         description="inertia: SGD with momentum, number for number like Keras 3, "
-        "on NumPy, PyTorch and JAX.",
+        "on NumPy, PyTorch, JAX and TensorFlow.",
     )
     parser.add_argument("--version", action="version", version=f"inertia {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(BACKENDS),
         default=DEFAULT_BACKEND,
         help=f"the array library of the model, its weights and gradients: numpy (autograd), torch "
-        f"(torch.autograd) or jax (jax.grad) (default: {DEFAULT_BACKEND})",
+        f"(torch.autograd), jax (jax.grad) or tensorflow (tf.GradientTape; pip install "
+        f"'inertia[demo,tensorflow]') (default: {DEFAULT_BACKEND})",
     )
     demo.add_argument(
         "--face",

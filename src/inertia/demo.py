@@ -7,7 +7,8 @@ using the optimizer outside a framework's trainer:
 * data: the 8x8 digits bundled with scikit-learn (no download), a stratified 75/25
   train/test split, features standardised with the training set's statistics;
 * model: 64 -> 64 tanh -> 10, softmax cross-entropy, Glorot-uniform weights, on NumPy
-  (autograd for the gradients), torch (torch.autograd) or JAX (jax.grad): ``backend``;
+  (autograd for the gradients), torch (torch.autograd), JAX (jax.grad) or TensorFlow
+  (tf.GradientTape): ``backend``;
 * optimizer: SGD with Nesterov momentum 0.9, a cosine learning-rate decay over the whole
   run, decoupled weight decay on the kernels only (not the biases) and an exponential
   moving average of the weights that becomes the final model, on the face chosen by
@@ -61,6 +62,7 @@ MIN_EMA_MOMENTUM = 0.9
 _BACKEND_LIBRARIES = {
     "torch": ("torch", "PyTorch, which is not installed: pip install 'inertia[torch]'"),
     "jax": ("jax", "JAX, which is not installed: pip install 'inertia[jax]'"),
+    "tensorflow": ("tensorflow", "TensorFlow, which is not installed: pip install 'inertia[tensorflow]'"),
 }
 
 
@@ -155,7 +157,8 @@ def run(
             length (it spans about the last tenth of the steps, between 0.9 and 0.99), and
             the printed header says so. Only for the faces that keep an average (keras, torch).
         backend: the array library of the model, its weights and its gradients: ``"numpy"``
-            (autograd), ``"torch"`` (torch.autograd) or ``"jax"`` (jax.grad).
+            (autograd), ``"torch"`` (torch.autograd), ``"jax"`` (jax.grad) or ``"tensorflow"``
+            (tf.GradientTape; tf.Variable weights).
         face: the optimizer: ``"keras"`` (``inertia.SGD``), ``"torch"``
             (``inertia.torch.SGD``, torch backend only), ``"legacy"`` (``inertia.legacy.SGD``)
             or ``"mlx"`` (``inertia.mlx.SGD``).

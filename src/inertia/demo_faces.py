@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from inertia.demo_model import Model
+from inertia.demo_model import Model, import_tensorflow
 
 __all__ = ["FACES", "Face", "Recipe", "Trajectory", "face_for", "is_installed"]
 
@@ -131,7 +131,7 @@ class Face(abc.ABC):
     name = ""
     optimizer = ""
     reference = ""
-    backends: tuple[str, ...] = ("numpy", "torch", "jax")
+    backends: tuple[str, ...] = ("numpy", "torch", "jax", "tensorflow")
     has_ema = False
 
     @abc.abstractmethod
@@ -211,10 +211,15 @@ class KerasFace(Face):
 
         Keras defaults to TensorFlow; an unset KERAS_BACKEND is set to the demo's backend
         (Keras has a NumPy, a torch and a JAX backend), so that both run on one library."""
-        if "keras" in sys.modules:
+        if "keras" in sys.modules:  # importing TensorFlow imports Keras too
             import keras
 
-            return keras.backend.backend(), "Keras was already imported"
+            backend = keras.backend.backend()
+            if os.environ.get("KERAS_BACKEND") == backend:
+                return backend, "from KERAS_BACKEND"
+            if backend == model.backend == "tensorflow" and not os.environ.get("KERAS_BACKEND"):
+                return backend, "KERAS_BACKEND is unset: Keras' default, which is --backend's"
+            return backend, "Keras was already imported"
         if os.environ.get("KERAS_BACKEND"):
             return os.environ["KERAS_BACKEND"], "from KERAS_BACKEND"
         os.environ["KERAS_BACKEND"] = model.backend
@@ -250,10 +255,14 @@ class KerasFace(Face):
         optimizer.exclude_from_weight_decay(var_names=[NO_DECAY_PATTERN])
         variables = [keras.Variable(w, name=n) for w, n in zip(initial, WEIGHT_NAMES)]
         numpy_of = keras.ops.convert_to_numpy
+        if model.backend == "tensorflow" == keras.backend.backend():  # tf.Variables both sides: nothing crosses
+            to_model, to_optimizer = (lambda v: v.value), (lambda g: g)
+        else:
+            to_model = lambda v: model.asarray(numpy_of(v.value))  # noqa: E731
+            to_optimizer = lambda g: keras.ops.convert_to_tensor(model.to_numpy(g))  # noqa: E731
         return _KerasStyleTrajectory(
             "keras.optimizers.SGD", optimizer, variables, read=lambda v: np.array(numpy_of(v.value), copy=True),
-            to_model=lambda v: model.asarray(numpy_of(v.value)),
-            to_optimizer=lambda g: keras.ops.convert_to_tensor(model.to_numpy(g)),
+            to_model=to_model, to_optimizer=to_optimizer,
             rate=lambda: float(numpy_of(optimizer.learning_rate)), averaged=True,
             finalize=lambda: optimizer.finalize_variable_values(variables),
         )
@@ -390,9 +399,10 @@ class LegacyFace(Face):
         return None if is_installed("tf_keras") else "tf_keras (tf.keras' legacy optimizers, on TensorFlow): pip install tf-keras"
 
     def describe_reference(self, model: Model) -> str:
+        crossing = "the demo's own arrays, nothing crosses" if model.backend == "tensorflow" else _CROSSING
         return (
             f"compare: tf_keras.optimizers.legacy.SGD (tf_keras {_version('tf-keras')}, TensorFlow "
-            f"{_version('tensorflow')}) with the same options and tf_keras' CosineDecay, on tf.Variables: {_CROSSING}"
+            f"{_version('tensorflow')}) with the same options and tf_keras' CosineDecay, on tf.Variables: {crossing}"
         )
 
     def inertia_trajectory(self, recipe: Recipe, model: Model, initial: Sequence[np.ndarray]) -> Trajectory:
@@ -403,26 +413,34 @@ class LegacyFace(Face):
         optimizer = inertia.legacy.SGD(learning_rate=schedule, momentum=recipe.momentum, nesterov=True)
         variables = [inertia.Variable(model.asarray(w), name=n) for w, n in zip(initial, WEIGHT_NAMES)]
         optimizer.build(variables)
-        # OptimizerV2 calls a schedule with the step as a float of the variable's dtype.
+        # OptimizerV2 calls a schedule with the step as a float of the variable's dtype; on
+        # TensorFlow a TF float, so that the schedule runs TensorFlow's cos, as the step does.
+        if model.backend == "tensorflow":
+            step = lambda: model.asarray(np.float32(int(optimizer.iterations)))  # noqa: E731
+        else:
+            step = lambda: np.float32(int(optimizer.iterations))  # noqa: E731
         return _KerasStyleTrajectory(
             "inertia.legacy.SGD", optimizer, variables, read=lambda v: model.to_numpy(v.value),
             to_model=lambda v: v.value, to_optimizer=lambda g: g,
-            rate=lambda: float(schedule(np.float32(int(optimizer.iterations)))),
+            rate=lambda: float(np.asarray(schedule(step()))),
         )
 
     def reference_trajectory(self, recipe: Recipe, model: Model, initial: Sequence[np.ndarray]) -> Trajectory:
         # TensorFlow's start-up notices (oneDNN, probing for CUDA on a CPU-only machine) are not the
         # demo's output; its real failures still raise Python exceptions.
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        import tensorflow as tf
+        tf = import_tensorflow()
         import tf_keras
 
         schedule = tf_keras.optimizers.schedules.CosineDecay(recipe.learning_rate, decay_steps=recipe.total_steps, alpha=recipe.alpha)
         optimizer = tf_keras.optimizers.legacy.SGD(learning_rate=schedule, momentum=recipe.momentum, nesterov=True)
         variables = [tf.Variable(w, name=n) for w, n in zip(initial, WEIGHT_NAMES)]
+        if model.backend == "tensorflow":  # the demo's own arrays: the model reads the variables themselves
+            to_model, to_optimizer = (lambda v: v), (lambda g: g)
+        else:
+            to_model, to_optimizer = (lambda v: model.asarray(v.numpy())), (lambda g: tf.constant(model.to_numpy(g)))
         return _KerasStyleTrajectory(
             "tf_keras.optimizers.legacy.SGD", optimizer, variables, read=lambda v: np.array(v.numpy(), copy=True),
-            to_model=lambda v: model.asarray(v.numpy()), to_optimizer=lambda g: tf.constant(model.to_numpy(g)),
+            to_model=to_model, to_optimizer=to_optimizer,
             rate=lambda: float(schedule(tf.cast(optimizer.iterations, tf.float32))),
         )
 

@@ -4,12 +4,16 @@ torch tensors, ``jax.value_and_grad`` (compiled with ``jax.jit``) on JAX arrays.
 
 Every model holds the training set as its own arrays and answers, for a batch of row
 indices and a list of weights in its library, the mean loss, the gradients (in its library)
-and how many rows the weights classify correctly. torch and jax are imported only when a
-model of theirs is made, so that ``import inertia.demo`` stays light.
+and how many rows the weights classify correctly. torch, jax and tensorflow are imported only
+when a model of theirs is made, so that ``import inertia.demo`` stays light.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+import tempfile
 from typing import Any, Sequence
 
 import numpy as np
@@ -23,6 +27,7 @@ BACKENDS = {
     "numpy": "numpy.ndarray weights, gradients from autograd",
     "torch": "torch.Tensor weights (CPU), gradients from torch.autograd",
     "jax": "jax.Array weights, gradients from jax.value_and_grad under jax.jit",
+    "tensorflow": "tf.Variable weights (tf.Tensor trees for the mlx face), gradients from tf.GradientTape under tf.function",
 }
 
 
@@ -49,7 +54,7 @@ class Model:
     """The MLP on one backend's arrays, over one training set.
 
     Args:
-        backend: ``"numpy"``, ``"torch"`` or ``"jax"``.
+        backend: ``"numpy"``, ``"torch"``, ``"jax"`` or ``"tensorflow"``.
         x: the training features, float32, one row per example.
         labels: the training labels, int64 class indices.
         classes: the number of classes (the width of the one-hot targets).
@@ -59,9 +64,11 @@ class Model:
         if backend not in BACKENDS:
             raise ValueError(f"`backend` must be one of {', '.join(BACKENDS)}. Received: backend={backend!r}")
         self.backend = backend
-        self.ops = backends.get(backend)
         one_hot = np.eye(classes, dtype=np.float32)[labels]
         # int32 labels: JAX has no int64 unless x64 is enabled (and would warn as it truncates).
+        if backend == "tensorflow":
+            import_tensorflow()  # before the backend's module imports it: quietly
+        self.ops = backends.get(backend)
         self._x, self._one_hot, self._labels = (self.ops.asarray(a) for a in (x, one_hot, labels.astype(np.int32)))
         self._loss_and_grads = getattr(self, f"_make_{backend}")()
 
@@ -130,3 +137,67 @@ class Model:
             return float(loss), list(grads), correct
 
         return run
+
+    def _make_tensorflow(self):
+        tf = import_tensorflow()
+
+        @tf.function  # traced once per batch size (the last batch of an epoch is smaller)
+        def loss_and_grads(weights: list, rows: Any) -> tuple[Any, list, Any]:
+            x, one_hot = tf.gather(self._x, rows), tf.gather(self._one_hot, rows)
+            with tf.GradientTape() as tape:
+                tape.watch(weights)
+                hidden_kernel, hidden_bias, output_kernel, output_bias = weights
+                logits = tf.tanh(x @ hidden_kernel + hidden_bias) @ output_kernel + output_bias
+                log_probs = logits - tf.reduce_logsumexp(logits, axis=1, keepdims=True)
+                loss = -tf.reduce_mean(tf.reduce_sum(one_hot * log_probs, axis=1))
+            grads = tape.gradient(loss, weights)
+            labels = tf.gather(self._labels, rows)
+            correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), labels), tf.int32))
+            return loss, grads, correct
+
+        def run(weights: list, rows: np.ndarray) -> tuple[float, list, int]:
+            # The values the weights hold now (tf.Variables are read, tensors kept), so that
+            # one trace serves every optimizer's weights, variables or not.
+            values = [tf.convert_to_tensor(w) for w in weights]
+            loss, grads, correct = loss_and_grads(values, tf.constant(rows.astype(np.int32)))
+            return float(loss), list(grads), int(correct)
+
+        return run
+
+
+# TensorFlow's start-up notices (oneDNN, probing for CUDA on a CPU-only machine), which its
+# C++ logging writes to the process's stderr before TF_CPP_MIN_LOG_LEVEL is read.
+_TENSORFLOW_NOTICES = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|[IW]\d{4} [\d:.]+\s+\d+ (port|cudart_stub|cuda_executor|cpu_feature_guard)\.cc:\d+\] .*)$"
+)
+
+
+def import_tensorflow() -> Any:
+    """``tensorflow``, imported without its start-up notices on stderr: they are not the
+    demo's output. Anything else it writes there while importing is passed on, and a
+    failure to import still raises."""
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        stderr = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no file descriptor (a captured stream)
+        import tensorflow
+
+        return tensorflow
+    sys.stderr.flush()
+    saved = os.dup(stderr)
+    with tempfile.TemporaryFile(mode="w+b") as written:
+        os.dup2(written.fileno(), stderr)
+        try:
+            import tensorflow
+        finally:
+            os.dup2(saved, stderr)
+            os.close(saved)
+            written.seek(0)
+            text = written.read().decode(errors="replace")
+    rest = [line for line in text.splitlines() if line and not _TENSORFLOW_NOTICES.match(line)]
+    if rest:
+        sys.stderr.write("\n".join(rest) + "\n")
+    return tensorflow

@@ -436,3 +436,22 @@ def test_a_tensor_read_before_a_step_keeps_its_value(tf):
     val2 = var.value()
     np.testing.assert_allclose((val1 - val2).numpy(), 0.18, rtol=1e-6)
     assert val0.numpy() == 1.0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_checkpoint_of_tf_state_resumes_bit_for_bit(tf, dtype, tmp_path):
+    steps = _gradients(dtype, steps=6)
+    options = dict(FEATURES, learning_rate=0.1)
+    variables = [tf.Variable(_as(dtype, w)) for w in _start()]
+    opt = inertia.SGD(**options)
+    _train(tf, opt, variables, steps[:3], dtype=dtype)
+    inertia.save(opt, tmp_path / "opt.safetensors")
+    assert inertia.checkpoint.read_metadata(tmp_path / "opt.safetensors")["backend"] == "tensorflow"
+    resumed_variables = [tf.Variable(v.numpy()) for v in variables]
+    resumed = inertia.SGD(**options)
+    resumed.build(resumed_variables)
+    inertia.load(resumed, tmp_path / "opt.safetensors")
+    assert all(isinstance(v.value, tf.Variable) for v in resumed.variables)
+    _train(tf, opt, variables, steps[3:], dtype=dtype)
+    _train(tf, resumed, resumed_variables, steps[3:], dtype=dtype)
+    _same_bits([v.numpy() for v in resumed_variables + resumed.variables], [v.numpy() for v in variables + opt.variables])

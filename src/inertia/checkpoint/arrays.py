@@ -1,5 +1,5 @@
 """The state's arrays as a checkpoint holds them: a dtype name, a shape and little-endian
-bytes. :func:`snapshot` copies a NumPy, torch, JAX or MLX array out of the optimizer (a copy
+bytes. :func:`snapshot` copies a NumPy, torch, JAX, TensorFlow or MLX array out of the optimizer (a copy
 taken at once: a step that runs later, in another thread, cannot change what is written);
 :func:`to_backend` makes an array of an array library again. Neither goes through another
 library on the way, so no dtype changes (bfloat16 included).
@@ -55,7 +55,7 @@ class ArrayBytes:
 
 
 def snapshot(value: Any, name: str) -> ArrayBytes:
-    """A copy of a NumPy, torch, JAX or MLX array's dtype, shape and bytes, taken now.
+    """A copy of a NumPy, torch, JAX, TensorFlow or MLX array's dtype, shape and bytes, taken now.
 
     torch tensors are copied to the host whatever their device, strides (non-contiguous,
     channels-last), conjugate or negative bit; a JAX array sharded over devices is gathered."""
@@ -81,6 +81,8 @@ def snapshot(value: Any, name: str) -> ArrayBytes:
         _check_dtype(dtype, name)
         array = np.array(value.view(mx.uint16) if dtype == "bfloat16" else value)  # np.array copies
         return ArrayBytes(dtype, tuple(value.shape), _numpy_bytes(array))
+    if module == "tensorflow":  # a tf.Variable's value now (bfloat16 comes out as ml_dtypes')
+        value = value.numpy()
     if isinstance(value, (np.ndarray, np.generic)) or module == "jax" or module == "jaxlib":
         array = np.array(value, copy=True)  # NumPy state is written in place by the next step
         dtype = array.dtype.name

@@ -13,7 +13,10 @@ keeps) or on a fast path:
   variables and slots; the torch and MLX faces hand it their own state;
 - :mod:`inertia.engine.compiled`: inertia's own compiled step on JAX (traced once, donated
   state), inside which :mod:`inertia.xla_fused` runs the same kernel as an XLA custom call;
-- :mod:`inertia.multi_tensor`: torch's multi-tensor kernels for tensors off the CPU.
+- :mod:`inertia.multi_tensor`: torch's multi-tensor kernels for tensors off the CPU;
+- :mod:`inertia.engine.tf_training_ops`: TensorFlow's own fused training kernels for the
+  Keras-form update on ``tf.Variable``s (in place, copy-on-write safe).
 
-Nothing here imports a face, or torch or jax at module level (``tests/test_layout.py``).
+Nothing here imports a face, or torch or jax at module level; ``tf_training_ops`` imports
+tensorflow and is imported only by a step on TensorFlow values (``tests/test_layout.py``).
 """

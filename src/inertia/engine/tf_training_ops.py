@@ -21,7 +21,7 @@ the Keras form.
 Example:
     >>> import tensorflow as tf
     >>> w, v = tf.Variable([1.0]), tf.Variable([0.0])
-    >>> keras_momentum_step(w, v, tf.constant(1.0), tf.constant(0.1), tf.constant(0.9), nesterov=False)
+    >>> keras_momentum_steps([w], [v], [tf.constant([1.0])], [tf.constant(0.1)], [tf.constant(0.9)], nesterov=False)
     True
     >>> float(w[0]), float(v[0])
     (0.8999999761581421, -0.10000000149011612)
@@ -33,31 +33,7 @@ from typing import Any, Optional, Sequence
 
 import tensorflow as tf
 
-__all__ = ["keras_momentum_step", "keras_momentum_steps"]
-
-
-def keras_momentum_step(
-    weight: Any, velocity: Optional[Any], gradient: Any, learning_rate: Any, momentum: Optional[Any], nesterov: bool
-) -> bool:
-    """One Keras-form step of ``weight`` (and its ``velocity`` slot; None without momentum)
-    by TensorFlow's fused kernel; the hyperparameters are scalars of the weight's dtype.
-    False, changing nothing, where the kernel does not apply."""
-    if not isinstance(weight, tf.Variable) or isinstance(gradient, tf.IndexedSlices):
-        return False
-    if not isinstance(gradient, (tf.Tensor, tf.Variable)) or gradient.dtype != weight.dtype:
-        return False
-    if velocity is None:
-        if momentum is not None:
-            return False
-        tf.raw_ops.ResourceApplyGradientDescent(var=weight.handle, alpha=learning_rate, delta=gradient)
-        return True
-    if not isinstance(velocity, tf.Variable) or momentum is None or velocity.dtype != weight.dtype:
-        return False
-    tf.raw_ops.ResourceApplyKerasMomentum(
-        var=weight.handle, accum=velocity.handle, lr=learning_rate, grad=gradient, momentum=momentum,
-        use_locking=False, use_nesterov=bool(nesterov),
-    )
-    return True
+__all__ = ["keras_momentum_steps"]
 
 
 def _fits(weight: Any, velocity: Optional[Any], gradient: Any) -> bool:
@@ -72,7 +48,8 @@ def keras_momentum_steps(
     weights: Sequence[Any], velocities: Optional[Sequence[Any]], gradients: Sequence[Any],
     rates: Sequence[Any], momenta: Optional[Sequence[Any]], nesterov: bool,
 ) -> bool:
-    """:func:`keras_momentum_step` for every weight, or for none (False, nothing changed):
+    """One Keras-form step of every weight (and its velocity slot; ``velocities`` None
+    without momentum) by TensorFlow's fused kernel, or of none (False, nothing changed):
     each one is checked before the first kernel runs. ``rates`` and ``momenta`` hold each
     weight's hyperparameters as scalars of its dtype. One kernel call per weight, eagerly: a
     ``tf.function`` around the loop would cost more to call, with thousands of arguments,
