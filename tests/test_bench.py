@@ -259,6 +259,18 @@ def test_every_contender_has_a_factory_and_every_exclusion_names_a_contender():
     assert all(name in bench.ALL_CONTENDERS and workload in bench.WORKLOADS for name, workload in bench.NOT_RUN)
     assert all(name in bench.ALL_CONTENDERS and config in bench.CONFIGS for name, config in bench.NOT_RUN_CONFIGS)
     assert set(bench._WORKER_CONTENDERS) <= set(bench.ALL_CONTENDERS)
+    assert set(bench.REPLACES) | set(bench.REPLACES.values()) <= set(bench.ALL_CONTENDERS)
+
+
+def test_markdown_gives_each_face_against_the_peer_it_replaces():
+    row = lambda name, ms: {"workload": "W3", "config": "plain", "contender": name, "median_ms": ms, "spread": 0.0,
+                            "gbps": 1.0, "of_bandwidth": 0.1, "first_step_s": 0.1, "peak_added_mb": None, "ratios": {}}
+    report = {"machine": MACHINE, "bandwidth_gbps": {"W3": 5.0}, "not_run": [], "results": [
+        row("inertia-tensorflow", 10.0), row("tf-keras", 40.0), row("inertia-legacy-tensorflow", 30.0), row("inertia-numpy", 1.0),
+    ]}
+    lines = bench.markdown(report).split("\n")
+    # the legacy face's peer did not run: no ratio for it
+    assert "Time against the peer each replaces: inertia-tensorflow 0.25x tf-keras." in lines
 
 
 def test_the_probe_streams_with_sgds_access_pattern():
@@ -333,7 +345,7 @@ def test_cli_help_lists_workloads_configurations_and_contenders(monkeypatch, cap
     with pytest.raises(SystemExit):
         cli.main(["bench", "--help"])
     text = capsys.readouterr().out
-    assert "about 10 minutes on 2 cores" in text
+    assert "about 25 minutes on 2 cores" in text
     assert "W3: 2000 tensor(s), 8.2M parameters" in text and "W2: 161 tensor(s), 25.6M parameters" in text
     assert all(f"  {config}: " in text for config in bench.CONFIGS)
     assert all(f"  {name}: " in text for name in bench.ALL_CONTENDERS)
