@@ -526,29 +526,47 @@ def test_every_contender_takes_the_step_it_is_timed_for(name):
 def test_tensorflow_contenders_take_the_steps_they_are_timed_for():
     """As above, for the contenders on tf.Variables (inertia's Keras face eagerly and inside a
     tf.function, its legacy face; tf_keras' SGD jitted or not, inside a tf.function, and its
-    legacy SGD): all in one worker process, which imports TensorFlow once; a configuration
-    their API lacks refuses to set up, before TensorFlow is imported."""
+    legacy SGD): all in one worker process, as the benchmark runs them, which imports
+    TensorFlow once; a configuration their API lacks refuses to set up, before TensorFlow is
+    imported."""
     requires("tf_keras")
-    names = list(bench.TENSORFLOW_CONTENDERS)
-    assert set(names) <= set(bench._WORKER_CONTENDERS)
-    worker = None
+    assert set(bench.TENSORFLOW_CONTENDERS) <= set(bench._WORKER_CONTENDERS)
+    host = bench._Host(AGREEMENT_SHAPES)
     try:
-        for name in names:
+        for name in bench.TENSORFLOW_CONTENDERS:
             configs = ["plain", "nesterov"] + (["everything"] if name.startswith("inertia-") else [])
             for config in [c for c in configs if (name, c) in bench.NOT_RUN_CONFIGS]:
                 configs.remove(config)
                 with pytest.raises(ValueError, match=bench.NOT_RUN_CONFIGS[name, config]):
                     bench._Local(name, AGREEMENT_SHAPES, config)
             for config in configs:
-                if worker is None:
-                    worker = bench._Worker(name, AGREEMENT_SHAPES, config)
-                else:
-                    worker.reconfigure(config, name)
-                worker.run(2)
-                _assert_same_displacement(name, config, worker.weights(), worker.steps)
+                worker = bench._Worker(name, AGREEMENT_SHAPES, config, host=host)
+                try:
+                    worker.run(2)
+                    _assert_same_displacement(name, config, worker.weights(), worker.steps)
+                finally:
+                    worker.close()
     finally:
-        if worker is not None:
-            worker.close()
+        host.close()
+
+
+def test_a_shared_worker_reports_a_contender_that_fails_and_serves_the_others():
+    host = bench._Host(AGREEMENT_SHAPES)
+    try:
+        with pytest.raises(RuntimeError, match="ValueError: inertia-legacy does not run 'everything'"):
+            bench._Worker("inertia-legacy", AGREEMENT_SHAPES, "everything", host=host)
+        first = bench._Worker("inertia-numpy", AGREEMENT_SHAPES, "plain", host=host)
+        second = bench._Worker("inertia-legacy", AGREEMENT_SHAPES, "nesterov", host=host)
+        assert len(first.run(3)) == 3 and len(second.run(2)) == 2
+        _assert_same_displacement("inertia-numpy", "plain", first.weights(), first.steps)
+        _assert_same_displacement("inertia-legacy", "nesterov", second.weights(), second.steps)
+        first.close()
+        with pytest.raises(RuntimeError, match="KeyError"):
+            first.run(1)  # dropped from the worker
+        second.close()
+    finally:
+        host.close()
+    assert host.process.returncode == 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -523,14 +523,52 @@ class _Local:
         self.step = self.sync = None  # type: ignore[assignment]
 
 
-class _Worker:
-    """A contender in its own process, driven over a pipe (``python -m inertia.bench --worker``)."""
+class _Host:
+    """A worker process hosting contenders, driven over a pipe (``python -m inertia.bench
+    --worker SHAPES``): one contender (a Keras backend), or the TensorFlow family of a
+    configuration, which share TensorFlow's import and runtime (one process instead of seven,
+    a seventh of the memory for state it would hold in each)."""
 
-    def __init__(self, name: str, shapes: list, config: str) -> None:
-        self.name = name
-        command = [sys.executable, "-m", "inertia.bench", "--worker", name, config, json.dumps(shapes)]
+    def __init__(self, shapes: list) -> None:
+        command = [sys.executable, "-m", "inertia.bench", "--worker", json.dumps(shapes)]
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self._set_up(json.loads(self._read()))
+
+    def ask(self, line: str) -> Any:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        try:
+            self.process.stdin.write(f"{line}\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            raise RuntimeError("benchmark worker stopped") from None
+        reply = self.process.stdout.readline()
+        if not reply:
+            raise RuntimeError("benchmark worker stopped")
+        answer = json.loads(reply)
+        if isinstance(answer, dict) and "error" in answer:
+            raise RuntimeError(answer["error"])
+        return answer
+
+    def close(self) -> None:
+        if self.process.stdin:
+            try:
+                self.process.stdin.close()
+            except BrokenPipeError:
+                pass
+        self.process.wait(timeout=60)
+
+
+class _Worker:
+    """A contender in a worker process: its own (``host`` None), or a shared one."""
+
+    def __init__(self, name: str, shapes: list, config: str, host: Optional[_Host] = None) -> None:
+        self.name, self.owns_host = name, host is None
+        self.host = _Host(shapes) if host is None else host
+        try:
+            self._set_up(self.host.ask(f"add {name} {config}"))
+        except Exception:
+            if self.owns_host:
+                self.host.close()
+            raise
 
     def _set_up(self, reply: dict) -> None:
         self.first, self.peak, self.steps = reply["first"], reply["peak"], reply["steps"]
@@ -540,55 +578,51 @@ class _Worker:
         TensorFlow ones) up afresh for ``config`` in the same process. The benchmark starts a
         process per configuration; the tests reuse one, as each start-up imports Keras and its
         backend, or TensorFlow (seconds)."""
+        self.host.ask(f"drop {self.name}")
         self.name = name or self.name
-        self._set_up(self._ask(f"config {config} {self.name}"))
-
-    def _read(self) -> str:
-        line = self.process.stdout.readline() if self.process.stdout else ""
-        if not line:
-            raise RuntimeError(f"benchmark worker {self.name} stopped")
-        return line
-
-    def _ask(self, line: str) -> Any:
-        assert self.process.stdin is not None
-        self.process.stdin.write(f"{line}\n")
-        self.process.stdin.flush()
-        return json.loads(self._read())
+        self._set_up(self.host.ask(f"add {self.name} {config}"))
 
     def run(self, count: int) -> list[float]:
         self.steps += count
-        return self._ask(str(count))
+        return self.host.ask(f"run {self.name} {count}")
 
     def weights(self) -> list[np.ndarray]:
-        return [np.array(w, dtype=np.float32) for w in self._ask("weights")]
+        return [np.array(w, dtype=np.float32) for w in self.host.ask(f"weights {self.name}")]
 
     def close(self) -> None:
-        if self.process.stdin:
-            self.process.stdin.close()
-        self.process.wait(timeout=60)
+        if self.owns_host:
+            self.host.close()
+        else:
+            self.host.ask(f"drop {self.name}")
 
 
-def _worker_main(name: str, config: str, shapes_json: str) -> None:
+def _worker_main(shapes_json: str) -> None:
+    """The worker's loop: ``add NAME CONFIG`` sets a contender up (replies its first step,
+    peak and steps), ``run NAME COUNT`` times steps, ``weights NAME`` returns its weights,
+    ``drop NAME`` releases it. A failure is replied as ``{"error": ...}``; the worker goes on."""
     shapes = [tuple(s) for s in json.loads(shapes_json)]
-
-    def reply_set_up(local: _Local) -> None:
-        print(json.dumps({"first": local.first, "peak": local.peak, "steps": local.steps}), flush=True)
-
-    local = _Local(name, shapes, config)
-    reply_set_up(local)
+    hosted: dict[str, _Local] = {}
     for line in sys.stdin:
         command = line.split()
         if not command:
             continue
-        if command == ["weights"]:  # exact: a float32 widened to a float64 round-trips through JSON
-            print(json.dumps([w.astype(np.float64).tolist() for w in local.weights()]), flush=True)
-        elif command[0] == "config":
-            local.close()
-            name = command[2] if len(command) > 2 else name
-            local = _Local(name, shapes, command[1])
-            reply_set_up(local)
-        else:
-            print(json.dumps(local.run(int(command[0]))), flush=True)
+        try:
+            verb, name = command[0], command[1]
+            if verb == "add":
+                local = hosted[name] = _Local(name, shapes, command[2])
+                reply: Any = {"first": local.first, "peak": local.peak, "steps": local.steps}
+            elif verb == "run":
+                reply = hosted[name].run(int(command[2]))
+            elif verb == "weights":  # exact: a float32 widened to a float64 round-trips through JSON
+                reply = [w.astype(np.float64).tolist() for w in hosted[name].weights()]
+            elif verb == "drop":
+                hosted.pop(name).close()
+                reply = None
+            else:
+                raise ValueError(f"unknown command {line.strip()!r}")
+        except Exception as error:  # reported by the driver as the contender's reason not to run
+            reply = {"error": f"{type(error).__name__}: {error}"}
+        print(json.dumps(reply), flush=True)
     # Every reply is flushed: skip the interpreter's teardown, which takes about a second once
     # torch is loaded and has nothing left to save.
     os._exit(0)
@@ -677,11 +711,16 @@ def run(
                 reason = f"not installed: pip install {' '.join(_missing(name))}"
                 not_run.append({"workload": workload, "config": config, "contender": name, "reason": reason})
             active = []
+            hosts: dict[str, _Host] = {}  # the TensorFlow contenders' shared worker, made when first needed
             for name in names:
                 reason = NOT_RUN.get((name, workload)) or NOT_RUN_CONFIGS.get((name, config))
                 if reason is None:
                     try:
-                        active.append(_Worker(name, shapes, config) if name in _WORKER_CONTENDERS else _Local(name, shapes, config))
+                        if name in TENSORFLOW_CONTENDERS:
+                            host = hosts.get("tensorflow") or hosts.setdefault("tensorflow", _Host(shapes))
+                            active.append(_Worker(name, shapes, config, host=host))
+                        else:
+                            active.append(_Worker(name, shapes, config) if name in _WORKER_CONTENDERS else _Local(name, shapes, config))
                         continue
                     except Exception as error:  # a peer that cannot run this configuration is reported, not fatal
                         reason = f"{type(error).__name__}: {error}"
@@ -704,6 +743,8 @@ def run(
                     None if contender.peak is None else contender.peak / 2**20,
                 ))
                 contender.close()
+            for host in hosts.values():
+                host.close()
             for result in results:
                 if result.workload == workload and result.config == config:
                     result.ratios = {name: (result.median_ms / 1e3) / medians[name] for name in medians}
@@ -878,4 +919,4 @@ def markdown(report: dict) -> str:
 
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--worker":
-    _worker_main(sys.argv[2], sys.argv[3], sys.argv[4])
+    _worker_main(sys.argv[2])
