@@ -9,9 +9,9 @@ rounds; in each round the contenders run in a shuffled order, each for a few ste
 streaming kernel with SGD's own access pattern (read w, g, v; write w, v: 20 bytes per
 element) measures what the memory can do right then. A round whose bandwidth probe strays
 more than 10% from the run's median is noisy and dropped for every contender, not averaged
-in. Keras runs in worker processes (one per Keras backend), and so does TensorFlow (its import
-and thread pools stay out of the process that times the others; its intra-op pool takes the
-kernel's thread count), driven round by round.
+in. Keras runs in worker processes (one per Keras backend), and the TensorFlow contenders of a
+configuration share one (TensorFlow's import and thread pools stay out of the process that
+times the others; its intra-op pool takes the kernel's thread count), driven round by round.
 
 Contenders: inertia's Keras face (``inertia.SGD``'s ``apply``) on each backend
 (``inertia-numpy``, ``inertia-torch``, ``inertia-jax``); its other faces, each beside its
