@@ -40,7 +40,7 @@ def test_demo_help() -> None:
     done = _inertia("demo", "--help")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: inertia demo ")
-    for option in ("--backend {numpy,torch,jax,tensorflow}", "--face {keras,torch,legacy,mlx}", "--compare", "--epochs", "--seed",
+    for option in ("--backend {numpy,torch,jax,tensorflow}", "--face {keras,torch,legacy,tf_keras,mlx}", "--compare", "--epochs", "--seed",
                    "--ema-momentum", "--quiet", "inertia[demo]"):
         assert option in done.stdout
 
@@ -131,7 +131,7 @@ def test_console_script_is_declared() -> None:
     (["--backend", "jax", "--face", "torch", "--compare"], "--face torch: inertia.torch.SGD steps torch tensors only"),
     (["--face", "legacy", "--ema-momentum", "0.5"],
      "--ema-momentum 0.5: the legacy face keeps no moving average of the weights (tf_keras.optimizers.legacy.SGD has "
-     "none); only the keras and torch faces do"),
+     "none); only the keras, torch and tf_keras faces do"),
     (["--backend", "tensorflow", "--face", "torch"],
      "inertia demo: error: --face torch: inertia.torch.SGD steps torch tensors only, so it needs the torch backend "
      "(--backend torch), not tensorflow"),

@@ -112,13 +112,13 @@ def test_rejects_bad_arguments(kwargs: dict) -> None:
     ({"backend": "jax", "face": "torch"}, "`face`='torch': inertia.torch.SGD steps torch tensors only"),
     ({"face": "legacy", "ema_momentum": 0.5},
      "`ema_momentum`=0.5: the legacy face keeps no moving average of the weights "
-     "(tf_keras.optimizers.legacy.SGD has none); only the keras and torch faces do"),
+     "(tf_keras.optimizers.legacy.SGD has none); only the keras, torch and tf_keras faces do"),
     ({"face": "mlx", "ema_momentum": 0.5}, "`ema_momentum`=0.5: the mlx face keeps no moving average"),
     ({"backend": "tensorflow", "face": "torch"},
      "`face`='torch': inertia.torch.SGD steps torch tensors only, so it needs the torch backend (--backend torch), "
      "not tensorflow"),
     ({"backend": "mlx"}, "`backend`='mlx': not a backend of the demo (choose from numpy, torch, jax, tensorflow)"),
-    ({"face": "optax"}, "`face`='optax': not a face of inertia (choose from keras, torch, legacy, mlx)"),
+    ({"face": "optax"}, "`face`='optax': not a face of inertia (choose from keras, torch, legacy, tf_keras, mlx)"),
 ])
 def test_rejects_combinations_that_cannot_run(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError) as error:
@@ -164,18 +164,19 @@ _HEADER_NOTES = {
     "legacy": ["weight decay: tf.keras' legacy SGD has none; the demo adds 0.0001 x w to the kernels' gradients",
                "weight_decay 0.0001 is derived", "EMA: tf.keras' legacy SGD has none; the demo keeps the last weights"],
     "mlx": ["weight_decay 0.0001 is derived: MLX's weight decay is L2", "EMA: MLX's SGD has none; the demo keeps the last weights"],
+    "tf_keras": ["ema_momentum 0.900 is derived from the run's 43 steps", "EMA: tf.keras 2.11+'s, which starts from the initial weights"],
 }
 
 
-def test_the_valid_combinations_are_the_thirteen_expected() -> None:
+def test_the_valid_combinations_are_the_seventeen_expected() -> None:
     assert sorted(_VALID) == sorted([(b, f) for b in ("numpy", "torch", "jax", "tensorflow")
-                                     for f in ("keras", "legacy", "mlx")] + [("torch", "torch")])
+                                     for f in ("keras", "legacy", "tf_keras", "mlx")] + [("torch", "torch")])
 
 
 @pytest.fixture(scope="module")
 def numpy_losses() -> dict:
     """Each face's final training loss on NumPy after one epoch, which the other backends must reach."""
-    return {face: demo.run(epochs=1, seed=0, quiet=True, face=face)["loss"] for face in ("keras", "legacy", "mlx")}
+    return {face: demo.run(epochs=1, seed=0, quiet=True, face=face)["loss"] for face in ("keras", "legacy", "tf_keras", "mlx")}
 
 
 @needs_sklearn
@@ -216,10 +217,11 @@ _CROSSING = {
     # tf_keras steps the demo's own tf.Variables with TensorFlow's cos in its schedule, as inertia on TF does
     ("tensorflow", "legacy", "tf_keras.optimizers.legacy.SGD", False, None),
     ("tensorflow", "mlx", "mlx.optimizers.SGD", False, _CROSSING["mlx"]),
+    ("tensorflow", "tf_keras", "tf_keras.optimizers.SGD", True, None),  # the tf.keras 2.11+ face on its own library
 ])
 def test_compare_is_bit_identical_where_the_face_claims_it(backend: str, face: str, reference: str, averaged: bool,
                                                            crossing: str | None) -> None:
-    requires({"keras": "keras", "torch": "torch", "mlx": "mlx.optimizers", "legacy": "tf_keras"}[face])
+    requires({"keras": "keras", "torch": "torch", "mlx": "mlx.optimizers", "legacy": "tf_keras", "tf_keras": "tf_keras"}[face])
     if backend != "numpy":
         load_backend(backend)
     out = io.StringIO()

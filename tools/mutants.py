@@ -1226,4 +1226,30 @@ MUTANTS: list[Mutant] = [
         "eager numbers",
         ("tests/backend/test_tensorflow.py",),
     ),
+    # --- the tf.keras 2.11+ face (issue 17) ---------------------------------------------------
+    Mutant(
+        "tf-keras-ema-complement-in-dtype",
+        "src/inertia/tf_keras.py",
+        "False, complement_rounded_once=True)",
+        "False, complement_rounded_once=False)",
+        "inertia.tf_keras.SGD's moving average forms 1 - m in the dtype (Keras 3) instead of rounding tf.keras' "
+        "Python 1 - m: averages move by an ulp from tf_keras'",
+        ("tests/test_tf_keras.py",),
+    ),
+    Mutant(
+        "tf-keras-momentum-not-through-float32",
+        "src/inertia/tf_keras.py",
+        "        return variable.backend.scalar(_float32(self.momentum), variable.dtype, like=variable.value)",
+        "        return variable.backend.scalar(self.momentum, variable.dtype, like=variable.value)",
+        "float64 variables take momentum 0.9 exactly where tf_keras takes float32's 0.9: every float64 step differs",
+        ("tests/test_tf_keras.py",),
+    ),
+    Mutant(
+        "tf-keras-overwrite-every-variable",
+        "src/inertia/tf_keras.py",
+        "    def _moving_average_targets(self, variables: list[Variable]) -> list:\n        return list(variables)\n",
+        "    def _moving_average_targets(self, variables: list[Variable]) -> list:\n        return self._trainable_variables\n",
+        "an EMA overwrite also replaces the variables that had no gradient this step (tf_keras leaves them)",
+        ("tests/test_tf_keras.py",),
+    ),
 ]

@@ -1,4 +1,4 @@
-"""inertia: SGD with momentum, number for number like Keras 3, on NumPy, PyTorch and JAX.
+"""inertia: SGD with momentum, number for number like Keras 3, on NumPy, PyTorch, JAX and TensorFlow.
 
     >>> import inertia
     >>> opt = inertia.SGD(learning_rate=0.1, momentum=0.9, nesterov=True)
@@ -6,7 +6,7 @@
     >>> _ = opt.minimize(lambda: (w * w).sum() / 2.0, [w])
 
 The other faces are submodules, imported on first use: ``inertia.legacy`` (tf.keras'
-OptimizerV2 SGD), ``inertia.mlx`` (mlx.optimizers.SGD) and ``inertia.torch``
+OptimizerV2 SGD), ``inertia.tf_keras`` (tf.keras 2.11+'s SGD and Optimizer), ``inertia.mlx`` (mlx.optimizers.SGD) and ``inertia.torch``
 (a torch.optim.Optimizer; importing it imports torch). So is ``inertia.distributed``
 (scale-out: ``inertia.distributed.jax.pmean``, ...).
 
@@ -24,7 +24,7 @@ from inertia.sgd import SGD
 from inertia.variable import Variable
 
 __version__ = "0.1.0"
-_FACES = ("legacy", "mlx", "torch")
+_FACES = ("legacy", "tf_keras", "mlx", "torch")
 # Imported on first use too: its backend parts import their array library.
 _LAZY_SUBMODULES = _FACES + ("distributed",)
 

@@ -93,6 +93,11 @@ class OptionProblem:
         return f"`{self.option}`={self.value!r}: {self.reason}"
 
 
+def _and(names: list[str]) -> str:
+    """``a, b and c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
 def option_problems(backend: str, face: str, ema_momentum: Optional[float] = None) -> list[OptionProblem]:
     """What is wrong with this combination of backend, face and EMA momentum (empty when
     it can run)."""
@@ -111,7 +116,7 @@ def option_problems(backend: str, face: str, ema_momentum: Optional[float] = Non
     if ema_momentum is not None and not chosen.has_ema:
         problems.append(OptionProblem(
             "ema_momentum", ema_momentum, f"the {face} face keeps no moving average of the weights "
-            f"({chosen.reference} has none); only the {' and '.join(n for n, f in FACES.items() if f.has_ema)} faces do",
+            f"({chosen.reference} has none); only the {_and([n for n, f in FACES.items() if f.has_ema])} faces do",
         ))
     return problems
 

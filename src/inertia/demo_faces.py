@@ -445,6 +445,67 @@ class LegacyFace(Face):
         )
 
 
+# --- tf.keras 2.11+ ---------------------------------------------------------------------------
+class TfKerasFace(KerasFace):
+    name, optimizer, reference = "tf_keras", "inertia.tf_keras.SGD", "tf_keras.optimizers.SGD"
+    backends = ("numpy", "torch", "jax", "tensorflow")
+
+    def describe(self, recipe: Recipe) -> list[str]:
+        options = ", ".join(f"{key}={value}" for key, value in self._options(recipe).items() if key != "ema_momentum")
+        return [
+            f"optimizer: inertia.tf_keras.SGD(learning_rate={recipe.schedule_text()}, {options}, "
+            f"ema_momentum={recipe.ema_momentum:.3f}), exclude_from_weight_decay(var_names=[{NO_DECAY_PATTERN!r}])",
+            "EMA: tf.keras 2.11+'s, which starts from the initial weights (Keras 3's starts from the first step's)",
+        ]
+
+    def missing_reference(self) -> Optional[str]:
+        return None if is_installed("tf_keras") else "tf_keras (tf.keras 2.11+'s optimizers, on TensorFlow): pip install tf-keras"
+
+    def describe_reference(self, model: Model) -> str:
+        crossing = "the demo's own arrays, nothing crosses" if model.backend == "tensorflow" else _CROSSING
+        return (
+            f"compare: tf_keras.optimizers.SGD (tf_keras {_version('tf-keras')}, TensorFlow {_version('tensorflow')}) "
+            f"with the same options and tf_keras' CosineDecay, on tf.Variables: {crossing}"
+        )
+
+    def inertia_trajectory(self, recipe: Recipe, model: Model, initial: Sequence[np.ndarray]) -> Trajectory:
+        import inertia
+        import inertia.tf_keras
+
+        schedule = recipe.schedule()
+        optimizer = inertia.tf_keras.SGD(learning_rate=schedule, **self._options(recipe))
+        optimizer.exclude_from_weight_decay(var_names=[NO_DECAY_PATTERN])
+        variables = [inertia.Variable(model.asarray(w), name=n) for w, n in zip(initial, WEIGHT_NAMES)]
+        # The rate of the coming step: the schedule at the step count (on TF values on TensorFlow).
+        step = (lambda: model.asarray(np.int64(int(optimizer.iterations)))) if model.backend == "tensorflow" else (
+            lambda: np.int64(int(optimizer.iterations)))
+        return _KerasStyleTrajectory(
+            "inertia.tf_keras.SGD", optimizer, variables, read=lambda v: model.to_numpy(v.value),
+            to_model=lambda v: v.value, to_optimizer=lambda g: g,
+            rate=lambda: float(np.asarray(schedule(step()))), averaged=True,
+            finalize=lambda: optimizer.finalize_variable_values(variables),
+        )
+
+    def reference_trajectory(self, recipe: Recipe, model: Model, initial: Sequence[np.ndarray]) -> Trajectory:
+        tf = import_tensorflow()
+        import tf_keras
+
+        schedule = tf_keras.optimizers.schedules.CosineDecay(recipe.learning_rate, decay_steps=recipe.total_steps, alpha=recipe.alpha)
+        optimizer = tf_keras.optimizers.SGD(learning_rate=schedule, **self._options(recipe))
+        optimizer.exclude_from_weight_decay(var_names=[NO_DECAY_PATTERN])
+        variables = [tf.Variable(w, name=n) for w, n in zip(initial, WEIGHT_NAMES)]
+        if model.backend == "tensorflow":
+            to_model, to_optimizer = (lambda v: v), (lambda g: g)
+        else:
+            to_model, to_optimizer = (lambda v: model.asarray(v.numpy())), (lambda g: tf.constant(model.to_numpy(g)))
+        return _KerasStyleTrajectory(
+            "tf_keras.optimizers.SGD", optimizer, variables, read=lambda v: np.array(v.numpy(), copy=True),
+            to_model=to_model, to_optimizer=to_optimizer,
+            rate=lambda: float(schedule(optimizer.iterations)), averaged=True,
+            finalize=lambda: optimizer.finalize_variable_values(variables),
+        )
+
+
 # --- MLX -------------------------------------------------------------------------------------
 class MlxFace(Face):
     name, optimizer, reference = "mlx", "inertia.mlx.SGD", "mlx.optimizers.SGD"
@@ -542,7 +603,7 @@ def _l2_note(recipe: Recipe, why: str) -> str:
     )
 
 
-FACES: dict[str, Face] = {face.name: face for face in (KerasFace(), TorchFace(), LegacyFace(), MlxFace())}
+FACES: dict[str, Face] = {face.name: face for face in (KerasFace(), TorchFace(), LegacyFace(), TfKerasFace(), MlxFace())}
 
 
 def face_for(name: str) -> Face:

@@ -204,8 +204,8 @@ class SGD(_KerasSGD):
         if slot is None:
             # Without momentum OptimizerV2 adds each named row's -lr*g as it comes, a row
             # named twice twice (a scatter-add), rather than summing the duplicates first.
-            steps = ops.sparse_map(gradient, lambda rows: -(rows * learning_rate))
-            variable._value = ops.add_rows(variable.value, steps)
+            steps = -(ops.sparse_values(gradient) * learning_rate)
+            variable._value = ops.add_rows(variable.value, ops.sparse_indices(gradient), steps)
             return
         values, indices = ops.unique_rows(gradient)
         weight, velocity = sgd_update(

@@ -1041,15 +1041,26 @@ class Optimizer:
             self._apply_weight_decay(variables, learning_rate)
             self._backend_update_step(grads, variables, learning_rate)
             if self.use_ema:
-                self._update_model_variables_moving_average(self._trainable_variables, self._flag(self._steps_taken() == 0))
+                self._advance_moving_averages(variables)
         if self.use_ema:
             steps_taken = self._steps_taken()
             frequency = self.ema_overwrite_frequency
             if frequency:
+                averaged = self._moving_average_targets(variables)
                 self._branch(
                     self._flag((steps_taken + 1) % frequency == 0),
-                    lambda: self._overwrite_model_variables_with_average_value(self._trainable_variables),
+                    lambda: self._overwrite_model_variables_with_average_value(averaged),
                 )
+
+    def _advance_moving_averages(self, variables: list[Variable]) -> None:
+        """The EMA stage of an update of ``variables``: Keras 3 advances every trainable
+        variable's average, the first step copying the variable."""
+        self._update_model_variables_moving_average(self._trainable_variables, self._flag(self._steps_taken() == 0))
+
+    def _moving_average_targets(self, variables: list[Variable]) -> list:
+        """The variables an EMA overwrite replaces by their averages after an update of
+        ``variables``: every trainable variable (Keras 3)."""
+        return self._trainable_variables
 
     def _fused_update(self, grads: list, variables: list[Variable], learning_rate: Any) -> bool:
         """Trace clip, decay, update_step and the EMA as one fused operation where the engine
@@ -1087,7 +1098,10 @@ class Optimizer:
                 average.assign(pipeline.ema_update(variable.backend, average.value, variable.value, self.ema_momentum, first))
 
     def _overwrite_model_variables_with_average_value(self, variables: Sequence[Any]) -> None:
-        for variable, average in zip(variables, self._model_variables_moving_average):
+        averages = self._model_variables_moving_average
+        if len(variables) != len(averages):  # some of them: each with its own average
+            averages = [averages[self._get_variable_index(v)] for v in variables]
+        for variable, average in zip(variables, averages):
             if average is not None:
                 _assign_to(variable, average.value)
 

@@ -155,11 +155,18 @@ def decoupled_weight_decay(ops: ArrayBackend, weight: Any, weight_decay: float, 
     return weight - weight * wd * ops.cast(learning_rate, ops.dtype_name(weight))
 
 
-def ema_update(ops: ArrayBackend, average: Any, weight: Any, ema_momentum: float, first: Any) -> Any:
+def ema_update(
+    ops: ArrayBackend, average: Any, weight: Any, ema_momentum: float, first: Any, complement_rounded_once: bool = False
+) -> Any:
     """``m*avg + (1-m)*w``, with ``m = 0`` on the first step so the average starts at ``w``.
 
-    ``first`` is a bool, or a 0-d bool array when traced.
+    ``first`` is a bool, or a 0-d bool array when traced. ``1 - m`` is formed in the
+    dtype from ``m`` already rounded to it (Keras 3), or, with ``complement_rounded_once``,
+    computed from the Python float and then rounded (tf.keras 2.11+: ``(1 - ema_momentum) * var``);
+    the two differ in the last bit for momenta such as 0.99 in float32.
     """
+    if complement_rounded_once:
+        return _scalar(ops, ema_momentum, weight) * average + _scalar(ops, 1.0 - ema_momentum, weight) * weight
     if isinstance(first, bool):
         m = _scalar(ops, 0.0 if first else ema_momentum, weight)
     else:

@@ -122,9 +122,13 @@ class ArrayBackend(ABC):
         """Rows ``indices`` of ``x``."""
         raise NotImplementedError(f"The {self.name} backend has no sparse gradients.")
 
-    def add_rows(self, target: Array, sparse: Any) -> Array:
-        """``target`` plus a sparse array, each of its rows added in turn (a row named twice is
-        added twice); returns the array that now holds it, as ``assign`` does."""
+    def sparse_indices(self, value: Any) -> Array:
+        """The rows a sparse gradient names, as given (a row may be named twice)."""
+        raise NotImplementedError(f"The {self.name} backend has no sparse gradients.")
+
+    def add_rows(self, target: Array, indices: Array, rows: Array) -> Array:
+        """``target`` with ``rows`` added to its rows ``indices``, each in turn (a row named
+        twice gets both); returns the array that now holds it, as ``assign`` does."""
         raise NotImplementedError(f"The {self.name} backend has no sparse gradients.")
 
     def assign_rows(self, target: Array, indices: Array, rows: Array) -> Array:

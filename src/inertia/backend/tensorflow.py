@@ -190,12 +190,15 @@ class TensorflowBackend(ArrayBackend):
     def gather_rows(self, x: Array, indices: Array) -> Array:
         return tf.gather(x, indices)
 
-    def add_rows(self, target: Array, sparse: Any) -> Array:
-        values = self.cast(sparse.values, target.dtype.name)
+    def sparse_indices(self, value: Any) -> Array:
+        return value.indices
+
+    def add_rows(self, target: Array, indices: Array, rows: Array) -> Array:
+        rows = self.cast(rows, target.dtype.name)
         if isinstance(target, tf.Variable):
-            target.scatter_add(tf.IndexedSlices(values, sparse.indices))
+            target.scatter_add(tf.IndexedSlices(rows, indices))
             return target
-        return tf.tensor_scatter_nd_add(target, tf.expand_dims(sparse.indices, -1), values)
+        return tf.tensor_scatter_nd_add(target, tf.expand_dims(indices, -1), rows)
 
     def assign_rows(self, target: Array, indices: Array, rows: Array) -> Array:
         rows = self.cast(rows, target.dtype.name)

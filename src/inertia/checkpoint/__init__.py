@@ -22,7 +22,8 @@ from the file reproduces the uninterrupted run bit for bit.
 The file (format ``inertia.optimizer-checkpoint``, version 1.0) is a plain safetensors file:
 
 * Tensors: every state array, under a stable name. The Keras faces (``inertia.SGD``, any
-  ``inertia.Optimizer``, ``inertia.LossScaleOptimizer``, ``inertia.legacy.SGD``) use the
+  ``inertia.Optimizer``, ``inertia.LossScaleOptimizer``, ``inertia.legacy.SGD``,
+  ``inertia.tf_keras.SGD``) use the
   variable names of ``save_own_variables`` (``iteration``, ``learning_rate``,
   ``dense_kernel_momentum``, ``inner_optimizer/...`` for a loss-scale optimizer's inner
   one); ``inertia.torch.SGD`` uses ``state.<param index>.<key>`` with torch's state_dict
@@ -30,7 +31,7 @@ The file (format ``inertia.optimizer-checkpoint``, version 1.0) is a plain safet
   ``param_groups.<group>.<key>``); ``inertia.mlx.SGD`` uses its state tree's paths joined by
   dots, as ``mlx.utils.tree_flatten`` does (``step``, ``learning_rate``, ``layer.w.v``).
 * Metadata: the header's ``__metadata__["inertia"]`` holds one JSON document with the keys
-  ``format``, ``format_version``, ``inertia_version``, ``face`` (keras, legacy, mlx, torch),
+  ``format``, ``format_version``, ``inertia_version``, ``face`` (keras, legacy, tf_keras, mlx, torch),
   ``class``, ``backend`` (the array library the state lives in), ``config`` (the options that
   describe the optimizer), ``counters`` and ``scalars`` (every counter and learning rate or
   loss scale, readable as numbers), ``tensors`` (each tensor's name -> its role:
@@ -83,7 +84,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 # Each face's module: save(optimizer) -> (document, tensors); load(optimizer, context,
 # var_list) -> commit, a function that changes the optimizer once every check has passed.
-_FACES = {"keras": _keras_face, "legacy": _keras_face, "torch": _torch_face, "mlx": _mlx_face}
+_FACES = {"keras": _keras_face, "legacy": _keras_face, "tf_keras": _keras_face, "torch": _torch_face, "mlx": _mlx_face}
 
 
 # ----------------------------------------------------------------------------------------
@@ -210,7 +211,7 @@ def load(
     name = _path_argument(path, "path")
     face = _face_of(optimizer)
     allowed = allowed_changes(allow_config_changes)
-    if var_list is not None and face not in ("keras", "legacy"):
+    if var_list is not None and face not in ("keras", "legacy", "tf_keras"):
         raise TypeError(
             f"Argument `var_list` is for the Keras faces (built with variables); a {face} optimizer "
             f"knows its parameters otherwise. Received: var_list={var_list!r:.100}"
@@ -285,6 +286,9 @@ def _face_of(optimizer: Any) -> str:
     legacy_face = sys.modules.get("inertia.legacy")
     if legacy_face is not None and isinstance(optimizer, legacy_face.SGD):
         return "legacy"
+    tf_keras_face = sys.modules.get("inertia.tf_keras")
+    if tf_keras_face is not None and isinstance(optimizer, tf_keras_face.Optimizer):
+        return "tf_keras"
     if isinstance(optimizer, Optimizer):
         return "keras"
     raise TypeError(

@@ -156,12 +156,20 @@ def _run(optimizer: Any, description: StepDescription, plan: _Plan, grads: list,
     return host.DONE
 
 
+def _described(optimizer: Any) -> Optional[StepDescription]:
+    """The optimizer's step as data when the kernel covers it: its EMA is Keras 3's."""
+    description = optimizer.describe_step()
+    if description is None or (optimizer.use_ema and description.ema_starts_at_build):
+        return None
+    return description
+
+
 def apply_final(optimizer: Any, grads: list, wrappers: list) -> bool:
     """The rest of an update whose gradients are final (unscaled, averaged over the
     accumulation cycle and aggregated: ``Optimizer._apply_aggregated``): clipping, decay,
     the rule and the EMA in one kernel call; then the accumulators restart and the step
     counts. False, having changed nothing, where the kernel does not cover it."""
-    description = optimizer.describe_step()
+    description = _described(optimizer)
     if description is None or not host.enabled() or host.kernels.known_missing():
         return False
     plan = _current_plan(optimizer, wrappers)
@@ -180,7 +188,7 @@ def apply(optimizer: Any, grads: list, trainable_variables: Optional[Sequence[An
     Returns False, having changed nothing, when the step is not one the kernel covers; the
     caller then runs the reference path.
     """
-    description = optimizer.describe_step()
+    description = _described(optimizer)
     if description is None or not host.enabled() or host.kernels.known_missing():
         return False
     if not optimizer.built:

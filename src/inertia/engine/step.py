@@ -23,7 +23,7 @@ import numpy as np
 
 from inertia.rule import SGDRule
 
-__all__ = ["StepDescription", "GroupSettings", "KERAS", "TF_KERAS_LEGACY", "TORCH", "MLX"]
+__all__ = ["StepDescription", "GroupSettings", "KERAS", "TF_KERAS", "TF_KERAS_LEGACY", "TORCH", "MLX"]
 
 # The kernel's codes (``_sgd_core.h``): keep in step with its enums.
 _FORMS = {"keras": 0, "heavy_ball": 1}
@@ -50,6 +50,10 @@ class StepDescription:
             legacy); otherwise one clipping mode at most.
         global_reciprocal_in_dtype: the global norm clip's ``1/c`` is formed in the dtype
             (``tf.clip_by_global_norm``) instead of rounded once from double (Keras 3).
+        ema_starts_at_build: tf.keras 2.11+'s moving average: each average starts as a copy
+            of its variable when the optimizer is built, advances only for the variables of
+            the step, with ``1 - m`` rounded from the Python float; the fast paths' EMA is
+            Keras 3's (the first step copies), so they decline such a step when the EMA is on.
 
     The reference path reads the same description: :meth:`rule` is the
     :class:`inertia.rule.SGDRule` each face hands to ``sgd_update``.
@@ -61,6 +65,7 @@ class StepDescription:
     hyperparameters_in_float32: bool = False
     value_clip_first: bool = False
     global_reciprocal_in_dtype: bool = False
+    ema_starts_at_build: bool = False
 
     @property
     def global_clip_code(self) -> int:
@@ -80,6 +85,7 @@ def _rule(form: str, buffer_starts_with_gradient: bool, nesterov: bool, maximize
 
 
 KERAS = StepDescription()
+TF_KERAS = StepDescription(hyperparameters_in_float32=True, global_reciprocal_in_dtype=True, ema_starts_at_build=True)
 TF_KERAS_LEGACY = StepDescription(hyperparameters_in_float32=True, value_clip_first=True, global_reciprocal_in_dtype=True)
 TORCH = StepDescription(form="heavy_ball", fused_multiply_add=True, buffer_starts_with_gradient=True)
 MLX = StepDescription(form="heavy_ball")
