@@ -70,7 +70,7 @@ ALL_CONTENDERS = (
     "inertia-numpy", "inertia-torch", "inertia-jax", "inertia-torch-face", "inertia-torch-flat", "inertia-legacy",
     "inertia-mlx-face",
     "torch-foreach", "torch-fused", "torch-compile", "optax", "keras-torch", "keras-jax", "mlx",
-    "inertia-tensorflow", "inertia-tensorflow-function", "inertia-legacy-tensorflow",
+    "inertia-tensorflow", "inertia-tensorflow-function", "inertia-tf-keras-tensorflow", "inertia-legacy-tensorflow",
     "tf-keras", "tf-keras-nojit", "tf-keras-function", "tf-keras-legacy",
 )
 DEFAULT_CONTENDERS = ALL_CONTENDERS
@@ -89,7 +89,7 @@ NOT_RUN_CONFIGS = {
 # The peer each face of inertia replaces, where both run in a report: ``markdown`` shows the ratio.
 REPLACES = {
     "inertia-tensorflow": "tf-keras", "inertia-tensorflow-function": "tf-keras-function",
-    "inertia-legacy-tensorflow": "tf-keras-legacy",
+    "inertia-tf-keras-tensorflow": "tf-keras", "inertia-legacy-tensorflow": "tf-keras-legacy",
 }
 
 
@@ -406,13 +406,15 @@ def _tf_step(tf: Any, apply: Callable[[list], Any], grads: list, traced: bool) -
 
 def _make_inertia_tensorflow(kind: str, shapes: list, config: str) -> tuple:
     """inertia on CPU tf.Variables (its TensorFlow backend): ``inertia.SGD``'s ``apply``, eager
-    (``eager``) or inside the user's ``tf.function`` (``function``), or ``inertia.legacy.SGD``'s
-    ``apply_gradients`` (``legacy``), each beside the tf_keras optimizer it replaces."""
+    (``eager``) or inside the user's ``tf.function`` (``function``), ``inertia.tf_keras.SGD``'s
+    ``apply_gradients`` (``tf_keras``, eager), or ``inertia.legacy.SGD``'s ``apply_gradients``
+    (``legacy``), each beside the tf_keras optimizer it replaces."""
     _check_supported({"eager": "inertia-tensorflow", "function": "inertia-tensorflow-function",
-                      "legacy": "inertia-legacy-tensorflow"}[kind], config)
+                      "tf_keras": "inertia-tf-keras-tensorflow", "legacy": "inertia-legacy-tensorflow"}[kind], config)
     tf = _import_tensorflow()
     import inertia
     import inertia.legacy
+    import inertia.tf_keras
 
     weights, grads = _data(shapes)
     variables = [tf.Variable(w, name=f"w{i}") for i, w in enumerate(weights)]
@@ -420,6 +422,9 @@ def _make_inertia_tensorflow(kind: str, shapes: list, config: str) -> tuple:
     if kind == "legacy":
         legacy = inertia.legacy.SGD(learning_rate=LEARNING_RATE, momentum=MOMENTUM, nesterov=config == "nesterov")
         apply = lambda grads: legacy.apply_gradients(zip(grads, variables))
+    elif kind == "tf_keras":
+        face = inertia.tf_keras.SGD(**_inertia_options(config))
+        apply = lambda grads: face.apply_gradients(zip(grads, variables))
     else:
         optimizer = inertia.SGD(**_inertia_options(config))
         apply = lambda grads: optimizer.apply(grads, variables)
@@ -443,6 +448,7 @@ FACTORIES: dict[str, Callable[[list, str], tuple]] = {
     "keras-jax": lambda s, c: _make_keras("jax", s, c),
     "inertia-tensorflow": lambda s, c: _make_inertia_tensorflow("eager", s, c),
     "inertia-tensorflow-function": lambda s, c: _make_inertia_tensorflow("function", s, c),
+    "inertia-tf-keras-tensorflow": lambda s, c: _make_inertia_tensorflow("tf_keras", s, c),
     "inertia-legacy-tensorflow": lambda s, c: _make_inertia_tensorflow("legacy", s, c),
     "tf-keras": lambda s, c: _make_tf_keras("jit", s, c),
     "tf-keras-nojit": lambda s, c: _make_tf_keras("nojit", s, c),
@@ -452,7 +458,7 @@ FACTORIES: dict[str, Callable[[list, str], tuple]] = {
 # Keras picks one backend per process; TensorFlow's import and thread pools stay out of the
 # process that times the others.
 TENSORFLOW_CONTENDERS = (  # they can share one worker process
-    "inertia-tensorflow", "inertia-tensorflow-function", "inertia-legacy-tensorflow",
+    "inertia-tensorflow", "inertia-tensorflow-function", "inertia-tf-keras-tensorflow", "inertia-legacy-tensorflow",
     "tf-keras", "tf-keras-nojit", "tf-keras-function", "tf-keras-legacy",
 )
 _WORKER_CONTENDERS = ("keras-torch", "keras-jax") + TENSORFLOW_CONTENDERS
