@@ -525,7 +525,7 @@ def test_every_contender_takes_the_step_it_is_timed_for(name):
 
 def test_tensorflow_contenders_take_the_steps_they_are_timed_for():
     """As above, for the contenders on tf.Variables (inertia's Keras face eagerly and inside a
-    tf.function, its legacy face; tf_keras' SGD jitted or not, inside a tf.function, and its
+    tf.function, its tf.keras 2.11+ and legacy faces; tf_keras' SGD jitted or not, inside a tf.function, and its
     legacy SGD): all in one worker process, as the benchmark runs them, which imports
     TensorFlow once; a configuration their API lacks refuses to set up, before TensorFlow is
     imported."""

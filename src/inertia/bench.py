@@ -356,10 +356,10 @@ def _import_tensorflow() -> Any:
     """TensorFlow, in a worker process only (its import and thread pools never reach the
     other contenders), its intra-op pool sized as inertia's kernel and the probe are
     (``INERTIA_NUM_THREADS``, else the CPUs this process may use)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
     from inertia import kernels
+    from inertia.demo_model import import_tensorflow  # without its start-up notices on stderr
+
+    tf = import_tensorflow()
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(kernels.thread_count())
