@@ -345,7 +345,7 @@ def test_cli_help_lists_workloads_configurations_and_contenders(monkeypatch, cap
     with pytest.raises(SystemExit):
         cli.main(["bench", "--help"])
     text = capsys.readouterr().out
-    assert "about 25 minutes on 2 cores" in text
+    assert "about 20 minutes on 2 cores" in text
     assert "W3: 2000 tensor(s), 8.2M parameters" in text and "W2: 161 tensor(s), 25.6M parameters" in text
     assert all(f"  {config}: " in text for config in bench.CONFIGS)
     assert all(f"  {name}: " in text for name in bench.ALL_CONTENDERS)

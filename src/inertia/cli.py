@@ -137,9 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time one SGD step of every face of inertia and of the installed peers on "
         "three workloads for plain momentum, Nesterov and everything on, interleaved in rounds "
         "beside a bandwidth probe. Prints Markdown; --json writes every figure. A default run "
-        "takes about 25 minutes on 2 cores with every peer installed (torch-compile compiles for "
+        "takes about 20 minutes on 2 cores with every peer installed (torch-compile compiles for "
         "about 25 s a configuration; the TensorFlow contenders, tracing up to a minute on W3, "
-        "take about 10 of the 25); --workloads W3 --configs plain --scale 0.1 takes seconds. --configs distributed runs "
+        "take about 10 of the 20); --workloads W3 --configs plain --scale 0.1 takes seconds. --configs distributed runs "
         "inertia.torch.SGD, inertia.SGD and torch.optim.SGD under 2-rank DDP and FSDP2 (gloo on "
         "127.0.0.1) instead, or beside the others when listed with them (about 4 minutes).",
         epilog=_bench_choices(),
