@@ -44,7 +44,7 @@ from typing import Any, Optional, Sequence
 from inertia import pipeline
 from inertia.engine.step import TF_KERAS, StepDescription
 from inertia.optimizer import Optimizer as _KerasOptimizer
-from inertia.optimizer import _config_dict, check_finite_number, locked
+from inertia.optimizer import check_finite_number, locked
 from inertia.rule import sgd_update
 from inertia.schedules import LearningRateSchedule
 from inertia.sgd import SGD as _KerasSGD
@@ -159,7 +159,6 @@ class Optimizer(_KerasOptimizer):
             ema_overwrite_frequency=ema_overwrite_frequency, name=name, jit_compile=jit_compile,
         )
         self.clipnorm, self.clipvalue, self.global_clipnorm = clips["clipnorm"], clips["clipvalue"], clips["global_clipnorm"]
-        self._exclusion_frozen = False
 
     # --- the learning rate ----------------------------------------------------------------------
     def _build_learning_rate(self, learning_rate: Any) -> Any:
@@ -362,10 +361,7 @@ class Optimizer(_KerasOptimizer):
     def _moving_average_targets(self, variables: list[Variable]) -> list:
         return list(variables)
 
-    # --- state and config ----------------------------------------------------------------------------
-    def _state_variables(self) -> list[tuple[str, Variable]]:
-        return [(v.name, v) for v in self._variables]
-
+    # --- config --------------------------------------------------------------------------------------
     def get_config(self) -> dict:
         """tf_keras' keys, in its order (a subclass adds its own after them)."""
         return {
@@ -380,10 +376,6 @@ class Optimizer(_KerasOptimizer):
             "jit_compile": self.jit_compile,
             "is_legacy_optimizer": False,
         }
-
-    @classmethod
-    def from_config(cls, config: dict, custom_objects: Optional[dict] = None) -> "Optimizer":
-        return super().from_config(_config_dict(config), custom_objects)
 
 
 def _float32(value: float) -> float:
@@ -522,12 +514,8 @@ class SGD(Optimizer, _KerasSGD):
 
     def get_config(self) -> dict:
         config = Optimizer.get_config(self)
-        lr = self._learning_rate
-        config.update({
-            "learning_rate": self._learning_rate_config() if not callable(lr) or isinstance(lr, LearningRateSchedule) else lr(),
-            "momentum": self.momentum,
-            "nesterov": self.nesterov,
-        })
+        # A callable rate was read when the optimizer was made: this is its value then.
+        config.update({"learning_rate": self._learning_rate_config(), "momentum": self.momentum, "nesterov": self.nesterov})
         return config
 
     def __repr__(self) -> str:
