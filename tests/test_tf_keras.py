@@ -221,6 +221,7 @@ def test_lr_is_ignored_with_a_warning_and_a_callable_rate_is_read_once():
         (dict(gradient_transformers=[]), ValueError, "gradient_transformers is deprecated"),
         (dict(foo=1), TypeError, "foo is not a valid argument"),
         (dict(momentum=2.0), ValueError, "`momentum` must be between"),
+        (dict(momentum=np.float32(1.5)), ValueError, "`momentum` must be between"),
         (dict(clipnorm=1.0, global_clipnorm=1.0), ValueError, "At most one of `clipnorm` and `global_clipnorm`"),
         (dict(learning_rate="fast"), ValueError, "learning_rate"),
         (dict(loss_scale_factor=2.0), TypeError, "loss_scale_factor is not a valid argument"),

@@ -669,11 +669,15 @@ class Optimizer:
     def _apply_weight_decay(self, variables: Sequence[Variable], learning_rate: Any) -> None:
         if self.weight_decay is None:
             return
+        weight_decay = self._weight_decay_rate()
         for variable in variables:
             if self._use_weight_decay(variable):
-                variable.assign(
-                    pipeline.decoupled_weight_decay(variable.backend, variable.value, self.weight_decay, learning_rate)
-                )
+                variable.assign(pipeline.decoupled_weight_decay(variable.backend, variable.value, weight_decay, learning_rate))
+
+    def _weight_decay_rate(self) -> float:
+        """The decay rate as the face rounds it (Keras 3: the Python float, rounded once to
+        each variable's dtype)."""
+        return self.weight_decay
 
     # ------------------------------------------------------------------------------------
     # apply
@@ -912,6 +916,8 @@ class Optimizer:
         grad_ops = backends.of(gradient)
         if grad_ops is ops and ops.is_sparse(gradient):
             return self._checked_sparse_gradient(ops, gradient, value, name)
+        if grad_ops is not None and grad_ops.is_sparse(gradient):
+            raise TypeError(f"The gradient for {name} is a sparse {grad_ops.name} gradient but the variable is on {ops.name}.")
         if grad_ops is None:
             try:
                 gradient = ops.asarray(gradient, like=value)
@@ -951,6 +957,9 @@ class Optimizer:
         shape, expected = ops.shape(gradient), ops.shape(value)
         if shape != expected and not (shape[:1] == (None,) and shape[1:] == expected[1:]):
             raise ValueError(f"The gradient for {name} has shape {shape} but the variable has shape {expected}.")
+        problem = ops.sparse_problem(gradient, expected)
+        if problem is not None:
+            raise ValueError(f"The sparse gradient for {name} {problem}. Received: gradient={gradient!r:.200}")
         gradient = ops.sparse_map(gradient, lambda rows: ops.cast(rows, ops.dtype_name(value)))
         return gradient if self._takes_sparse_gradients else ops.densify(gradient)
 

@@ -323,14 +323,9 @@ class Optimizer(_KerasOptimizer):
         finally:
             self._in_update = previous
 
-    def _apply_weight_decay(self, variables: Sequence[Variable], learning_rate: Any) -> None:
+    def _weight_decay_rate(self) -> float:
         # `tf.cast(self.weight_decay, dtype)`: the Python float becomes a float32 tensor first.
-        decay = self.weight_decay
-        self.weight_decay = None if decay is None else _float32(decay)
-        try:
-            super()._apply_weight_decay(variables, learning_rate)
-        finally:
-            self.weight_decay = decay
+        return _float32(self.weight_decay)
 
     def _clip_gradients(self, grads: list, variables: Sequence[Variable]) -> list:
         """clipnorm, else global_clipnorm, else clipvalue (the first that is set and > 0), as
@@ -439,9 +434,9 @@ class SGD(Optimizer, _KerasSGD):
         name: str = "SGD",
         **kwargs: Any,
     ) -> None:
-        if isinstance(momentum, (int, float)) and not isinstance(momentum, bool) and not 0 <= momentum <= 1:
-            raise ValueError(f"`momentum` must be between [0, 1]. Received: momentum={momentum!r}")
         momentum = check_finite_number("momentum", momentum)
+        if not 0 <= momentum <= 1:
+            raise ValueError(f"`momentum` must be between [0, 1]. Received: momentum={momentum!r}")
         Optimizer.__init__(
             self, name=name, weight_decay=weight_decay, clipnorm=clipnorm, clipvalue=clipvalue,
             global_clipnorm=global_clipnorm, use_ema=use_ema, ema_momentum=ema_momentum,

@@ -5,6 +5,7 @@ input rejected before anything changes."""
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -335,6 +336,39 @@ def test_keras_face_steps_an_indexed_slices_as_its_dense_sum(tf):
         runs.append(table.numpy())
     np.testing.assert_array_equal(runs[0], runs[1])
     np.testing.assert_array_equal(runs[1][1], [1.0, 1.0])  # a row no index names does not move
+
+
+@pytest.mark.parametrize("face", ["legacy", "tf_keras", "keras"])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("row_out_of_range", "names rows 7 to 7, outside 0 to 3"),
+        ("negative_row", "names rows -1 to -1, outside 0 to 3"),
+        ("values_for_other_indices", "has values of shape (2,) for (1,) indices"),
+        ("float_indices", "not integers"),
+    ],
+)
+def test_a_bad_sparse_gradient_changes_nothing_on_any_face(tf, face, bad, message):
+    import inertia.tf_keras
+
+    make = {"legacy": inertia.legacy.SGD, "tf_keras": inertia.tf_keras.SGD, "keras": inertia.SGD}[face]
+    values, indices = tf.ones((1,)), tf.constant([1])
+    if bad == "row_out_of_range":
+        indices = tf.constant([7])
+    elif bad == "negative_row":
+        indices = tf.constant([-1])
+    elif bad == "values_for_other_indices":
+        values = tf.ones((2,))
+    else:
+        indices = tf.constant([1.0])
+    dense, table = tf.Variable([1.0, 2.0, 3.0]), tf.Variable([1.0, 2.0, 3.0, 4.0])
+    opt = make(learning_rate=0.1, momentum=0.9)
+    opt.apply_gradients([(tf.ones(3), dense), (tf.ones(4), table)])  # built: slots exist
+    state = opt.variables() if callable(opt.variables) else opt.variables
+    before = _snapshot([dense, table, *state])
+    with pytest.raises(ValueError, match=re.escape(message)):
+        opt.apply_gradients([(tf.IndexedSlices(values, indices, tf.constant([4])), table), (tf.ones(3), dense)])
+    _same_bits(_snapshot([dense, table, *state]), before)
 
 
 def test_a_sparse_gradient_of_the_wrong_shape_is_rejected(tf):

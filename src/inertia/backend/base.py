@@ -110,6 +110,12 @@ class ArrayBackend(ABC):
         """A sparse gradient with ``function`` applied to its rows' values (same rows)."""
         raise NotImplementedError(f"The {self.name} backend has no sparse gradients.")
 
+    def sparse_problem(self, value: Any, shape: tuple) -> Optional[str]:
+        """What is wrong with a sparse gradient for a variable of ``shape`` (rows of the
+        wrong shape, indices that are not integers or name no row), or None; checked before a
+        step changes anything (indices are read where they are concrete, not while traced)."""
+        return None
+
     def sparse_values(self, value: Any) -> Array:
         """A sparse gradient's rows' values, as given (duplicates not summed)."""
         raise NotImplementedError(f"The {self.name} backend has no sparse gradients.")

@@ -26,7 +26,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -157,8 +157,9 @@ class TensorflowBackend(ArrayBackend):
             return value
         if self.is_traced(value):
             raise ValueError(
-                "inertia cannot create optimizer state from a value computed inside a tf.function being traced; "
-                "build the optimizer first (`optimizer.build(variables)`), outside the tf.function."
+                "inertia cannot make a tf.Variable of a value computed inside a tf.function being traced: create "
+                "inertia.Variables, and build the optimizer (`optimizer.build(variables)`), outside the tf.function, "
+                f"or from values TensorFlow can read there. Received: {value!r:.200}"
             )
         with tf.init_scope():
             return tf.Variable(value, trainable=trainable)
@@ -177,6 +178,22 @@ class TensorflowBackend(ArrayBackend):
 
     def sparse_map(self, value: Any, function: Callable[[Array], Array]) -> Any:
         return tf.IndexedSlices(function(value.values), value.indices, value.dense_shape)
+
+    def sparse_problem(self, value: Any, shape: tuple) -> Optional[str]:
+        indices, values = value.indices, value.values
+        if not indices.dtype.is_integer:
+            return f"has indices of dtype {indices.dtype.name}, not integers"
+        if indices.shape.rank != 1:
+            return f"has indices of shape {tuple(indices.shape)}: one row index per value row is expected"
+        rows = tuple(values.shape)
+        if rows[1:] != tuple(shape[1:]) or (None not in rows[:1] + tuple(indices.shape) and rows[0] != indices.shape[0]):
+            return f"has values of shape {rows} for {tuple(indices.shape)} indices: rows of shape {tuple(shape[1:])} expected"
+        if self.is_traced(indices) or indices.shape[0] == 0:
+            return None
+        low, high = int(tf.reduce_min(indices)), int(tf.reduce_max(indices))
+        if low < 0 or high >= shape[0]:
+            return f"names rows {low} to {high}, outside 0 to {shape[0] - 1}"
+        return None
 
     def sparse_values(self, value: Any) -> Array:
         return value.values
