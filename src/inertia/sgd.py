@@ -124,7 +124,7 @@ class SGD(Optimizer):
 
     def _tensorflow_kernels_step(self, grads: list, variables: list[Variable], rate_of: Any) -> bool:
         """The update of every variable by TensorFlow's fused kernels of this rule
-        (:mod:`inertia.engine.tf_training_ops`: in place, one pass, the reference path's
+        (:mod:`inertia.engine.tf_training_ops`: in place, one kernel a variable, the reference path's
         bits), or False (nothing changed) where they do not run it: not TensorFlow, the
         reference path asked for (``jit_compile=False``), a custom ``update_step``, values
         that are not ``tf.Variable``s, sparse gradients. ``rate_of(variable)``: the

@@ -5,8 +5,9 @@ The Keras form of the rule (:func:`inertia.rule.sgd_update` with the learning ra
 the velocity) is, operation for operation, TensorFlow's ``ResourceApplyKerasMomentum``
 (``accum = accum*momentum - grad*lr``, then ``var += accum``, or with Nesterov
 ``var += accum*momentum - grad*lr``) and, without momentum, ``ResourceApplyGradientDescent``
-(``var -= grad*lr``). Each is one kernel that reads and writes the variables' buffers once
-(20 bytes a float32 parameter with momentum), in place and safely: TensorFlow copies a
+(``var -= grad*lr``). Each is one kernel call that updates the variables' buffers in place
+(measured at 24-28 bytes a float32 parameter with momentum, against the ideal 20: it seems to
+make two passes; ``benchmarks/tf_fast_path.md``), and safely: TensorFlow copies a
 buffer first if a tensor read from the variable earlier still holds it, so that tensor keeps
 its value (a host kernel writing through a DLPack pointer would change it). One kernel is
 also one node in a ``tf.function``'s graph, which Grappler has no arithmetic in to regroup.
