@@ -134,16 +134,17 @@ class SGD(Optimizer):
             return False
         from inertia.engine.tf_training_ops import keras_momentum_steps
 
+        dtypes = [v.dtype for v in variables]
         rates: dict[str, Any] = {}
         momenta: dict[str, Any] = {}
-        for variable in variables:
-            if variable.dtype not in rates:
-                rates[variable.dtype] = ops.cast(rate_of(variable), variable.dtype)
-                momenta[variable.dtype] = self._momentum_scalar(variable)
+        for variable, dtype in zip(variables, dtypes):
+            if dtype not in rates:
+                rates[dtype] = ops.cast(rate_of(variable), dtype)
+                momenta[dtype] = self._momentum_scalar(variable)
         slots = [self.momentums[self._get_variable_index(v)].value for v in variables] if self.momentums else None
         return keras_momentum_steps(
-            [v.value for v in variables], slots, [ops.cast(g, v.dtype) for g, v in zip(grads, variables)],
-            [rates[v.dtype] for v in variables], None if slots is None else [momenta[v.dtype] for v in variables],
+            [v.value for v in variables], slots, [ops.cast(g, dtype) for g, dtype in zip(grads, dtypes)],
+            [rates[dtype] for dtype in dtypes], None if slots is None else [momenta[dtype] for dtype in dtypes],
             self.nesterov,
         )
 
