@@ -254,6 +254,24 @@ def test_exclusions_only_before_build_and_unknown_variables_are_refused():
     assert int(opt.iterations.numpy()) == 1
 
 
+def test_state_moves_from_tf_keras_by_its_own_store(tf, tf_keras):
+    """tf_keras' `save_own_variables` keys `variables` by position; inertia loads that store."""
+    theirs, ours = tf_keras.optimizers.SGD(0.1, momentum=0.9, use_ema=True), tf_keras_face.SGD(0.1, momentum=0.9, use_ema=True)
+    w_theirs, w_ours = tf.Variable([1.0, 2.0]), tf.Variable([1.0, 2.0])
+    for _ in range(2):
+        theirs.apply_gradients([(tf.constant([0.5, -1.0]), w_theirs)])
+    ours.build([w_ours])
+    store: dict = {}
+    theirs.save_own_variables(store)
+    ours.load_own_variables(store)
+    w_ours.assign(w_theirs)
+    for opt, w in ((theirs, w_theirs), (ours, w_ours)):
+        opt.apply_gradients([(tf.constant([0.25, 1.0]), w)])
+    np.testing.assert_array_equal(w_ours.numpy(), w_theirs.numpy())
+    for a, b in zip(ours.variables, theirs.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
 def test_a_checkpoint_resumes_bit_for_bit(tmp_path):
     def make():
         return tf_keras_face.SGD(0.1, momentum=0.9, use_ema=True, weight_decay=0.01)

@@ -356,6 +356,18 @@ class Optimizer(_KerasOptimizer):
     def _moving_average_targets(self, variables: list[Variable]) -> list:
         return list(variables)
 
+    @locked
+    def load_own_variables(self, store: Any) -> None:
+        """Restore the variables from ``store``: inertia's name-keyed layout, or tf_keras' own,
+        ``"0"``, ``"1"``, ... over ``variables`` (the learning rate is not one of them)."""
+        keys = set(store.keys()) if callable(getattr(store, "keys", None)) else None
+        variables = self.variables
+        if keys is not None and keys == {str(i) for i in range(len(variables))} and self.built:
+            names = [str(i) for i in range(len(variables))]
+            self._assign_all(variables, [store[key] for key in names], "store", names)
+            return
+        super().load_own_variables(store)
+
     # --- config --------------------------------------------------------------------------------------
     def get_config(self) -> dict:
         """tf_keras' keys, in its order (a subclass adds its own after them)."""
