@@ -377,7 +377,32 @@ class _TorchTrajectory(Trajectory):
         return self.snapshot()
 
 
-# --- tf.keras legacy -------------------------------------------------------------------------
+# --- tf.keras (legacy and 2.11+): the reference is tf_keras on tf.Variables ------------------------
+def _describe_tf_keras_reference(reference: str, model: Model) -> str:
+    crossing = "the demo's own arrays, nothing crosses" if model.backend == "tensorflow" else _CROSSING
+    return (
+        f"compare: {reference} (tf_keras {_version('tf-keras')}, TensorFlow {_version('tensorflow')}) "
+        f"with the same options and tf_keras' CosineDecay, on tf.Variables: {crossing}"
+    )
+
+
+def _tf_keras_reference(recipe: Recipe, model: Model) -> tuple[Any, Any, Any, dict]:
+    """TensorFlow and tf_keras (imported without TensorFlow's start-up notices, which are not
+    the demo's output), tf_keras' CosineDecay of the recipe, and how the reference's
+    tf.Variables meet the model: directly on TensorFlow (the model reads the variables
+    themselves), as NumPy copies otherwise."""
+    tf = import_tensorflow()
+    import tf_keras
+
+    schedule = tf_keras.optimizers.schedules.CosineDecay(recipe.learning_rate, decay_steps=recipe.total_steps, alpha=recipe.alpha)
+    if model.backend == "tensorflow":
+        to_model, to_optimizer = (lambda v: v), (lambda g: g)
+    else:
+        to_model, to_optimizer = (lambda v: model.asarray(v.numpy())), (lambda g: tf.constant(model.to_numpy(g)))
+    crossing = dict(read=lambda v: np.array(v.numpy(), copy=True), to_model=to_model, to_optimizer=to_optimizer)
+    return tf, tf_keras, schedule, crossing
+
+
 class LegacyFace(Face):
     name, optimizer, reference = "legacy", "inertia.legacy.SGD", "tf_keras.optimizers.legacy.SGD"
 
@@ -399,11 +424,7 @@ class LegacyFace(Face):
         return None if is_installed("tf_keras") else "tf_keras (tf.keras' legacy optimizers, on TensorFlow): pip install tf-keras"
 
     def describe_reference(self, model: Model) -> str:
-        crossing = "the demo's own arrays, nothing crosses" if model.backend == "tensorflow" else _CROSSING
-        return (
-            f"compare: tf_keras.optimizers.legacy.SGD (tf_keras {_version('tf-keras')}, TensorFlow "
-            f"{_version('tensorflow')}) with the same options and tf_keras' CosineDecay, on tf.Variables: {crossing}"
-        )
+        return _describe_tf_keras_reference(self.reference, model)
 
     def inertia_trajectory(self, recipe: Recipe, model: Model, initial: Sequence[np.ndarray]) -> Trajectory:
         import inertia
@@ -428,20 +449,11 @@ class LegacyFace(Face):
     def reference_trajectory(self, recipe: Recipe, model: Model, initial: Sequence[np.ndarray]) -> Trajectory:
         # TensorFlow's start-up notices (oneDNN, probing for CUDA on a CPU-only machine) are not the
         # demo's output; its real failures still raise Python exceptions.
-        tf = import_tensorflow()
-        import tf_keras
-
-        schedule = tf_keras.optimizers.schedules.CosineDecay(recipe.learning_rate, decay_steps=recipe.total_steps, alpha=recipe.alpha)
+        tf, tf_keras, schedule, crossing = _tf_keras_reference(recipe, model)
         optimizer = tf_keras.optimizers.legacy.SGD(learning_rate=schedule, momentum=recipe.momentum, nesterov=True)
-        variables = [tf.Variable(w, name=n) for w, n in zip(initial, WEIGHT_NAMES)]
-        if model.backend == "tensorflow":  # the demo's own arrays: the model reads the variables themselves
-            to_model, to_optimizer = (lambda v: v), (lambda g: g)
-        else:
-            to_model, to_optimizer = (lambda v: model.asarray(v.numpy())), (lambda g: tf.constant(model.to_numpy(g)))
         return _KerasStyleTrajectory(
-            "tf_keras.optimizers.legacy.SGD", optimizer, variables, read=lambda v: np.array(v.numpy(), copy=True),
-            to_model=to_model, to_optimizer=to_optimizer,
-            rate=lambda: float(schedule(tf.cast(optimizer.iterations, tf.float32))),
+            "tf_keras.optimizers.legacy.SGD", optimizer, [tf.Variable(w, name=n) for w, n in zip(initial, WEIGHT_NAMES)],
+            rate=lambda: float(schedule(tf.cast(optimizer.iterations, tf.float32))), **crossing,
         )
 
 
@@ -462,11 +474,7 @@ class TfKerasFace(KerasFace):
         return None if is_installed("tf_keras") else "tf_keras (tf.keras 2.11+'s optimizers, on TensorFlow): pip install tf-keras"
 
     def describe_reference(self, model: Model) -> str:
-        crossing = "the demo's own arrays, nothing crosses" if model.backend == "tensorflow" else _CROSSING
-        return (
-            f"compare: tf_keras.optimizers.SGD (tf_keras {_version('tf-keras')}, TensorFlow {_version('tensorflow')}) "
-            f"with the same options and tf_keras' CosineDecay, on tf.Variables: {crossing}"
-        )
+        return _describe_tf_keras_reference(self.reference, model)
 
     def inertia_trajectory(self, recipe: Recipe, model: Model, initial: Sequence[np.ndarray]) -> Trajectory:
         import inertia
@@ -487,22 +495,13 @@ class TfKerasFace(KerasFace):
         )
 
     def reference_trajectory(self, recipe: Recipe, model: Model, initial: Sequence[np.ndarray]) -> Trajectory:
-        tf = import_tensorflow()
-        import tf_keras
-
-        schedule = tf_keras.optimizers.schedules.CosineDecay(recipe.learning_rate, decay_steps=recipe.total_steps, alpha=recipe.alpha)
+        tf, tf_keras, schedule, crossing = _tf_keras_reference(recipe, model)
         optimizer = tf_keras.optimizers.SGD(learning_rate=schedule, **self._options(recipe))
         optimizer.exclude_from_weight_decay(var_names=[NO_DECAY_PATTERN])
         variables = [tf.Variable(w, name=n) for w, n in zip(initial, WEIGHT_NAMES)]
-        if model.backend == "tensorflow":
-            to_model, to_optimizer = (lambda v: v), (lambda g: g)
-        else:
-            to_model, to_optimizer = (lambda v: model.asarray(v.numpy())), (lambda g: tf.constant(model.to_numpy(g)))
         return _KerasStyleTrajectory(
-            "tf_keras.optimizers.SGD", optimizer, variables, read=lambda v: np.array(v.numpy(), copy=True),
-            to_model=to_model, to_optimizer=to_optimizer,
-            rate=lambda: float(schedule(optimizer.iterations)), averaged=True,
-            finalize=lambda: optimizer.finalize_variable_values(variables),
+            "tf_keras.optimizers.SGD", optimizer, variables, rate=lambda: float(schedule(optimizer.iterations)),
+            averaged=True, finalize=lambda: optimizer.finalize_variable_values(variables), **crossing,
         )
 
 

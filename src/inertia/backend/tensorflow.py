@@ -211,18 +211,19 @@ class TensorflowBackend(ArrayBackend):
         return value.indices
 
     def add_rows(self, target: Array, indices: Array, rows: Array) -> Array:
-        rows = self.cast(rows, target.dtype.name)
-        if isinstance(target, tf.Variable):
-            target.scatter_add(tf.IndexedSlices(rows, indices))
-            return target
-        return tf.tensor_scatter_nd_add(target, tf.expand_dims(indices, -1), rows)
+        return self._scatter(target, indices, rows, "scatter_add", tf.tensor_scatter_nd_add)
 
     def assign_rows(self, target: Array, indices: Array, rows: Array) -> Array:
+        return self._scatter(target, indices, rows, "scatter_update", tf.tensor_scatter_nd_update)
+
+    def _scatter(self, target: Array, indices: Array, rows: Array, in_place: str, functional: Callable) -> Array:
+        """Rows of ``target`` written by a variable's own scatter method (in place), or by
+        ``functional`` into a new tensor (``assign``'s contract)."""
         rows = self.cast(rows, target.dtype.name)
         if isinstance(target, tf.Variable):
-            target.scatter_update(tf.IndexedSlices(rows, indices))
+            getattr(target, in_place)(tf.IndexedSlices(rows, indices))
             return target
-        return tf.tensor_scatter_nd_update(target, tf.expand_dims(indices, -1), rows)
+        return functional(target, tf.expand_dims(indices, -1), rows)
 
     # --- mutation ----------------------------------------------------------------------------
     def assign(self, target: Array, value: Array) -> Array:
