@@ -32,6 +32,7 @@ _REFERENCES_REQUIRED_WITH = {
     "optax": "numpy",  # a peer of the benchmark, whose step its tests check
     "tensorflow": "numpy",  # tf_keras runs on it
     "tf_keras": "numpy",  # the reference of the legacy face (tf.keras.optimizers.legacy.SGD)
+    "expecttest": "torch",  # torch.testing._internal (torch's optimizer test data) imports it
 }
 
 
