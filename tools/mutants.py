@@ -666,6 +666,57 @@ MUTANTS: list[Mutant] = [
         "the torch face copies the EMA into the weights on updates 1, N+1, ... instead of N, 2N, ...",
         ("tests/test_torch_face.py",),
     ),
+    # --- the torch face beyond dense real parameters: sparse, complex, differentiable, compiled ---
+    Mutant(
+        "torch-sparse-weight-decay-unchecked",
+        "src/inertia/torch.py",
+        'if _number(group["weight_decay"]) != 0:',
+        "if False:",
+        "a sparse gradient with L2 weight decay fails inside the step with torch's internal error, after "
+        "other parameters were updated, instead of being refused before any change",
+        ("tests/test_torch_dropin.py",),
+    ),
+    Mutant(
+        "torch-complex-ema-on-complex-arithmetic",
+        "src/inertia/torch.py",
+        "_real(average).copy_(pipeline.ema_update(ops, _real(average), _real(param), self.ema_momentum, False))",
+        "average.copy_(pipeline.ema_update(ops, average, param, self.ema_momentum, False))",
+        "the EMA of a complex parameter is formed with complex scalars (or fails on the dtype) instead of on its real view",
+        ("tests/test_torch_dropin.py",),
+    ),
+    Mutant(
+        "torch-differentiable-saves-the-written-tensor",
+        "src/inertia/torch.py",
+        "return torch.addcmul(y, x.clone(), alpha)",
+        "return torch.addcmul(y, x, alpha)",
+        "differentiable=True with a weight decay that requires grad: backward fails, the weights it saved "
+        "having been written by the step",
+        ("tests/test_torch_dropin.py",),
+    ),
+    Mutant(
+        "torch-compiled-zero-buffers-with-dampening",
+        "src/inertia/torch.py",
+        'zeros_are_fresh = _number(group["dampening"]) == 0',
+        "zeros_are_fresh = True",
+        "a compiled step with dampening starts the momentum buffer at (1 - dampening)*g instead of torch's g",
+        ("tests/test_torch_dropin.py",),
+    ),
+    Mutant(
+        "torch-compiled-steps-not-counted",
+        "src/inertia/torch.py",
+        'compiled["updates"].add_(1)',
+        'compiled["updates"].add_(0)',
+        "compiled steps do not count: `updates` and the state dict's counters stay where eager steps left them",
+        ("tests/test_torch_dropin.py",),
+    ),
+    Mutant(
+        "torch-compiled-ema-stays-fresh",
+        "src/inertia/torch.py",
+        "        fresh.fill_(False)\n",
+        "",
+        "under torch.compile the EMA copies the weights on every update instead of averaging them",
+        ("tests/test_torch_dropin.py",),
+    ),
     # --- schedules.py --------------------------------------------------------------------------
     Mutant(
         "schedule-staircase-rounds",

@@ -47,7 +47,7 @@ from inertia.engine import host
 from inertia.engine.optimizer_host import stock_targets
 from inertia.engine.step import KERAS, TF_KERAS_LEGACY, GroupSettings
 
-__all__ = ["multi_tensor_apply", "heavy_ball_group", "heavy_ball_out_of_place", "clip_lists", "ema_lists"]
+__all__ = ["multi_tensor_apply", "heavy_ball_group", "heavy_ball_traced", "heavy_ball_out_of_place", "clip_lists", "ema_lists"]
 
 # Tests set this to run the path on CPU tensors (where the fused kernel is the fast path).
 _ON_CPU_TOO = False
@@ -207,7 +207,7 @@ def heavy_ball_group(torch: Any, settings: GroupSettings, params: list, grads: l
         else:
             grads, own = torch._foreach_add(grads, params, alpha=settings.weight_decay), True
     if settings.momentum == 0:
-        torch._foreach_add_(params, grads, alpha=-settings.learning_rate)
+        _descend(torch, params, grads, settings.learning_rate)
         return buffers
     kept = [k for k, buffer in enumerate(buffers) if buffer is not None]
     buffers = list(buffers)
@@ -215,9 +215,7 @@ def heavy_ball_group(torch: Any, settings: GroupSettings, params: list, grads: l
         held = [buffers[k] for k in kept]
         torch._foreach_mul_(held, settings.momentum)
         torch._foreach_add_(held, [grads[k] for k in kept], alpha=1 - settings.dampening)
-    for k, buffer in enumerate(buffers):
-        if buffer is None:
-            buffers[k] = torch.clone(grads[k]).detach()
+    _start_buffers(torch, buffers, grads)
     if settings.nesterov:
         if own:
             torch._foreach_add_(grads, buffers, alpha=settings.momentum)
@@ -226,7 +224,55 @@ def heavy_ball_group(torch: Any, settings: GroupSettings, params: list, grads: l
             direction = torch._foreach_add(grads, buffers, alpha=settings.momentum)
     else:
         direction = buffers
-    torch._foreach_add_(params, direction, alpha=-settings.learning_rate)
+    _descend(torch, params, direction, settings.learning_rate)
+    return buffers
+
+
+def _start_buffers(torch: Any, buffers: list, grads: list) -> None:
+    """A fresh buffer (None) becomes a copy of its gradient, as torch.optim.SGD starts it."""
+    for k, buffer in enumerate(buffers):
+        if buffer is None:
+            buffers[k] = torch.clone(grads[k]).detach()
+
+
+def _descend(torch: Any, params: list, direction: list, learning_rate: Any) -> None:
+    """``w <- w - lr*d``; a tensor learning rate (a compiled step's) multiplies the
+    directions first, as torch.optim.SGD does under torch.compile: its value is never read."""
+    if isinstance(learning_rate, torch.Tensor):
+        torch._foreach_add_(params, torch._foreach_mul(direction, -learning_rate))
+    else:
+        torch._foreach_add_(params, direction, alpha=-learning_rate)
+
+
+def heavy_ball_traced(torch: Any, settings: GroupSettings, params: list, grads: list, buffers: list, own: bool) -> list:
+    """:func:`heavy_ball_group` as ``torch.compile`` traces it: the learning rate, momentum,
+    dampening and weight decay enter as 0-d tensors, so that a scheduler that changes them
+    changes an input of the graph, not the graph. A tensor hyperparameter is used as it is
+    (and counts as nonzero: its value is not read); a Python number becomes a float64
+    tensor through a product (``ones() * x``), the form in which torch.compile takes a
+    float that changes between calls as an input after one more trace (``torch.tensor(x)``
+    or a number given to a ``_foreach_*`` call would be traced again for every new value).
+    Each ``y + a*x`` is a product then a sum, which inductor fuses and rounds its own way
+    (the eager paths' ``add(alpha=)`` rounds once)."""
+    device = params[0].device
+    value = lambda v: v if isinstance(v, torch.Tensor) else torch.ones((), dtype=torch.float64, device=device) * v  # noqa: E731
+    nonzero = lambda v: isinstance(v, torch.Tensor) or v != 0  # noqa: E731
+    if settings.maximize:
+        grads, own = torch._foreach_neg(grads), True
+    if nonzero(settings.weight_decay):
+        grads, own = torch._foreach_add(grads, torch._foreach_mul(params, value(settings.weight_decay))), True
+    direction = grads
+    if nonzero(settings.momentum):
+        momentum = value(settings.momentum)
+        kept = [k for k, buffer in enumerate(buffers) if buffer is not None]
+        buffers = list(buffers)
+        if kept:
+            held = [buffers[k] for k in kept]
+            torch._foreach_mul_(held, momentum)
+            torch._foreach_add_(held, torch._foreach_mul([grads[k] for k in kept], value(1 - settings.dampening)))
+        _start_buffers(torch, buffers, grads)
+        direction = torch._foreach_add(grads, torch._foreach_mul(buffers, momentum)) if settings.nesterov else buffers
+    torch._foreach_add_(params, torch._foreach_mul(direction, -value(settings.learning_rate)))
     return buffers
 
 

@@ -35,7 +35,7 @@ except ModuleNotFoundError as error:
     raise missing_torch("inertia.torch (the torch.optim drop-in)") from error
 
 from inertia import multi_tensor, pipeline
-from inertia.backend import get as _get_backend
+from inertia.backend.torch import BACKEND as _TORCH_OPS
 from inertia.engine import host
 from inertia.engine.step import MODE_NONE, GroupSettings
 from inertia.engine.step import TORCH as TORCH_STEP
@@ -62,12 +62,34 @@ _COUNTER_KEYS = ("micro_steps", "updates")
 _GROUP_FALLBACKS = {"nesterov": False, "maximize": False, "foreach": None, "differentiable": False, "fused": False}
 # The per-parameter state this optimizer keeps: each a tensor of the parameter's shape (or None).
 _SLOT_NAMES = ("momentum_buffer", "average", "gradient_accumulator")
+# The devices torch.optim.SGD(fused=True) accepts parameters on (torch 2.13).
+_FUSED_DEVICES = ("mps", "cuda", "xpu", "hpu", "cpu", "mtia", torch._C._get_privateuse1_backend_name())
 # inertia's step counters are Python ints; a checkpoint may hold them as int64.
 _COUNTER_LIMIT = 2**63 - 1
 
 
-def _torch_add_scaled(y: torch.Tensor, x: torch.Tensor, alpha: float) -> torch.Tensor:
+def _torch_add_scaled(y: torch.Tensor, x: torch.Tensor, alpha: Any) -> torch.Tensor:
+    """``y + alpha*x`` as torch.optim.SGD forms it: ``add(alpha=)`` for a number; for a
+    tensor that autograd differentiates (``differentiable=True``), ``addcmul``."""
+    if isinstance(alpha, torch.Tensor):  # x is saved for alpha's gradient: a copy, as the step then writes x
+        return torch.addcmul(y, x.clone(), alpha)
     return torch.add(y, x, alpha=alpha)
+
+
+def _real(tensor: torch.Tensor) -> torch.Tensor:
+    """A complex tensor's real view (last dimension 2), on which the gradient pipeline
+    (accumulation, clipping by the modulus, the EMA) runs; any other tensor as it is."""
+    return torch.view_as_real(tensor) if tensor.is_complex() else tensor
+
+
+def _like(result: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """``result`` (computed on ``_real(original)``) back in ``original``'s dtype."""
+    return torch.view_as_complex(result) if original.is_complex() else result
+
+
+class ConflictingOptionsError(ValueError, RuntimeError):
+    """A ValueError, inertia's error for a bad argument, that is also the RuntimeError
+    torch.optim.SGD raises for the same input: code written for either catches it."""
 
 
 def _number(value: Any) -> float:
@@ -112,8 +134,10 @@ def _check_group(group: dict, optimizer_wide: Optional[Mapping] = None) -> None:
             "Nesterov momentum requires a momentum and zero dampening "
             f"(received momentum={group['momentum']}, dampening={group['dampening']})"
         )
-    if group.get("differentiable"):
-        raise ValueError("inertia.torch.SGD does not support differentiable=True (received differentiable=True).")
+    if group.get("fused") and group.get("differentiable"):
+        raise ConflictingOptionsError("`fused` does not support `differentiable` (received fused=True, differentiable=True).")
+    if group.get("fused") and group.get("foreach"):
+        raise ConflictingOptionsError("`fused` and `foreach` cannot be `True` together (received fused=True, foreach=True).")
     for key in ("clipnorm", "clipvalue"):
         _check_number(key, group.get(key), optional=True)
     if group.get("clipnorm") is not None and group.get("clipvalue") is not None:
@@ -312,6 +336,7 @@ class SGD(torch.optim.Optimizer):
         self.ema_overwrite_frequency = int(ema_overwrite_frequency) if use_ema and ema_overwrite_frequency else None
         self.gradient_accumulation_steps = int(gradient_accumulation_steps) if gradient_accumulation_steps else None
         self._counters_without_groups = dict.fromkeys(_COUNTER_KEYS, 0)
+        self._compiled_counts: dict = {"pending": False}  # the updates of compiled steps, not yet in the counters
         self._ema_swapped = False
         self._lock = threading.RLock()
         self._flat: Optional[FlatParameters] = params if isinstance(params, FlatParameters) else None
@@ -345,6 +370,31 @@ class SGD(torch.optim.Optimizer):
         return {key: (getattr(self, key, None), given.get(key, getattr(self, key, None))) for key in _OPTIMIZER_WIDE}
 
     def _counter(self, key: str) -> int:
+        self._count_compiled_steps()
+        groups = self.__dict__.get("param_groups")
+        if groups:
+            return groups[0].get(key, 0)
+        return self.__dict__.get("_counters_without_groups", {}).get(key, 0)
+
+    def _count_compiled_steps(self) -> None:
+        """Add the updates that compiled steps counted on the device to the counters.
+
+        A compiled step cannot add to a Python int without being traced again for its next
+        value, so it counts in a 0-d tensor instead; whatever reads the counters outside
+        compiled code (``state_dict``, an eager step, ``updates``) adds the count first:
+        one read of the device, after compiled steps only."""
+        compiled = self.__dict__.get("_compiled_counts")
+        if not compiled or not compiled.get("pending") or torch.compiler.is_compiling():
+            return
+        compiled["pending"] = False
+        counted = compiled["updates"]
+        taken = int(counted.item())
+        counted.zero_()
+        if taken:
+            for key in _COUNTER_KEYS:
+                self._set_counter(key, self._raw_counter(key) + taken)
+
+    def _raw_counter(self, key: str) -> int:
         groups = self.__dict__.get("param_groups")
         if groups:
             return groups[0].get(key, 0)
@@ -384,6 +434,7 @@ class SGD(torch.optim.Optimizer):
         older = {key: self.__dict__.pop(f"_{key}") for key in _COUNTER_KEYS if f"_{key}" in self.__dict__}
         self.__dict__.setdefault("_counters_without_groups", dict.fromkeys(_COUNTER_KEYS, 0))
         self.__dict__.setdefault("_ema_swapped", False)
+        self.__dict__.setdefault("_compiled_counts", {"pending": False})
         self.__dict__.setdefault("_given_options", {})
         self.__dict__.setdefault("_flat", None)
         # Not replaced when load_state_dict sets the state (it holds this lock then); a copy
@@ -398,6 +449,7 @@ class SGD(torch.optim.Optimizer):
                 group.setdefault(key, older.get(key, 0))
 
     def __getstate__(self) -> dict:
+        self._count_compiled_steps()
         state = super().__getstate__()
         for key in _OPTIMIZER_WIDE + ("_counters_without_groups", "_ema_swapped", "_flat", "_given_options"):
             state[key] = getattr(self, key)
@@ -413,6 +465,7 @@ class SGD(torch.optim.Optimizer):
         """torch.optim.SGD's layout (``state``, ``param_groups``), loadable by it; each group
         also holds inertia's options and the step counters ``micro_steps`` and ``updates``
         (torch.optim.SGD keeps them as unknown group keys)."""
+        self._count_compiled_steps()
         return super().state_dict()
 
     @locked
@@ -444,6 +497,7 @@ class SGD(torch.optim.Optimizer):
             {k: v for k, v in group.items() if k not in _OPTIMIZER_WIDE} for group in torch_part["param_groups"]
         ]
         super().load_state_dict(torch_part)
+        self._count_compiled_steps()  # steps before the load: replaced by the loaded counters
         self._micro_steps, self._updates = counters["micro_steps"], counters["updates"]
 
     @staticmethod
@@ -556,12 +610,171 @@ class SGD(torch.optim.Optimizer):
         """
         if self._ema_swapped:
             raise RuntimeError("The EMA weights are swapped in; call `swap_ema_weights()` again before stepping.")
+        self._opt_called = True  # what an LR scheduler's wrapper of `step` would record (see below)
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        with self._lock:
+        if torch.compiler.is_compiling():
+            return self._traced_step(loss)
+        return self._eager_step(loss)
+
+    # LR schedulers wrap an optimizer's `step` to record that it ran, in a function that
+    # torch.compile will not trace; this step records it itself, so they leave it as it is
+    # and `torch.compile(fullgraph=True)` can trace a function that calls `optimizer.step()`.
+    step._wrapped_by_lr_sched = True  # type: ignore[attr-defined]
+
+    def _eager_step(self, loss: Any) -> Any:
+        # differentiable=True: autograd records the step (torch.optim.SGD's rule).
+        with self._lock, torch.set_grad_enabled(bool(self.defaults.get("differentiable"))):
             return self._locked_step(loss)
+
+    _step_outside_compiled_code = torch.compiler.disable(
+        _eager_step,
+        reason=(
+            "inertia.torch.SGD runs this step eagerly, outside the compiled code: it uses gradient accumulation, "
+            "ema_overwrite_frequency, aggregate, clip_group, FlatParameters or differentiable=True, or a parameter has "
+            "a sparse gradient or is complex (fullgraph=True cannot trace such a step)"
+        ),
+    )
+
+    # --- the step that torch.compile traces ---------------------------------------------------
+    def _traced_step(self, loss: Any) -> Any:
+        """The step as ``torch.compile`` traces it: torch ``_foreach_*`` operations on every
+        parameter with a gradient, with no read of a device value and no Python test of a
+        number that may change between steps, so that a compiled step is traced once (a
+        tensor or float learning rate, and any scheduler, included) and ``fullgraph=True``
+        holds. The numbers are the eager step's within inductor's rounding.
+
+        Checks run in :meth:`_init_group`, which torch.compile runs eagerly while it traces:
+        they see every value the trace is made for, not values changed between compiled
+        steps. Steps this path does not cover run eagerly outside the compiled code (a graph
+        break): gradient accumulation, ``ema_overwrite_frequency``, ``aggregate``,
+        ``clip_group``, FlatParameters, ``differentiable=True``, sparse gradients and
+        complex parameters. The optimizer's lock is not taken."""
+        covered = not (
+            self.gradient_accumulation_steps or self.ema_overwrite_frequency or self.aggregate is not None
+            or self.clip_group is not None or self._flat is not None or self.defaults.get("differentiable")
+        )
+        members = []
+        for group in self.param_groups:
+            params: list = []
+            grads: list = []
+            buffers: list = []
+            covered = covered and self._init_group(group, params, grads, buffers)
+            members.append((group, params, grads, buffers))
+        if not covered:
+            return self._step_outside_compiled_code(loss)
+        every_grad = [grad for _, _, grads, _ in members for grad in grads]
+        if not every_grad:
+            return loss  # no gradient: nothing changes, as in torch.optim.SGD
+        own = False
+        if self.global_clipnorm is not None:
+            clipped = iter(pipeline.clip_by_global_norm(_TORCH_OPS, every_grad, self.global_clipnorm))
+            members = [(group, params, [next(clipped) for _ in grads], buffers) for group, params, grads, buffers in members]
+            own = True
+        for group, params, grads, buffers in members:
+            if not params:
+                continue
+            group_owns = own
+            if group["clipnorm"] is not None or group["clipvalue"] is not None:
+                grads, group_owns = pipeline.clip(_TORCH_OPS, grads, group["clipnorm"], None, group["clipvalue"]), True
+            settings = GroupSettings(
+                learning_rate=group["lr"], momentum=group["momentum"], weight_decay=group["weight_decay"],
+                dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"],
+            )
+            made = multi_tensor.heavy_ball_traced(torch, settings, params, grads, buffers, group_owns)
+            if buffers:
+                self._keep_new_buffers(params, buffers, made)
+        if self.use_ema:
+            self._traced_ema()
+        # Counted in a tensor and a dict (compiled code writes neither Python ints nor, on
+        # an Optimizer, attributes): see _count_compiled_steps.
+        compiled = self._compiled_counts
+        if "updates" in compiled:
+            compiled["updates"].add_(1)
+        else:  # where torch.compile traced _init_group instead of running it
+            compiled["updates"] = torch.ones((), dtype=torch.int64, device=every_grad[0].device)
+        compiled["pending"] = True
+        return loss
+
+    def _traced_ema(self) -> None:
+        """The EMA of every parameter in a compiled step, with :meth:`_update_ema`'s numbers
+        (``m`` and ``1 - m`` formed in each dtype). The averages were made by
+        :meth:`_init_group` (as zeros, outside the graph: an average made in the graph came
+        back from inductor as the parameter itself, torch 2.13); on their first update
+        ``m`` is 0, read from a flag tensor, so the first step and the later ones are one
+        graph: ``0*0 + 1*w`` is the eager path's copy of the weights."""
+        fresh = self._compiled_counts["ema_fresh"]
+        by_dtype: dict = {}
+        for param in self._parameters():
+            averages, params = by_dtype.setdefault(param.dtype, ([], []))
+            averages.append(self.state[param]["average"])
+            params.append(param)
+        for dtype, (averages, params) in by_dtype.items():
+            device = averages[0].device
+            m = torch.where(
+                fresh, torch.zeros((), dtype=dtype, device=device), torch.full((), self.ema_momentum, dtype=dtype, device=device)
+            )
+            torch._foreach_mul_(averages, m)
+            torch._foreach_add_(averages, torch._foreach_mul(params, 1 - m))
+        fresh.fill_(False)
+
+    @staticmethod
+    def _traceable_gradients(group: dict) -> bool:
+        """Whether :meth:`_traced_step` covers a group's gradients (dense, real, of their
+        parameters' shapes and kinds; the eager step raises the errors of the others)."""
+        for param in group["params"]:
+            grad = param.grad
+            if grad is not None and (
+                grad.is_sparse or param.is_complex() or grad.is_complex() or grad.shape != param.shape
+                or not (param.is_floating_point() and grad.is_floating_point())
+            ):
+                return False
+        return True
+
+    def _init_group(self, group: dict, params: list, grads: list, buffers: list) -> bool:
+        """Collect a param group's parameters with a gradient, their gradients and momentum
+        buffers for :meth:`_traced_step`; False where that path does not cover them.
+
+        torch.compile runs this method eagerly while it traces (as it runs torch.optim's own
+        ``_init_group``): the checks read real values, and state made here is an input of
+        the compiled graph, not an output. A missing momentum buffer is made here as zeros
+        when ``dampening`` is 0 (then ``momentum*0 + g`` is torch's first buffer, ``g``), so
+        that the first compiled step and the later ones trace one graph; with dampening,
+        the first step's buffers are made in the graph (``clone`` of the gradient), and the
+        next step is traced once more, as torch.optim.SGD's is."""
+        _check_group({k: v for k, v in group.items() if k != "params"}, self._optimizer_wide())
+        if not all(map(self._traceable_gradients, self.param_groups)):
+            return False  # before any state is made: the eager step must find none it did not make
+        momentum = group["momentum"]
+        for param in group["params"]:
+            if param.grad is not None:
+                params.append(param)
+                grads.append(param.grad)
+        if isinstance(momentum, torch.Tensor) or momentum != 0:  # as the traced step reads it
+            # zeros only without dampening: an eager step that finds one (a later group was
+            # not covered) then forms torch's first buffer too, momentum*0 + 1*g = g
+            zeros_are_fresh = _number(group["dampening"]) == 0
+            for param in params:
+                if self.state[param].get("momentum_buffer") is None and zeros_are_fresh:
+                    self.state[param]["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            buffers.extend(self.state[param].get("momentum_buffer") for param in params)
+        if params and "updates" not in self._compiled_counts:
+            self._compiled_counts["updates"] = torch.zeros((), dtype=torch.int64, device=params[0].device)
+        if self.use_ema:
+            every = list(self._parameters())
+            missing = [p for p in every if self.state[p].get("average") is None] if every else []
+            if missing and len(missing) != len(every):
+                return False  # averages for some parameters only (a group added later): the eager step
+            if "ema_fresh" not in self._compiled_counts and every:
+                self._compiled_counts["ema_fresh"] = torch.zeros((), dtype=torch.bool, device=every[0].device)
+            if missing:
+                for param in missing:
+                    self.state[param]["average"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                self._compiled_counts["ema_fresh"].fill_(True)
+        self._opt_called = True  # run, not traced: compiled code sets no attribute of an Optimizer
+        return True
 
     def _locked_step(self, loss: Any) -> Any:
         if self._ema_swapped:  # swapped in by another thread meanwhile
@@ -632,10 +845,12 @@ class SGD(torch.optim.Optimizer):
         and counts the update (its EMA advances, as one process' would)."""
         steps = self.gradient_accumulation_steps
         work = self._collect(include_accumulated=bool(steps))
-        ops = _get_backend("torch")
+        ops = _TORCH_OPS
         if steps:
-            work = [(group, param, pipeline.accumulated_mean(ops, grad, self._saved_accumulator(param, grad), steps))
-                    for group, param, grad in work]
+            work = [
+                (group, param, _like(pipeline.accumulated_mean(ops, _real(grad), _real(self._saved_accumulator(param, grad)), steps), grad))
+                for group, param, grad in work
+            ]
         if self.aggregate is not None and not self._holds_no_parameters():
             work = self._aggregated(work)
         clipped = self.clip_group is not None
@@ -666,7 +881,7 @@ class SGD(torch.optim.Optimizer):
         if self.global_clipnorm is None and not any(_clips_by_norm(group["clipnorm"]) for group in self.param_groups):
             return False
         first = next((p.grad for group in self.param_groups for p in group["params"] if p.grad is not None), None)
-        return first is not None and _get_backend("torch").squares_reducer([first]) is not None
+        return first is not None and _TORCH_OPS.squares_reducer([first]) is not None
 
     def _holds_no_parameters(self) -> bool:
         return not any(group["params"] for group in self.param_groups)
@@ -692,7 +907,7 @@ class SGD(torch.optim.Optimizer):
         layout; a parameter no rank has a gradient for is skipped after it. Its answer is
         checked (one tensor per tensor given, of its shape, dtype and device): a ValueError /
         TypeError before any change."""
-        ops = _get_backend("torch")
+        ops = _TORCH_OPS
         every = [(group, param) for group in self.param_groups for param in group["params"]]
         given = {id(param): grad for _, param, grad in work}
         arrays = every_gradient(ops, [given.get(id(param)) for _, param in every], [param.detach() for _, param in every])
@@ -723,8 +938,8 @@ class SGD(torch.optim.Optimizer):
         if not grads:
             reduce([torch.zeros((), dtype=torch.float64, device=device)])
             return [], counted()
-        clipped = pipeline.clip_by_global_norm(_get_backend("torch"), grads, self.global_clipnorm, reduce_squares=reduce)
-        return clipped, counted()
+        clipped = pipeline.clip_by_global_norm(_TORCH_OPS, [_real(g) for g in grads], self.global_clipnorm, reduce_squares=reduce)
+        return [_like(new, g) for new, g in zip(clipped, grads)], counted()
 
     def _reduction_device(self, grads: list) -> torch.device:
         if grads:
@@ -839,7 +1054,7 @@ class SGD(torch.optim.Optimizer):
             first = next((p for group in groups for p in group["params"] if p.grad is not None), None)
         if first is None or (first.device.type == "cpu" and not multi_tensor._ON_CPU_TOO):
             return False
-        if any(group["foreach"] is False for group in groups):
+        if any(group["foreach"] is False or group["differentiable"] for group in groups):
             return False
         work = self._collect() if final is None else final  # raises what the reference path raises, before any change
         device, dtype = first.device, first.dtype
@@ -847,11 +1062,11 @@ class SGD(torch.optim.Optimizer):
             return False  # half types: torch's in-place multi-tensor ops round their scalars otherwise
         every = list(self._parameters()) if self.use_ema else [param for _, param, _ in work]
         if any(p.device != device or p.dtype != dtype for p in every) or any(
-            g.device != device or g.dtype != dtype for _, _, g in work
+            g.device != device or g.dtype != dtype or g.is_sparse for _, _, g in work
         ):
             return False
         clips_by_norm = self.global_clipnorm is not None or any(group["clipnorm"] is not None for group in groups)
-        if clips_by_norm and _get_backend("torch").squares_reducer([g for _, _, g in work]) is not None:
+        if clips_by_norm and _TORCH_OPS.squares_reducer([g for _, _, g in work]) is not None:
             return False  # sharded (DTensor): torch's norms would meet the ranks' once per tensor, the reference path once
         by_group: dict[int, list] = {}
         for group, param, grad in work:
@@ -873,9 +1088,7 @@ class SGD(torch.optim.Optimizer):
             buffers = [self.state[p].get("momentum_buffer") for p in params] if momentum else [None] * len(params)
             made = multi_tensor.heavy_ball_group(torch, settings, params, grads, buffers, own)
             if momentum:
-                for param, before, buffer in zip(params, buffers, made):
-                    if before is None:
-                        self.state[param]["momentum_buffer"] = buffer
+                self._keep_new_buffers(params, buffers, made)
         if self.use_ema:
             params = list(self._parameters())
             averages = [self.state[p].get("average") for p in params]
@@ -893,6 +1106,12 @@ class SGD(torch.optim.Optimizer):
         self._updates += 1
         self._micro_steps += 1
         return True
+
+    def _keep_new_buffers(self, params: list, buffers: list, made: list) -> None:
+        """Store the momentum buffers a multi-tensor step made (None before it) in the state."""
+        for param, before, buffer in zip(params, buffers, made):
+            if before is None:
+                self.state[param]["momentum_buffer"] = buffer
 
     def _fast_accumulate(self, params: list, grads: list, accumulators: list, fresh: dict) -> bool:
         if not self._run_planned(lambda plan: host.accumulate(plan, accumulators, grads), [accumulators]):
@@ -945,7 +1164,7 @@ class SGD(torch.optim.Optimizer):
         if cached is not None and len(cached[0]) == len(objects) and all(map(operator.is_, cached[0], objects)):
             return cached[1]
         dtype = _DTYPE_NAMES.get(lists[0][0].dtype)
-        plan = host.plan_memory(_get_backend("torch"), dtype, lists) if dtype else None
+        plan = host.plan_memory(_TORCH_OPS, dtype, lists) if dtype else None
         plans[key] = (objects, plan)
         return plan
 
@@ -976,17 +1195,51 @@ class SGD(torch.optim.Optimizer):
                     if accumulator is not None and bool(accumulator.any()):
                         work.append((group, param, torch.zeros_like(param)))
                     continue
-                if grad.is_sparse:
-                    raise ValueError(f"inertia.torch.SGD does not support sparse gradients (parameter of shape {tuple(param.shape)}).")
-                if not (param.is_floating_point() and grad.is_floating_point()):
+                if not (
+                    (param.is_floating_point() and grad.is_floating_point())
+                    or (param.is_complex() and grad.is_complex())
+                ):
                     raise TypeError(
-                        f"Parameters and gradients must be real floating-point tensors; received a parameter of dtype "
-                        f"{param.dtype} with a gradient of dtype {grad.dtype}."
+                        "Parameters and gradients must be floating-point tensors, or both complex; received a parameter "
+                        f"of dtype {param.dtype} with a gradient of dtype {grad.dtype}."
                     )
                 if grad.shape != param.shape:
                     raise ValueError(f"A gradient has shape {tuple(grad.shape)} but its parameter has shape {tuple(param.shape)}.")
+                if group.get("fused") and not (param.device.type in _FUSED_DEVICES and param.is_floating_point()):
+                    raise ConflictingOptionsError(
+                        "`fused=True` requires all the params to be floating point Tensors of supported devices: "
+                        f"{list(_FUSED_DEVICES)} but {param.dtype} and {param.device.type} (argument `fused`, as in "
+                        "torch.optim.SGD; without it the step runs on any device)"
+                    )
+                if grad.is_sparse:
+                    self._check_sparse_step(group, param)
+                if param.is_complex() and group.get("clipvalue") is not None:
+                    raise ValueError(
+                        f"Argument `clipvalue` clips real numbers; a complex parameter (dtype {param.dtype}, shape "
+                        f"{tuple(param.shape)}) has none to clip. Received: clipvalue={group['clipvalue']!r}; use "
+                        "clipnorm or global_clipnorm, which clip by the complex modulus."
+                    )
                 work.append((group, param, grad))
         return work
+
+    def _check_sparse_step(self, group: dict, param: torch.Tensor) -> None:
+        """What a sparse gradient (``nn.Embedding(sparse=True)``) cannot take part in, refused
+        before any change: L2 weight decay (torch.optim.SGD cannot add the dense weights to a
+        sparse gradient either), and inertia's stages that need a dense gradient."""
+        where = f"a sparse gradient (parameter of shape {tuple(param.shape)})"
+        if _number(group["weight_decay"]) != 0:
+            raise ConflictingOptionsError(
+                f"weight_decay does not apply to {where}, as in torch.optim.SGD, whose L2 term would make it dense. "
+                f"Received: weight_decay={group['weight_decay']!r}; put the embedding in a param group with weight_decay=0."
+            )
+        given = {
+            "clipnorm": group.get("clipnorm"), "clipvalue": group.get("clipvalue"),
+            "global_clipnorm": self.global_clipnorm, "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "aggregate": self.aggregate,
+        }
+        for key, value in given.items():
+            if value is not None:
+                raise ValueError(f"{key} does not support {where}: it works on dense gradients. Received: {key}={value!r}")
 
     def _accumulator(self, param: torch.Tensor) -> torch.Tensor:
         state = self.state[param]
@@ -995,10 +1248,16 @@ class SGD(torch.optim.Optimizer):
         return state["gradient_accumulator"]
 
     def _accumulated_mean(self, param: torch.Tensor, grad: torch.Tensor, steps: int) -> torch.Tensor:
-        return pipeline.accumulated_mean(_get_backend("torch"), grad, self._accumulator(param), steps)
+        mean = pipeline.accumulated_mean(_TORCH_OPS, _real(grad), _real(self._accumulator(param)), steps)
+        return _like(mean, grad)
 
     def _clip(self, work: list) -> list:
-        ops = _get_backend("torch")
+        """``work`` with clipped gradients; a complex gradient is clipped on its real view
+        (its norm is the complex modulus', as ``torch.nn.utils.clip_grad_norm_`` takes it)."""
+        if any(grad.is_complex() for _, _, grad in work):
+            clipped = self._clip([(group, param, _real(grad)) for group, param, grad in work])
+            return [(group, param, _like(new, grad)) for (group, param, new), (_, _, grad) in zip(clipped, work)]
+        ops = _TORCH_OPS
         if self.global_clipnorm is not None and work:
             clipped = pipeline.clip_by_global_norm(ops, [grad for _, _, grad in work], self.global_clipnorm)
             return [(group, param, grad) for (group, param, _), grad in zip(work, clipped)]
@@ -1021,13 +1280,18 @@ class SGD(torch.optim.Optimizer):
     @staticmethod
     def _hyperparameters(group: dict) -> tuple:
         """A group's settings as Python numbers, read once per step (a tensor lr's ``.item()``
-        would otherwise sync the device for every parameter)."""
-        momentum, weight_decay = _number(group["momentum"]), _number(group["weight_decay"])
+        would otherwise sync the device for every parameter); under ``differentiable=True``
+        a tensor that requires grad stays a tensor, so that the step is differentiable in it
+        (a learning rate learnt by gradient, as torch.optim.SGD allows)."""
+        value = _number
+        if group.get("differentiable"):
+            value = lambda v: v if isinstance(v, torch.Tensor) and v.requires_grad else _number(v)  # noqa: E731
+        momentum, weight_decay = value(group["momentum"]), value(group["weight_decay"])
         return (
             TORCH_STEP.rule(nesterov=group["nesterov"], maximize=group["maximize"]),
-            _number(group["lr"]),
-            momentum if momentum != 0 else None,
-            weight_decay if weight_decay != 0 else None,
+            value(group["lr"]),
+            momentum if isinstance(momentum, torch.Tensor) or momentum != 0 else None,
+            weight_decay if isinstance(weight_decay, torch.Tensor) or weight_decay != 0 else None,
             _number(group["dampening"]),
         )
 
@@ -1059,14 +1323,14 @@ class SGD(torch.optim.Optimizer):
             yield from group["params"]
 
     def _update_ema(self) -> None:
-        ops = _get_backend("torch")
+        ops = _TORCH_OPS
         for param in self._parameters():
             state = self.state[param]
             average = state.get("average")
             if average is None:
                 state["average"] = param.detach().clone(memory_format=torch.preserve_format)
             else:
-                average.copy_(pipeline.ema_update(ops, average, param, self.ema_momentum, False))
+                _real(average).copy_(pipeline.ema_update(ops, _real(average), _real(param), self.ema_momentum, False))
         self._overwrite_with_ema_when_due()
 
     def _overwrite_with_ema_when_due(self) -> None:

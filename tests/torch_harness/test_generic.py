@@ -20,9 +20,6 @@ import warnings
 import pytest
 
 from torch_harness_common import (
-    AWAITING_COMPLEX,
-    AWAITING_DIFFERENTIABLE,
-    AWAITING_SPARSE,
     SGD,
     SGD_INFO,
     assert_bitwise,
@@ -40,7 +37,7 @@ ReduceLROnPlateau = torch.optim.lr_scheduler.ReduceLROnPlateau
 
 # The implementation variants torch's harness runs each keyword set under; differentiable=True
 # is not there yet in inertia.
-FLAGS = ["plain", "foreach", "fused", pytest.param("differentiable", marks=AWAITING_DIFFERENTIABLE)]
+FLAGS = ["plain", "foreach", "fused", "differentiable"]
 FLAGS_BUT_DIFFERENTIABLE = ["plain", "foreach", "fused"]
 SCHEDULER_SETS = list(range(len(SGD_INFO.scheduler_inputs)))
 
@@ -241,7 +238,6 @@ def sparse_inputs():
     return kept
 
 
-@AWAITING_SPARSE
 @pytest.mark.parametrize("with_lrsched", [False, True], ids=["no-scheduler", "scheduler"])
 def test_rosenbrock_sparse(with_lrsched):
     # Coordinate descent on Rosenbrock with sparse gradients: the same numbers as
@@ -271,7 +267,6 @@ def test_rosenbrock_sparse(with_lrsched):
 
 
 # --- complex parameters ----------------------------------------------------------------------
-@AWAITING_COMPLEX
 @pytest.mark.parametrize("flag", ["plain", "foreach"])
 def test_complex(flag):
     # Complex parameters step as their real views do (a real one mixed in), at every step,
@@ -301,7 +296,6 @@ def test_complex(flag):
         assert_same_state(ours_complex, complex_params, theirs, reference_params)
 
 
-@AWAITING_COMPLEX
 @pytest.mark.parametrize("flag", ["plain", "foreach"])
 def test_complex_2d(flag):
     # One complex parameter of 2 against its real and imaginary parts as two real
@@ -334,7 +328,6 @@ def test_complex_2d(flag):
                 im_part.copy_(a.imag)
 
 
-@AWAITING_COMPLEX
 @pytest.mark.parametrize(
     "kwargs", [{}, {"momentum": 0.9}, {"momentum": 0.9, "nesterov": True}, {"weight_decay": 0.1}, {"maximize": True}],
     ids=["plain", "momentum", "nesterov", "weight_decay", "maximize"],
@@ -373,11 +366,18 @@ def compiled_against_eager(dtype, backend="inductor"):
         eager.step()
         compiled_step()
         reference.step()
-    assert_bitwise([compiled_param, eager_param], [reference_param, reference_param])
-    assert_same_state(compiled, [compiled_param], reference, [reference_param])
+    assert_bitwise([eager_param], [reference_param])
+    if dtype.is_complex:  # a step the compiled path leaves to the eager one: torch's bits
+        assert_bitwise([compiled_param], [reference_param])
+        assert_same_state(compiled, [compiled_param], reference, [reference_param])
+    else:  # inductor fuses each y + a*x its own way: within its rounding, not bit for bit
+        torch.testing.assert_close(compiled_param.detach(), reference_param.detach(), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(
+            compiled.state[compiled_param]["momentum_buffer"], reference.state[reference_param]["momentum_buffer"],
+            rtol=1e-6, atol=1e-7,
+        )
 
 
-@AWAITING_COMPLEX
 def test_compiled_step_on_complex_parameters_matches_eager():
     # TestSGDComplexForeach's torch.compile half: a compiled step of complex parameters.
     # aot_eager: torch 2.13's inductor fails on torch.optim.SGD's own complex foreach step
@@ -389,7 +389,8 @@ def test_compiled_step_on_complex_parameters_matches_eager():
 
 
 def test_compiled_step_matches_eager():
-    # The same with real parameters: torch.compile(optimizer.step) gives torch's numbers.
+    # The same with real parameters: torch.compile(optimizer.step) gives torch's numbers
+    # within inductor's rounding.
     torch._dynamo.reset()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # dynamo's notes on what it does not trace
@@ -473,11 +474,6 @@ def meta_network():
         return small_network(torch.float32).to("meta")
 
 
-@pytest.mark.xfail(
-    reason="inertia bug: fused=True on meta-device parameters steps without error; torch.optim.SGD(fused=True) "
-    "raises RuntimeError '`fused=True` requires all the params to be floating point Tensors of supported devices'",
-    strict=True,
-)
 def test_fused_error_on_params_on_meta():
     model = meta_network()
     optimizer = SGD(model.parameters(), fused=True)
@@ -923,7 +919,6 @@ def one_step(param, grad, state, kwargs, *state_values):
     return (param,) + tuple(v for v in optimizer.state[param].values() if isinstance(v, torch.Tensor) and v.requires_grad)
 
 
-@AWAITING_DIFFERENTIABLE
 @pytest.mark.parametrize("kwargs", [{"lr": 0.9}, {"lr": 0.9, "momentum": 0.9, "weight_decay": 0.1, "nesterov": True}], ids=["torchs", "momentum"])
 def test_differentiable_sgd_gradcheck(kwargs):
     torch.manual_seed(0)
@@ -962,7 +957,6 @@ def two_steps_then_loss(param, grad, state, kwargs, *tensors):
     return (loss,) + buffers + tuple(hyper)
 
 
-@AWAITING_DIFFERENTIABLE
 @pytest.mark.parametrize("names", [("lr",), ("weight_decay",), ("weight_decay", "lr")], ids=["lr", "weight_decay", "weight_decay_and_lr"])
 def test_differentiable_hyperparameters_gradcheck(names):
     torch.manual_seed(0)

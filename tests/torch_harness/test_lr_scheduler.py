@@ -936,9 +936,9 @@ def test_no_cyclic_references():
     scheduler = LambdaLR(optimizer, lambda epoch: 1.0)
     del scheduler
     assert len(gc.get_referrers(optimizer)) == 0, "the optimizer should not be part of a reference cycle"
-    gc.collect()
-    del optimizer
-    assert gc.collect() == 0, "the optimizer should be freed by reference counting alone"
+    alive = weakref.ref(optimizer)
+    del optimizer  # freed at once, by reference counting alone (gc.collect() may find unrelated garbage)
+    assert alive() is None, "the optimizer should be freed by reference counting alone"
 
 
 def run_and_forget():

@@ -22,9 +22,6 @@ from inertia.torch import SGD  # noqa: E402
 
 SGD_INFO = next(info for info in common_optimizers.optim_db if info.optim_cls is torch.optim.SGD)
 IMPLEMENTATION_FLAGS = ("foreach", "fused", "differentiable")  # torch's "global cliquey" flags
-AWAITING_DIFFERENTIABLE = pytest.mark.xfail(reason="awaiting differentiable=True", strict=True)
-AWAITING_COMPLEX = pytest.mark.xfail(reason="awaiting complex parameters", strict=True)
-AWAITING_SPARSE = pytest.mark.xfail(reason="awaiting sparse gradients", strict=True)
 
 
 def sgd_inputs(flag=None):
