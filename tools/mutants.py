@@ -677,11 +677,12 @@ MUTANTS: list[Mutant] = [
         ("tests/test_torch_dropin.py",),
     ),
     Mutant(
-        "torch-complex-ema-on-complex-arithmetic",
+        "torch-complex-clipped-as-complex",
         "src/inertia/torch.py",
-        "_real(average).copy_(pipeline.ema_update(ops, _real(average), _real(param), self.ema_momentum, False))",
-        "average.copy_(pipeline.ema_update(ops, average, param, self.ema_momentum, False))",
-        "the EMA of a complex parameter is formed with complex scalars (or fails on the dtype) instead of on its real view",
+        "if any(grad.is_complex() for _, _, grad in work):",
+        "if False:",
+        "a complex gradient's norm is taken from z*z (not |z|**2): clipping scales it by a complex "
+        "number instead of its modulus",
         ("tests/test_torch_dropin.py",),
     ),
     Mutant(
