@@ -453,6 +453,7 @@ def _mlx_heavy_ball(config: str, steps: int) -> list:
 FACE_REFERENCES = {
     "inertia-torch-face": _torch_optim_sgd,
     "inertia-torch-flat": lambda config, steps: _torch_optim_sgd(config, steps, joint_clip=True),
+    "inertia-torch-face-compile": _torch_optim_sgd,
     "inertia-legacy": _keras_form,
     "inertia-legacy-tensorflow": _keras_form,
     "tf-keras-legacy": _keras_form,

@@ -354,3 +354,65 @@ def test_a_scheduler_still_warns_when_stepped_before_the_optimizer():
             scheduler.step()
         warned = any("before `optimizer.step()`" in str(w.message) for w in caught)
         assert warned == order_is_wrong
+
+
+def test_a_compiled_step_without_gradients_leaves_no_ema_state_behind():
+    torch.manual_seed(0)
+    models = [torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)]
+    models[1].load_state_dict(models[0].state_dict())
+    compiled, eager = (SGD(m.parameters(), lr=0.1, momentum=0.9, use_ema=True) for m in models)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        torch.compile(compiled.step)()  # before any backward: nothing to do
+    assert compiled.state_dict()["state"] == {} and compiled.updates == 0
+    for model, optimizer in zip(models, (compiled, eager)):
+        model(torch.ones(2, 3)).sum().backward()
+        optimizer.step()  # eagerly: the averages start from the weights
+    for p, q in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.equal(compiled.state[p]["average"], eager.state[q]["average"]) and torch.equal(p, q)
+
+
+def test_averages_made_for_a_compiled_step_that_never_ran_are_dropped():
+    # What torch.compile runs eagerly while it traces, with no graph run after it (a trace
+    # that failed): the zero averages it made must not be taken for averages.
+    model = torch.nn.Linear(3, 1)
+    optimizer = SGD(model.parameters(), lr=0.1, use_ema=True)
+    model(torch.ones(2, 3)).sum().backward()
+    assert optimizer._init_group(optimizer.param_groups[0], [], [], [])
+    assert torch.equal(optimizer.state[model.weight]["average"], torch.zeros(1, 3))
+    optimizer.step()
+    assert torch.equal(optimizer.state[model.weight]["average"], model.weight.detach())
+
+
+def test_a_compiled_step_with_an_invalid_group_raises_before_any_change():
+    models = [torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)]
+    optimizer = SGD([{"params": m.parameters()} for m in models], lr=0.1, momentum=0.9, use_ema=True)
+    optimizer.param_groups[1]["lr"] = -1.0
+    for model in models:
+        model(torch.ones(2, 3)).sum().backward()
+    before = [p.detach().clone() for m in models for p in m.parameters()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with pytest.raises(ValueError, match=r"Invalid learning rate: -1\.0.*`lr`"):
+            torch.compile(optimizer.step)()  # the eager step raises it, outside the compiled code
+    assert not any(optimizer.state.values()) and optimizer.updates == 0
+    assert all(torch.equal(p, q) for p, q in zip((p for m in models for p in m.parameters()), before))
+
+
+@pytest.mark.parametrize("with_buffer", [True, False], ids=["buffer", "first step"])
+def test_differentiable_gradients_are_torchs_in_momentum_and_on_the_first_step(with_buffer):
+    gradients = []
+    for optimizer_class in (SGD, torch.optim.SGD):
+        weights = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+        gradient = torch.tensor([0.5, -1.0], dtype=torch.float64, requires_grad=True)
+        momentum = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+        stepped = weights.clone()
+        stepped.grad = gradient.clone()
+        optimizer = optimizer_class([stepped], lr=0.1, momentum=momentum, weight_decay=0.1, differentiable=True)
+        if with_buffer:
+            optimizer.state[stepped]["momentum_buffer"] = torch.tensor([2.0, 0.0], dtype=torch.float64)
+        optimizer.step()
+        gradients.append(torch.autograd.grad(stepped.sum(), (weights, gradient, momentum), allow_unused=True))
+    for mine, reference in zip(*gradients):
+        assert (mine is None) == (reference is None)
+        assert mine is None or torch.equal(mine, reference)

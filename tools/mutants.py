@@ -90,8 +90,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "rule-torch-first-buffer-dampened",
         "src/inertia/rule.py",
-        "buffer = gradient if rule.buffer_starts_with_gradient else gradient * (1.0 - dampening)",
-        "buffer = gradient * (1.0 - dampening)",
+        "            buffer = gradient if start_buffer is None else start_buffer(gradient)\n",
+        "            buffer = gradient * (1.0 - dampening)\n",
         "torch's first momentum buffer is dampened (torch.optim.SGD sets it to the raw gradient), "
         "so dampening > 0 gives a smaller first step than torch",
         ("tests/test_rule.py", "tests/test_torch_face.py"),

@@ -22,7 +22,9 @@ and its EMA), ``inertia-legacy`` (``inertia.legacy.SGD``'s ``apply_gradients`` o
 same parameters placed in one buffer by ``inertia.torch.FlatParameters``; with everything
 on, its clipnorm is the buffer's, so it takes ``global_clipnorm`` as the torch peers'
 ``clip_grad_norm_``) and ``inertia-mlx-face`` (``inertia.mlx.SGD``'s
-``apply_gradients`` on a dict of NumPy arrays, the returned tree kept for the next step); and
+``apply_gradients`` on a dict of NumPy arrays, the returned tree kept for the next step),
+``inertia-torch-face-compile`` (the torch face's step under ``torch.compile(fullgraph=True)``,
+beside ``torch-compile``); and
 the peers: torch.optim.SGD (``torch-foreach``, ``torch-fused``, ``torch-compile``), optax.sgd,
 Keras 3 SGD (``keras-torch``, ``keras-jax``), mlx.optimizers.SGD (``mlx``) and tf_keras' SGD on
 CPU tf.Variables, eager ``apply_gradients`` (``tf-keras``: tf.keras 2.11+'s optimizer with its
@@ -67,8 +69,8 @@ __all__ = ["WORKLOADS", "CONFIGS", "ALL_CONTENDERS", "run", "markdown", "resnet5
 LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, CLIPNORM, EMA_MOMENTUM = 0.01, 0.9, 1e-4, 1.0, 0.99
 CONFIGS = ("plain", "nesterov", "everything")
 ALL_CONTENDERS = (
-    "inertia-numpy", "inertia-torch", "inertia-jax", "inertia-torch-face", "inertia-torch-flat", "inertia-legacy",
-    "inertia-mlx-face",
+    "inertia-numpy", "inertia-torch", "inertia-jax", "inertia-torch-face", "inertia-torch-flat",
+    "inertia-torch-face-compile", "inertia-legacy", "inertia-mlx-face",
     "torch-foreach", "torch-fused", "torch-compile", "optax", "keras-torch", "keras-jax", "mlx",
     "inertia-tensorflow", "inertia-tensorflow-function", "inertia-tf-keras-tensorflow", "inertia-legacy-tensorflow",
     "tf-keras", "tf-keras-nojit", "tf-keras-function", "tf-keras-legacy",
@@ -78,6 +80,8 @@ DEFAULT_CONTENDERS = ALL_CONTENDERS
 # (contender, workload):
 NOT_RUN = {
     ("torch-compile", "W3"): "compiling the step over 2000 tensors did not finish in 500 s, as measured for issue 5",
+    ("inertia-torch-face-compile", "W3"): "its first step over 2000 tensors traces and compiles for 142 s on 2 cores "
+    "(measured 2026-12-04; then 8.4 ms a step)",
 }
 # (contender, configuration): the face's API has no such options.
 NOT_RUN_CONFIGS = {
@@ -88,6 +92,7 @@ NOT_RUN_CONFIGS = {
 }
 # The peer each face of inertia replaces, where both run in a report: ``markdown`` shows the ratio.
 REPLACES = {
+    "inertia-torch-face-compile": "torch-compile",
     "inertia-tensorflow": "tf-keras", "inertia-tensorflow-function": "tf-keras-function",
     "inertia-tf-keras-tensorflow": "tf-keras", "inertia-legacy-tensorflow": "tf-keras-legacy",
 }
@@ -180,10 +185,12 @@ def _check_supported(name: str, config: str) -> None:
         raise ValueError(f"{name} does not run {config!r}: {reason}")
 
 
-def _make_torch_face(shapes: list, config: str, flat: bool = False) -> tuple:
+def _make_torch_face(shapes: list, config: str, flat: bool = False, compiled: bool = False) -> tuple:
     """``inertia.torch.SGD``, the torch.optim.Optimizer drop-in: ``step()`` on parameters
     whose ``.grad`` is set, with torch's L2 weight decay as the torch peers; ``flat``: the
-    parameters and gradients placed in one buffer first (``inertia.torch.FlatParameters``)."""
+    parameters and gradients placed in one buffer first (``inertia.torch.FlatParameters``);
+    ``compiled``: ``torch.compile(fullgraph=True)`` of a function calling ``step()``, as
+    ``torch-compile`` compiles torch.optim.SGD's."""
     import torch
 
     import inertia.torch
@@ -197,7 +204,15 @@ def _make_torch_face(shapes: list, config: str, flat: bool = False) -> tuple:
         clip = {"global_clipnorm": CLIPNORM} if flat else {"clipnorm": CLIPNORM}
         options.update(weight_decay=WEIGHT_DECAY, use_ema=True, ema_momentum=EMA_MOMENTUM, **clip)
     optimizer = inertia.torch.SGD(inertia.torch.FlatParameters(params) if flat else params, **options)
-    return optimizer.step, lambda: None, lambda: [p.detach().numpy().copy() for p in params]
+    step = optimizer.step
+    if compiled:
+        torch._dynamo.reset()  # a fresh compile per configuration
+
+        @torch.compile(fullgraph=True)
+        def step() -> None:
+            optimizer.step()
+
+    return step, lambda: None, lambda: [p.detach().numpy().copy() for p in params]
 
 
 def _make_legacy(shapes: list, config: str) -> tuple:
@@ -437,6 +452,7 @@ FACTORIES: dict[str, Callable[[list, str], tuple]] = {
     "inertia-jax": lambda s, c: _make_inertia("jax", s, c),
     "inertia-torch-face": _make_torch_face,
     "inertia-torch-flat": lambda s, c: _make_torch_face(s, c, flat=True),
+    "inertia-torch-face-compile": lambda s, c: _make_torch_face(s, c, compiled=True),
     "inertia-legacy": _make_legacy,
     "inertia-mlx-face": _make_mlx_face,
     "torch-foreach": lambda s, c: _make_torch("foreach", s, c),
@@ -771,6 +787,7 @@ _TORCH, _JAX, _KERAS = ("torch", "torch"), ("jax", "jax"), ("keras", "keras")
 _TF_KERAS = (("tf_keras", "tf-keras"), ("tensorflow", "tensorflow"))
 _LIBRARIES: dict[str, tuple[tuple[str, str], ...]] = {
     "inertia-torch": (_TORCH,), "inertia-jax": (_JAX,), "inertia-torch-face": (_TORCH,), "inertia-torch-flat": (_TORCH,),
+    "inertia-torch-face-compile": (_TORCH,),
     "torch-foreach": (_TORCH,), "torch-fused": (_TORCH,), "torch-compile": (_TORCH,), "optax": (("optax", "optax"), _JAX),
     "keras-torch": (_KERAS, _TORCH), "keras-jax": (_KERAS, _JAX), "mlx": (("mlx.optimizers", "mlx"),),
     **{name: _TF_KERAS if name.startswith("tf-keras") else (("tensorflow", "tensorflow"),) for name in TENSORFLOW_CONTENDERS},

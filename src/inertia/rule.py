@@ -81,6 +81,7 @@ def sgd_update(
     dampening: float = 0.0,
     add_scaled: Optional[Callable[[Any, Any, Any], Any]] = None,
     add: Optional[Callable[[Any, Any], Any]] = None,
+    start_buffer: Optional[Callable[[Any], Any]] = None,
 ) -> Tuple[Any, Optional[Any]]:
     """One SGD step for one parameter: returns ``(new_weight, new_buffer)``.
 
@@ -91,6 +92,8 @@ def sgd_update(
     kernels take as ``alpha``). ``dampening`` is a Python float; ``1 - dampening`` is formed
     in double precision, as torch and MLX form it. ``add(y, x)``, when given, forms the Keras
     form's ``w + v`` (a backend's bitwise-equal phrasing; see ``ArrayBackend.add``).
+    ``start_buffer(g)``, when given, forms the first buffer from the gradient (torch's
+    differentiable step: a detached copy, through which autograd sees no dependence).
 
     Example (Keras form, lr 0.1, momentum 0.9, from w=1 with g=w):
         >>> import numpy as np
@@ -121,7 +124,10 @@ def sgd_update(
     if momentum is None:
         return axpy(weight, gradient, -learning_rate), None
     if buffer is None:
-        buffer = gradient if rule.buffer_starts_with_gradient else gradient * (1.0 - dampening)
+        if rule.buffer_starts_with_gradient:
+            buffer = gradient if start_buffer is None else start_buffer(gradient)
+        else:
+            buffer = gradient * (1.0 - dampening)
     else:
         buffer = axpy(buffer * momentum, gradient, 1.0 - dampening)
     direction = axpy(gradient, buffer, momentum) if rule.nesterov else buffer

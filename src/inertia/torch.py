@@ -76,6 +76,10 @@ def _torch_add_scaled(y: torch.Tensor, x: torch.Tensor, alpha: Any) -> torch.Ten
     return torch.add(y, x, alpha=alpha)
 
 
+def _detached_copy(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().clone()
+
+
 def _real(tensor: torch.Tensor) -> torch.Tensor:
     """A complex tensor's real view (last dimension 2), on which the gradient pipeline
     (accumulation, clipping by the modulus, the EMA) runs; any other tensor as it is."""
@@ -336,7 +340,8 @@ class SGD(torch.optim.Optimizer):
         self.ema_overwrite_frequency = int(ema_overwrite_frequency) if use_ema and ema_overwrite_frequency else None
         self.gradient_accumulation_steps = int(gradient_accumulation_steps) if gradient_accumulation_steps else None
         self._counters_without_groups = dict.fromkeys(_COUNTER_KEYS, 0)
-        self._compiled_counts: dict = {"pending": False}  # the updates of compiled steps, not yet in the counters
+        # compiled steps' updates not yet in the counters, and the EMA's first-update flag
+        self._compiled_counts: dict = {"pending": False, "ema_made": False}
         self._ema_swapped = False
         self._lock = threading.RLock()
         self._flat: Optional[FlatParameters] = params if isinstance(params, FlatParameters) else None
@@ -384,7 +389,17 @@ class SGD(torch.optim.Optimizer):
         compiled code (``state_dict``, an eager step, ``updates``) adds the count first:
         one read of the device, after compiled steps only."""
         compiled = self.__dict__.get("_compiled_counts")
-        if not compiled or not compiled.get("pending") or torch.compiler.is_compiling():
+        if not compiled or torch.compiler.is_compiling():
+            return
+        if compiled.get("ema_made"):
+            # Averages made for a compiled step that never ran (its tracing failed): zeros,
+            # not averages. Dropped, the next update starts them from the weights.
+            compiled["ema_made"] = False
+            compiled["ema_fresh"].fill_(False)
+            for param in self._parameters():
+                if param in self.state:
+                    self.state[param].pop("average", None)
+        if not compiled.get("pending"):
             return
         compiled["pending"] = False
         counted = compiled["updates"]
@@ -434,7 +449,7 @@ class SGD(torch.optim.Optimizer):
         older = {key: self.__dict__.pop(f"_{key}") for key in _COUNTER_KEYS if f"_{key}" in self.__dict__}
         self.__dict__.setdefault("_counters_without_groups", dict.fromkeys(_COUNTER_KEYS, 0))
         self.__dict__.setdefault("_ema_swapped", False)
-        self.__dict__.setdefault("_compiled_counts", {"pending": False})
+        self.__dict__.setdefault("_compiled_counts", {"pending": False, "ema_made": False})
         self.__dict__.setdefault("_given_options", {})
         self.__dict__.setdefault("_flat", None)
         # Not replaced when load_state_dict sets the state (it holds this lock then); a copy
@@ -719,6 +734,25 @@ class SGD(torch.optim.Optimizer):
             torch._foreach_mul_(averages, m)
             torch._foreach_add_(averages, torch._foreach_mul(params, 1 - m))
         fresh.fill_(False)
+        self._compiled_counts["ema_made"] = False
+
+    def _compiled_step_covers(self) -> bool:
+        """Whether :meth:`_traced_step` covers this step, every group considered: valid
+        hyperparameters (an invalid one: the eager step raises its error), gradients it
+        can take, and EMA averages for every parameter or none (a group added later)."""
+        optimizer_wide = self._optimizer_wide()
+        for group in self.param_groups:
+            try:
+                _check_group({k: v for k, v in group.items() if k != "params"}, optimizer_wide)
+            except (TypeError, ValueError):
+                return False
+            if not self._traceable_gradients(group):
+                return False
+        if self.use_ema:
+            averages = [p in self.state and self.state[p].get("average") is not None for p in self._parameters()]
+            if any(averages) and not all(averages):
+                return False
+        return True
 
     @staticmethod
     def _traceable_gradients(group: dict) -> bool:
@@ -744,17 +778,16 @@ class SGD(torch.optim.Optimizer):
         that the first compiled step and the later ones trace one graph; with dampening,
         the first step's buffers are made in the graph (``clone`` of the gradient), and the
         next step is traced once more, as torch.optim.SGD's is."""
-        _check_group({k: v for k, v in group.items() if k != "params"}, self._optimizer_wide())
-        if not all(map(self._traceable_gradients, self.param_groups)):
-            return False  # before any state is made: the eager step must find none it did not make
+        if not self._compiled_step_covers():
+            return False  # before any state is made: the eager step checks (and raises) on its own
         momentum = group["momentum"]
         for param in group["params"]:
             if param.grad is not None:
                 params.append(param)
                 grads.append(param.grad)
         if isinstance(momentum, torch.Tensor) or momentum != 0:  # as the traced step reads it
-            # zeros only without dampening: an eager step that finds one (a later group was
-            # not covered) then forms torch's first buffer too, momentum*0 + 1*g = g
+            # zeros only without dampening: an eager step that finds one then forms torch's
+            # first buffer too, momentum*0 + 1*g = g
             zeros_are_fresh = _number(group["dampening"]) == 0
             for param in params:
                 if self.state[param].get("momentum_buffer") is None and zeros_are_fresh:
@@ -762,23 +795,23 @@ class SGD(torch.optim.Optimizer):
             buffers.extend(self.state[param].get("momentum_buffer") for param in params)
         if params and "updates" not in self._compiled_counts:
             self._compiled_counts["updates"] = torch.zeros((), dtype=torch.int64, device=params[0].device)
-        if self.use_ema:
-            every = list(self._parameters())
-            missing = [p for p in every if self.state[p].get("average") is None] if every else []
-            if missing and len(missing) != len(every):
-                return False  # averages for some parameters only (a group added later): the eager step
-            if "ema_fresh" not in self._compiled_counts and every:
+        every = list(self._parameters())
+        if self.use_ema and any(p.grad is not None for p in every):  # the step updates: the EMA moves
+            if "ema_fresh" not in self._compiled_counts:
                 self._compiled_counts["ema_fresh"] = torch.zeros((), dtype=torch.bool, device=every[0].device)
+            missing = [p for p in every if self.state[p].get("average") is None]
+            for param in missing:
+                self.state[param]["average"] = torch.zeros_like(param, memory_format=torch.preserve_format)
             if missing:
-                for param in missing:
-                    self.state[param]["average"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                 self._compiled_counts["ema_fresh"].fill_(True)
+                self._compiled_counts["ema_made"] = True  # until the compiled step takes them (see _count_compiled_steps)
         self._opt_called = True  # run, not traced: compiled code sets no attribute of an Optimizer
         return True
 
     def _locked_step(self, loss: Any) -> Any:
         if self._ema_swapped:  # swapped in by another thread meanwhile
             raise RuntimeError("The EMA weights are swapped in; call `swap_ema_weights()` again before stepping.")
+        self._count_compiled_steps()
         if self._flat is not None:
             self._flat.sync()  # raises, changing nothing, if a model parameter left its buffer
             updates = self._updates
@@ -1299,16 +1332,20 @@ class SGD(torch.optim.Optimizer):
         rule, lr, momentum, weight_decay, dampening = hyperparameters
         state = self.state[param] if momentum is not None else None  # as torch: no state entry without momentum
         buffer = state.get("momentum_buffer") if state is not None else None
+        differentiable = torch.is_grad_enabled()  # only under differentiable=True (step runs under no_grad)
         new_param, new_buffer = sgd_update(
             rule,
             param,
             grad,
-            buffer,
+            # autograd saves the buffer for a momentum that requires grad; the step then writes it
+            buffer.clone() if differentiable and buffer is not None else buffer,
             lr,
             momentum=momentum,
             l2_weight_decay=weight_decay,
             dampening=dampening,
             add_scaled=_torch_add_scaled,
+            # torch's first buffer is a detached copy of the gradient: no gradient flows through it
+            start_buffer=_detached_copy if differentiable else None,
         )
         if state is not None:
             if buffer is None:
@@ -1343,6 +1380,7 @@ class SGD(torch.optim.Optimizer):
         """Exchange every parameter with its EMA (call again to swap back)."""
         if not self.use_ema:
             raise ValueError("swap_ema_weights() needs an optimizer created with use_ema=True.")
+        self._count_compiled_steps()  # drops averages a compiled step made but never ran
         with torch.no_grad():
             for param in self._parameters():
                 average = self.state[param].get("average") if param in self.state else None
@@ -1367,6 +1405,7 @@ class SGD(torch.optim.Optimizer):
             return
         if self._ema_swapped:
             raise RuntimeError("The EMA weights are swapped in; call `swap_ema_weights()` again first.")
+        self._count_compiled_steps()
         with torch.no_grad():
             for param in self._parameters():
                 average = self.state[param].get("average") if param in self.state else None
