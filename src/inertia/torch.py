@@ -657,9 +657,11 @@ class SGD(torch.optim.Optimizer):
     def _traced_step(self, loss: Any) -> Any:
         """The step as ``torch.compile`` traces it: torch ``_foreach_*`` operations on every
         parameter with a gradient, with no read of a device value and no Python test of a
-        number that may change between steps, so that a compiled step is traced once (a
-        tensor or float learning rate, and any scheduler, included) and ``fullgraph=True``
-        holds. The numbers are the eager step's within inductor's rounding.
+        number that may change between steps, so that ``fullgraph=True`` holds and a step
+        with a tensor learning rate is traced once, whatever a scheduler writes into it (a
+        Python float that changes is traced twice: torch.compile takes it as a constant
+        first, as an input from then on). The numbers are the eager step's within
+        inductor's rounding.
 
         Checks run in :meth:`_init_group`, which torch.compile runs eagerly while it traces:
         they see every value the trace is made for, not values changed between compiled
