@@ -207,7 +207,7 @@ def heavy_ball_group(torch: Any, settings: GroupSettings, params: list, grads: l
         else:
             grads, own = torch._foreach_add(grads, params, alpha=settings.weight_decay), True
     if settings.momentum == 0:
-        _descend(torch, params, grads, settings.learning_rate)
+        torch._foreach_add_(params, grads, alpha=-settings.learning_rate)
         return buffers
     kept = [k for k, buffer in enumerate(buffers) if buffer is not None]
     buffers = list(buffers)
@@ -224,7 +224,7 @@ def heavy_ball_group(torch: Any, settings: GroupSettings, params: list, grads: l
             direction = torch._foreach_add(grads, buffers, alpha=settings.momentum)
     else:
         direction = buffers
-    _descend(torch, params, direction, settings.learning_rate)
+    torch._foreach_add_(params, direction, alpha=-settings.learning_rate)
     return buffers
 
 
@@ -233,15 +233,6 @@ def _start_buffers(torch: Any, buffers: list, grads: list) -> None:
     for k, buffer in enumerate(buffers):
         if buffer is None:
             buffers[k] = torch.clone(grads[k]).detach()
-
-
-def _descend(torch: Any, params: list, direction: list, learning_rate: Any) -> None:
-    """``w <- w - lr*d``; a tensor learning rate (a compiled step's) multiplies the
-    directions first, as torch.optim.SGD does under torch.compile: its value is never read."""
-    if isinstance(learning_rate, torch.Tensor):
-        torch._foreach_add_(params, torch._foreach_mul(direction, -learning_rate))
-    else:
-        torch._foreach_add_(params, direction, alpha=-learning_rate)
 
 
 def heavy_ball_traced(torch: Any, settings: GroupSettings, params: list, grads: list, buffers: list, own: bool) -> list:

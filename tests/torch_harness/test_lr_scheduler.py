@@ -719,20 +719,25 @@ def test_CosineAnnealingWarmRestarts_lr1(T_mult):
     close(both(body), tenfold([0.05 * warm_restart_factor(e, 10, T_mult) for e in range(100)]))
 
 
+def warm_restarts_at(T_mult, epochs):
+    """CosineAnnealingWarmRestarts(T_0=10) stepped with the given epochs (``step(epoch)``),
+    on both optimizers, against the closed form."""
+
+    def body(bed):
+        scheduler, trace = CosineAnnealingWarmRestarts(bed.opt, T_0=10, T_mult=T_mult, eta_min=1e-10), []
+        for epoch in epochs:
+            bed.train()
+            scheduler.step(epoch)
+            trace.append(bed.lrs())
+        return trace
+
+    close(both(body), tenfold([0.05 * warm_restart_factor(t, 10, T_mult) for t in epochs]))
+
+
 def test_CosineAnnealingWarmRestarts_lr2():
     # Fractional epochs 0, 0.1, ... 29.9 given to step().
     for T_mult in (1, 2, 4):
-        epochs = [round(k * 0.1, 1) for k in range(300)]
-
-        def body(bed):
-            scheduler, trace = CosineAnnealingWarmRestarts(bed.opt, T_0=10, T_mult=T_mult, eta_min=1e-10), []
-            for epoch in epochs:
-                bed.train()
-                scheduler.step(epoch)
-                trace.append(bed.lrs())
-            return trace
-
-        close(both(body), tenfold([0.05 * warm_restart_factor(t, 10, T_mult) for t in epochs]))
+        warm_restarts_at(T_mult, [round(k * 0.1, 1) for k in range(300)])
 
 
 def test_CosineAnnealingWarmRestarts_lr3():
@@ -742,15 +747,7 @@ def test_CosineAnnealingWarmRestarts_lr3():
         (2, [0, 1, 2, 3, 4, 5, 25, 32, 33, 34, 80, 81, 3]),
         (3, [0, 0.1, 0.2, 0.3, 1.3, 2.3, 17.5, 18.5, 19.5, 29.5, 30.5, 31.5, 50]),
     ):
-        def body(bed):
-            scheduler, trace = CosineAnnealingWarmRestarts(bed.opt, T_0=10, T_mult=T_mult, eta_min=1e-10), []
-            for epoch in epochs:
-                bed.train()
-                scheduler.step(epoch)
-                trace.append(bed.lrs())
-            return trace
-
-        close(both(body), tenfold([0.05 * warm_restart_factor(t, 10, T_mult) for t in epochs]))
+        warm_restarts_at(T_mult, epochs)
 
 
 def test_CosineAnnealingWarmRestarts_T_cur_reset():
