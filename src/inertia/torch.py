@@ -376,10 +376,7 @@ class SGD(torch.optim.Optimizer):
 
     def _counter(self, key: str) -> int:
         self._count_compiled_steps()
-        groups = self.__dict__.get("param_groups")
-        if groups:
-            return groups[0].get(key, 0)
-        return self.__dict__.get("_counters_without_groups", {}).get(key, 0)
+        return self._raw_counter(key)
 
     def _count_compiled_steps(self) -> None:
         """Add the updates that compiled steps counted on the device to the counters.
@@ -389,7 +386,8 @@ class SGD(torch.optim.Optimizer):
         compiled code (``state_dict``, an eager step, ``updates``) adds the count first:
         one read of the device, after compiled steps only."""
         compiled = self.__dict__.get("_compiled_counts")
-        if not compiled or torch.compiler.is_compiling():
+        # the two flags first: this runs on every eager read of a counter
+        if not compiled or not (compiled.get("pending") or compiled.get("ema_made")) or torch.compiler.is_compiling():
             return
         if compiled.get("ema_made"):
             # Averages made for a compiled step that never ran (its tracing failed): zeros,
@@ -410,6 +408,7 @@ class SGD(torch.optim.Optimizer):
                 self._set_counter(key, self._raw_counter(key) + taken)
 
     def _raw_counter(self, key: str) -> int:
+        """A counter as the groups hold it (compiled steps not yet added)."""
         groups = self.__dict__.get("param_groups")
         if groups:
             return groups[0].get(key, 0)
